@@ -1,0 +1,36 @@
+//! Generates the gRPC code and the reflection descriptor set from `proto/`.
+//!
+//! `protox` parses the `.proto` files in pure Rust, so the build needs no system
+//! `protoc`. The descriptor set (with its imports) is written to `OUT_DIR` for
+//! server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/loyalty/v1/common.proto",
+    "proto/loyalty/v1/membership.proto",
+    "proto/loyalty/v1/points.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::Compiler::new(["proto"])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(PROTOS)?
+        .file_descriptor_set();
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("loyalty_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

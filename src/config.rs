@@ -1,0 +1,181 @@
+//! Configuration: command-line flags, each with an environment fallback.
+//!
+//! `loyalty serve --help` prints them all; the README has the table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::money::{Currency, Money};
+use crate::domain::points::rules::EarningRules;
+
+/// The loyalty service.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loyalty",
+    version,
+    about = "gRPC loyalty service: member points, levels and coupons"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What the binary does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, then serve gRPC until SIGTERM or Ctrl-C.
+    Serve(Box<Config>),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseConfig),
+}
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
+    )]
+    pub database_url: String,
+    /// Most connections the pool opens.
+    #[arg(long, env = "LOYALTY_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// How long a call waits for a connection before failing with UNAVAILABLE (ms).
+    #[arg(long, env = "LOYALTY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// The pool's connection wait.
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+/// Everything `loyalty serve` needs.
+#[derive(Debug, Clone, Parser)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "LOYALTY_LISTEN_ADDR", default_value = "0.0.0.0:50051")]
+    pub listen_addr: SocketAddr,
+    /// Program time zone (IANA name): decides local days and months.
+    #[arg(long, env = "LOYALTY_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
+    pub time_zone: Tz,
+    /// Program currency (ISO 4217): order minimums are in it.
+    #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
+    pub program_currency: Currency,
+    /// File of bearer tokens and their scopes (see README). Without it,
+    /// authentication is off: every caller may call everything.
+    #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// How often the database is pinged to keep the health status true (ms).
+    #[arg(long, env = "LOYALTY_HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    pub health_check_interval_ms: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOYALTY_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    #[command(flatten)]
+    pub earning: EarningConfig,
+}
+
+/// The amounts and caps of the earning rules (SPEC §2.1).
+#[derive(Debug, Clone, Args)]
+pub struct EarningConfig {
+    /// Points of an order reaching the minimum amount.
+    #[arg(long, env = "LOYALTY_ORDER_POINTS", default_value_t = 5)]
+    pub order_points: u16,
+    /// Least order amount earning order points, in minor units of the program currency.
+    #[arg(long, env = "LOYALTY_ORDER_MINIMUM_MINOR", default_value_t = 200)]
+    pub order_minimum_minor: u32,
+    /// Order points per member and local day.
+    #[arg(long, env = "LOYALTY_ORDER_DAILY_CAP", default_value_t = 5)]
+    pub order_daily_cap: u16,
+    /// Points per distinct category bought on a local day beyond the first.
+    #[arg(long, env = "LOYALTY_VARIETY_POINTS", default_value_t = 1)]
+    pub variety_points: u16,
+    /// Category-variety points per member and local day.
+    #[arg(long, env = "LOYALTY_VARIETY_DAILY_CAP", default_value_t = 5)]
+    pub variety_daily_cap: u16,
+    /// Points of a review.
+    #[arg(long, env = "LOYALTY_REVIEW_POINTS", default_value_t = 1)]
+    pub review_points: u16,
+    /// Points of the first visit of a local day.
+    #[arg(long, env = "LOYALTY_VISIT_POINTS", default_value_t = 1)]
+    pub visit_points: u16,
+    /// Visit points per member and local month.
+    #[arg(long, env = "LOYALTY_VISIT_MONTHLY_CAP", default_value_t = 10)]
+    pub visit_monthly_cap: u16,
+    /// Points of a community post.
+    #[arg(long, env = "LOYALTY_POST_POINTS", default_value_t = 2)]
+    pub post_points: u16,
+    /// Post points per member and local month.
+    #[arg(long, env = "LOYALTY_POST_MONTHLY_CAP", default_value_t = 10)]
+    pub post_monthly_cap: u16,
+    /// Largest bonus one campaign may grant one member.
+    #[arg(long, env = "LOYALTY_BONUS_MAX", default_value_t = 100_000)]
+    pub bonus_max: u32,
+}
+
+impl Config {
+    /// The earning rules in the program currency.
+    pub fn earning_rules(&self) -> EarningRules {
+        let e = &self.earning;
+        // u16/u32 flags: always within i32 and non-negative.
+        let points = |v: u16| i32::from(v);
+        EarningRules {
+            order_points: points(e.order_points),
+            order_minimum: Money::new(e.order_minimum_minor.into(), self.program_currency)
+                .unwrap_or_else(|_| unreachable!("a u32 amount is never negative")),
+            order_daily_cap: points(e.order_daily_cap),
+            variety_points: points(e.variety_points),
+            variety_daily_cap: points(e.variety_daily_cap),
+            review_points: points(e.review_points),
+            visit_points: points(e.visit_points),
+            visit_monthly_cap: points(e.visit_monthly_cap),
+            post_points: points(e.post_points),
+            post_monthly_cap: points(e.post_monthly_cap),
+            bonus_max: i32::try_from(e.bonus_max).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// How often the health monitor pings the database.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms.max(100))
+    }
+}
+
+fn parse_time_zone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("unknown IANA time zone {name:?} (for example Europe/Berlin)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_spec_rules() {
+        let config = Config::parse_from(["loyalty"]);
+        let rules = config.earning_rules();
+        assert_eq!((rules.order_points, rules.order_daily_cap), (5, 5));
+        assert_eq!(rules.order_minimum.minor(), 200);
+        assert_eq!((rules.visit_points, rules.visit_monthly_cap), (1, 10));
+        assert_eq!((rules.post_points, rules.post_monthly_cap), (2, 10));
+        assert_eq!(config.time_zone, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_refused() {
+        assert!(Config::try_parse_from(["loyalty", "--time-zone", "Mars/Olympus"]).is_err());
+        let config = Config::try_parse_from(["loyalty", "--time-zone", "Europe/Berlin"]).unwrap();
+        assert_eq!(config.time_zone, chrono_tz::Europe::Berlin);
+    }
+}

@@ -1,0 +1,174 @@
+//! Queries on `member`.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::domain::ids::AccountId;
+use crate::domain::members::{Birthday, FraudFlag, FraudReason, Member};
+
+/// A `member` row.
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    account_id: AccountId,
+    registered_at: DateTime<Utc>,
+    birthday_year: Option<i16>,
+    birthday_month: Option<i16>,
+    birthday_day: Option<i16>,
+    birthday_updated_at: Option<DateTime<Utc>>,
+    fraud_flagged_at: Option<DateTime<Utc>>,
+    fraud_reason: Option<String>,
+}
+
+impl TryFrom<MemberRow> for Member {
+    type Error = sqlx::Error;
+
+    fn try_from(row: MemberRow) -> Result<Self, Self::Error> {
+        let birthday = match (row.birthday_month, row.birthday_day) {
+            (Some(month), Some(day)) => Some(
+                Birthday::new(
+                    row.birthday_year.map(i32::from),
+                    u32::try_from(month).unwrap_or(0),
+                    u32::try_from(day).unwrap_or(0),
+                )
+                .map_err(|e| sqlx::Error::Decode(format!("member.birthday: {e}").into()))?,
+            ),
+            _ => None,
+        };
+        Ok(Member {
+            account_id: row.account_id,
+            registered_at: row.registered_at,
+            birthday,
+            birthday_updated_at: row.birthday_updated_at,
+            fraud: row.fraud_flagged_at.map(|flagged_at| FraudFlag {
+                flagged_at,
+                reason: row.fraud_reason.unwrap_or_default(),
+            }),
+        })
+    }
+}
+
+const MEMBER_COLUMNS: &str = "account_id, registered_at, birthday_year, birthday_month, \
+     birthday_day, birthday_updated_at, fraud_flagged_at, fraud_reason";
+
+fn birthday_columns(birthday: Option<Birthday>) -> (Option<i16>, Option<i16>, Option<i16>) {
+    // Birthday validated year 1..=9999, month 1..=12, day 1..=31: all fit an i16.
+    let small = |v: i64| i16::try_from(v).ok();
+    match birthday {
+        Some(b) => (
+            b.year().and_then(|y| small(y.into())),
+            small(b.month().into()),
+            small(b.day().into()),
+        ),
+        None => (None, None, None),
+    }
+}
+
+/// Inserts a member; `None` when the account is already registered.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn insert(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    registered_at: DateTime<Utc>,
+    birthday: Option<Birthday>,
+) -> Result<Option<Member>, sqlx::Error> {
+    let (year, month, day) = birthday_columns(birthday);
+    // A birthday given at registration counts as set when the account registered
+    // (a backfilled member keeps its birthday rewards).
+    let row: Option<MemberRow> = sqlx::query_as(&format!(
+        "insert into member (account_id, registered_at, birthday_year, birthday_month, \
+                             birthday_day, birthday_updated_at) \
+         values ($1, $2, $3, $4, $5, case when $4::smallint is null then null else $2 end) \
+         on conflict (account_id) do nothing \
+         returning {MEMBER_COLUMNS}"
+    ))
+    .bind(account_id)
+    .bind(registered_at)
+    .bind(year)
+    .bind(month)
+    .bind(day)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Member::try_from).transpose()
+}
+
+/// Reads a member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn get(conn: &mut PgConnection, account_id: &AccountId) -> Result<Option<Member>, sqlx::Error> {
+    let row: Option<MemberRow> = sqlx::query_as(&format!(
+        "select {MEMBER_COLUMNS} from member where account_id = $1"
+    ))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Member::try_from).transpose()
+}
+
+/// Whether the member is flagged; `None` when there is no such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn is_flagged(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("select fraud_flagged_at is not null from member where account_id = $1")
+        .bind(account_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Sets or clears the birthday; `None` when there is no such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn set_birthday(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    birthday: Option<Birthday>,
+    now: DateTime<Utc>,
+) -> Result<Option<Member>, sqlx::Error> {
+    let (year, month, day) = birthday_columns(birthday);
+    let row: Option<MemberRow> = sqlx::query_as(&format!(
+        "update member set birthday_year = $2, birthday_month = $3, birthday_day = $4, \
+                birthday_updated_at = $5 \
+         where account_id = $1 returning {MEMBER_COLUMNS}"
+    ))
+    .bind(account_id)
+    .bind(year)
+    .bind(month)
+    .bind(day)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Member::try_from).transpose()
+}
+
+/// Flags a member, keeping an existing flag; `None` when there is no such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn flag(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    reason: &FraudReason,
+    now: DateTime<Utc>,
+) -> Result<Option<Member>, sqlx::Error> {
+    let row: Option<MemberRow> = sqlx::query_as(&format!(
+        "update member set fraud_flagged_at = coalesce(fraud_flagged_at, $2), \
+                fraud_reason = coalesce(fraud_reason, $3) \
+         where account_id = $1 returning {MEMBER_COLUMNS}"
+    ))
+    .bind(account_id)
+    .bind(now)
+    .bind(reason.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(Member::try_from).transpose()
+}
+
+/// Clears the fraud flag; `None` when there is no such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn unflag(conn: &mut PgConnection, account_id: &AccountId) -> Result<Option<Member>, sqlx::Error> {
+    let row: Option<MemberRow> = sqlx::query_as(&format!(
+        "update member set fraud_flagged_at = null, fraud_reason = null \
+         where account_id = $1 returning {MEMBER_COLUMNS}"
+    ))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Member::try_from).transpose()
+}

@@ -1,0 +1,384 @@
+//! Queries on the points ledger: earning events, cap counters, entries, sums.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::domain::ids::{AccountId, CategoryId, OrderId, ProductId};
+use crate::domain::points::{CapReason, EntryQuery, EventKind, NewEntry, PointEntry, PointsSource};
+
+/// An earning event to insert under its natural key.
+#[derive(Debug)]
+pub struct NewEvent<'a> {
+    pub account_id: &'a AccountId,
+    pub kind: EventKind,
+    pub natural_key: &'a str,
+    pub content: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// An earning event already recorded.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub earning_event_id: i64,
+    #[sqlx(json)]
+    pub content: serde_json::Value,
+}
+
+/// A guarded cap counter of a member and period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// Order points asked for on a local day.
+    OrderPoints,
+    /// Distinct categories bought on a local day.
+    Categories,
+    /// Visit points asked for in a local month.
+    VisitPoints,
+    /// Post points asked for in a local month.
+    PostPoints,
+}
+
+impl Counter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Counter::OrderPoints => "order_points",
+            Counter::Categories => "categories",
+            Counter::VisitPoints => "visit_points",
+            Counter::PostPoints => "post_points",
+        }
+    }
+}
+
+/// Inserts an event; `None` when its natural key is taken. A concurrent insert of
+/// the same key waits here until the first commits (or rolls back).
+#[tracing::instrument(skip_all, fields(account_id = %event.account_id, kind = %event.kind), err)]
+pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "insert into earning_event (account_id, kind, natural_key, content, occurred_at) \
+         values ($1, $2, $3, $4, $5) \
+         on conflict (account_id, kind, natural_key) do nothing \
+         returning earning_event_id",
+    )
+    .bind(event.account_id)
+    .bind(event.kind.as_str())
+    .bind(event.natural_key)
+    .bind(Json(&event.content))
+    .bind(event.occurred_at)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Finds an event by its natural key.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, kind = %kind), err)]
+pub async fn find_event(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    kind: EventKind,
+    natural_key: &str,
+) -> Result<Option<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "select earning_event_id, content from earning_event \
+         where account_id = $1 and kind = $2 and natural_key = $3",
+    )
+    .bind(account_id)
+    .bind(kind.as_str())
+    .bind(natural_key)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Adds `delta` to a counter (creating it at 0) and returns its value before and
+/// after. The upsert locks the counter's row until the transaction ends, so
+/// concurrent bumps of one counter are serialized and each sees the previous one.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, counter = ?counter), err)]
+pub async fn bump_counter(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    counter: Counter,
+    period_start: NaiveDate,
+    delta: i64,
+) -> Result<(i64, i64), sqlx::Error> {
+    let after: i64 = sqlx::query_scalar(
+        "insert into earning_counter as c (account_id, counter, period_start, demand) \
+         values ($1, $2, $3, $4) \
+         on conflict (account_id, counter, period_start) \
+         do update set demand = c.demand + excluded.demand \
+         returning demand",
+    )
+    .bind(account_id)
+    .bind(counter.as_str())
+    .bind(period_start)
+    .bind(delta)
+    .fetch_one(conn)
+    .await?;
+    Ok((after - delta, after))
+}
+
+/// Records the products of a confirmed order (reviews need them).
+#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+pub async fn insert_order_products(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+    products: &[(ProductId, CategoryId)],
+) -> Result<(), sqlx::Error> {
+    let (product_ids, category_ids): (Vec<&str>, Vec<&str>) =
+        products.iter().map(|(p, c)| (p.as_str(), c.as_str())).unzip();
+    sqlx::query(
+        "insert into order_product (account_id, order_id, product_id, category_id) \
+         select $1, $2, p, c from unnest($3::text[], $4::text[]) as t (p, c)",
+    )
+    .bind(account_id)
+    .bind(order_id)
+    .bind(&product_ids)
+    .bind(&category_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the member confirmed `order_id` with `product_id` in it.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+pub async fn order_has_product(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+    product_id: &ProductId,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "select exists (select 1 from order_product \
+                        where account_id = $1 and order_id = $2 and product_id = $3)",
+    )
+    .bind(account_id)
+    .bind(order_id)
+    .bind(product_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Records categories bought on a local day; returns how many were new that day.
+/// Pass them sorted, so concurrent orders take the key locks in one order.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn insert_day_categories(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    local_date: NaiveDate,
+    categories: &[&CategoryId],
+) -> Result<i64, sqlx::Error> {
+    let categories: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
+    let inserted = sqlx::query(
+        "insert into member_day_category (account_id, local_date, category_id) \
+         select $1, $2, c from unnest($3::text[]) with ordinality as t (c, n) order by n \
+         on conflict do nothing",
+    )
+    .bind(account_id)
+    .bind(local_date)
+    .bind(&categories)
+    .execute(conn)
+    .await?;
+    Ok(i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX))
+}
+
+/// A `point_entry` row.
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    point_entry_id: i64,
+    account_id: AccountId,
+    source: String,
+    reference: String,
+    points: i32,
+    cap_reason: Option<String>,
+    occurred_at: DateTime<Utc>,
+    local_date: NaiveDate,
+    created_at: DateTime<Utc>,
+    reverses_point_entry_id: Option<i64>,
+}
+
+const ENTRY_COLUMNS: &str = "point_entry_id, account_id, source, reference, points, cap_reason, \
+     occurred_at, local_date, created_at, reverses_point_entry_id";
+
+impl TryFrom<EntryRow> for PointEntry {
+    type Error = sqlx::Error;
+
+    fn try_from(row: EntryRow) -> Result<Self, Self::Error> {
+        let decode = |what: &str, value: &str| {
+            sqlx::Error::Decode(format!("unknown point_entry.{what} {value:?}").into())
+        };
+        Ok(PointEntry {
+            entry_id: row.point_entry_id,
+            account_id: row.account_id,
+            source: PointsSource::from_db(&row.source).ok_or_else(|| decode("source", &row.source))?,
+            reference: row.reference,
+            points: row.points,
+            cap_reason: row
+                .cap_reason
+                .map(|r| CapReason::from_db(&r).ok_or_else(|| decode("cap_reason", &r)))
+                .transpose()?,
+            occurred_at: row.occurred_at,
+            local_date: row.local_date,
+            recorded_at: row.created_at,
+            reverses_entry_id: row.reverses_point_entry_id,
+        })
+    }
+}
+
+fn into_entries(rows: Vec<EntryRow>) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let mut entries = rows
+        .into_iter()
+        .map(PointEntry::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    // `returning` gives no order guarantee; the ledger's order is the entry id.
+    entries.sort_by_key(|e| e.entry_id);
+    Ok(entries)
+}
+
+/// Appends entries of one event, in one statement.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, entries = entries.len()), err)]
+pub async fn insert_entries(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    event_id: i64,
+    entries: &[NewEntry],
+) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let sources: Vec<&str> = entries.iter().map(|e| e.source.as_str()).collect();
+    let references: Vec<&str> = entries.iter().map(|e| e.reference.as_str()).collect();
+    let points: Vec<i32> = entries.iter().map(|e| e.points).collect();
+    let cap_reasons: Vec<Option<&str>> = entries
+        .iter()
+        .map(|e| e.cap_reason.map(CapReason::as_str))
+        .collect();
+    let occurred: Vec<DateTime<Utc>> = entries.iter().map(|e| e.occurred_at).collect();
+    let dates: Vec<NaiveDate> = entries.iter().map(|e| e.local_date).collect();
+    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+        "insert into point_entry (account_id, earning_event_id, source, reference, points, \
+                                  cap_reason, occurred_at, local_date) \
+         select $1, $2, s, r, p, c, o, d \
+         from unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[], $8::date[]) \
+              with ordinality as t (s, r, p, c, o, d, n) \
+         order by n \
+         returning {ENTRY_COLUMNS}"
+    ))
+    .bind(account_id)
+    .bind(event_id)
+    .bind(&sources)
+    .bind(&references)
+    .bind(&points)
+    .bind(&cap_reasons)
+    .bind(&occurred)
+    .bind(&dates)
+    .fetch_all(conn)
+    .await?;
+    into_entries(rows)
+}
+
+/// Appends the compensating entries of every positive entry of `order_event_id`.
+/// Each keeps the local date of the entry it reverses.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn insert_reversals(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    reversal_event_id: i64,
+    order_event_id: i64,
+    reversed_at: DateTime<Utc>,
+) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+        "insert into point_entry (account_id, earning_event_id, source, reference, points, \
+                                  occurred_at, local_date, reverses_point_entry_id) \
+         select account_id, $2, source, reference, -points, $4, local_date, point_entry_id \
+         from point_entry \
+         where account_id = $1 and earning_event_id = $3 and points > 0 \
+         order by point_entry_id \
+         returning {ENTRY_COLUMNS}"
+    ))
+    .bind(account_id)
+    .bind(reversal_event_id)
+    .bind(order_event_id)
+    .bind(reversed_at)
+    .fetch_all(conn)
+    .await?;
+    into_entries(rows)
+}
+
+/// The entries an event created, in ledger order.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn entries_of_event(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    event_id: i64,
+) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+        "select {ENTRY_COLUMNS} from point_entry \
+         where account_id = $1 and earning_event_id = $2 order by point_entry_id"
+    ))
+    .bind(account_id)
+    .bind(event_id)
+    .fetch_all(conn)
+    .await?;
+    into_entries(rows)
+}
+
+/// A page of entries, newest first, at most `limit`.
+#[tracing::instrument(skip_all, fields(account_id = %query.account_id), err)]
+pub async fn list_entries(
+    conn: &mut PgConnection,
+    query: &EntryQuery,
+    limit: u32,
+) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let sources: Vec<&str> = query.sources.iter().map(|s| s.as_str()).collect();
+    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+        "select {ENTRY_COLUMNS} from point_entry \
+         where account_id = $1 \
+           and ($2::bigint is null or point_entry_id < $2) \
+           and (cardinality($3::text[]) = 0 or source = any ($3)) \
+           and ($4::timestamptz is null or occurred_at >= $4) \
+           and ($5::timestamptz is null or occurred_at < $5) \
+         order by point_entry_id desc \
+         limit $6"
+    ))
+    .bind(&query.account_id)
+    .bind(query.before_entry_id)
+    .bind(&sources)
+    .bind(query.start_time)
+    .bind(query.end_time)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(PointEntry::try_from).collect()
+}
+
+/// A member's point sums for a balance.
+#[derive(Debug, sqlx::FromRow)]
+pub struct BalanceSums {
+    pub window_points: i64,
+    pub month_points: i64,
+    pub lifetime_points: i64,
+    pub leaving_points: i64,
+}
+
+/// Sums a member's entries by local date; `None` when there is no such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn balance_sums(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    window_start: NaiveDate,
+    month_start: NaiveDate,
+    leaving_month: NaiveDate,
+) -> Result<Option<BalanceSums>, sqlx::Error> {
+    sqlx::query_as(
+        "select \
+           coalesce(sum(e.points) filter (where e.local_date >= $2), 0)::bigint as window_points, \
+           coalesce(sum(e.points) filter (where e.local_date >= $3), 0)::bigint as month_points, \
+           coalesce(sum(e.points), 0)::bigint as lifetime_points, \
+           coalesce(sum(e.points) filter (where e.local_date >= $4 and e.local_date < $2), 0)::bigint \
+             as leaving_points \
+         from member m left join point_entry e on e.account_id = m.account_id \
+         where m.account_id = $1 \
+         group by m.account_id",
+    )
+    .bind(account_id)
+    .bind(window_start)
+    .bind(month_start)
+    .bind(leaving_month)
+    .fetch_optional(conn)
+    .await
+}

@@ -1,0 +1,7 @@
+//! The rules of the loyalty program. Knows nothing of protobuf; calls `db`.
+
+pub mod calendar;
+pub mod ids;
+pub mod members;
+pub mod money;
+pub mod points;

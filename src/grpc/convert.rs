@@ -1,0 +1,110 @@
+//! Conversions between wire types and domain types shared by every service.
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+
+use crate::domain::calendar::check_not_future;
+use crate::domain::members::Birthday;
+use crate::domain::money::{Currency, Money};
+use crate::error::{Error, FieldContext};
+use crate::pb;
+
+/// A `Timestamp` as an instant; a malformed one is refused.
+fn to_instant(timestamp: &prost_types::Timestamp) -> Result<DateTime<Utc>, String> {
+    let nanos = u32::try_from(timestamp.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| format!("nanos must be 0 to 999999999 (got {})", timestamp.nanos))?;
+    DateTime::from_timestamp(timestamp.seconds, nanos)
+        .ok_or_else(|| format!("seconds out of range (got {})", timestamp.seconds))
+}
+
+/// A required instant.
+pub fn required_instant(
+    timestamp: Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<DateTime<Utc>, Error> {
+    let timestamp = timestamp.ok_or_else(|| Error::invalid(field, "is required"))?;
+    to_instant(&timestamp).field(field)
+}
+
+/// An optional instant.
+pub fn optional_instant(
+    timestamp: Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    timestamp.map(|t| to_instant(&t)).transpose().field(field)
+}
+
+/// A required instant of an event: not more than 5 minutes after `now`.
+pub fn event_instant(
+    timestamp: Option<prost_types::Timestamp>,
+    field: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Error> {
+    let instant = required_instant(timestamp, field)?;
+    check_not_future(instant, now).field(field)?;
+    Ok(instant)
+}
+
+/// An optional instant of an event: when given, not more than 5 minutes after `now`.
+pub fn optional_instant_not_future(
+    timestamp: Option<prost_types::Timestamp>,
+    field: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    let instant = optional_instant(timestamp, field)?;
+    if let Some(instant) = instant {
+        check_not_future(instant, now).field(field)?;
+    }
+    Ok(instant)
+}
+
+/// An instant on the wire.
+pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A calendar date on the wire.
+pub fn date(date: NaiveDate) -> pb::Date {
+    pb::Date {
+        year: date.year(),
+        month: i32::try_from(date.month()).unwrap_or(0),
+        day: i32::try_from(date.day()).unwrap_or(0),
+    }
+}
+
+/// A birthday from the wire (`year` 0 = unknown).
+pub fn birthday(date: &pb::Date) -> Result<Birthday, String> {
+    let year = (date.year != 0).then_some(date.year);
+    let month =
+        u32::try_from(date.month).map_err(|_| format!("month must be 1 to 12 (got {})", date.month))?;
+    let day = u32::try_from(date.day).map_err(|_| format!("day must be 1 to 31 (got {})", date.day))?;
+    Birthday::new(year, month, day)
+}
+
+/// A birthday on the wire.
+pub fn birthday_pb(birthday: &Birthday) -> pb::Date {
+    pb::Date {
+        year: birthday.year().unwrap_or(0),
+        month: i32::try_from(birthday.month()).unwrap_or(0),
+        day: i32::try_from(birthday.day()).unwrap_or(0),
+    }
+}
+
+/// A required amount of money.
+pub fn money(money: Option<pb::Money>, field: &str) -> Result<Money, Error> {
+    let money = money.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let currency = Currency::parse(&money.currency_code).field(&format!("{field}.currency_code"))?;
+    Money::new(money.amount_minor, currency).field(&format!("{field}.amount_minor"))
+}
+
+/// A required enum value: known and not `*_UNSPECIFIED` (which is value 0).
+pub fn required_enum<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Error> {
+    if value == 0 {
+        return Err(Error::invalid(field, "is required"));
+    }
+    E::try_from(value).map_err(|_| Error::invalid(field, format!("unknown value {value}")))
+}

@@ -1,0 +1,6 @@
+//! The gRPC layer: one file per service. Each turns a request into domain types,
+//! calls the domain, and maps the result back; no rules and no SQL live here.
+
+pub mod convert;
+pub mod membership;
+pub mod points;

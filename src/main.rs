@@ -1,0 +1,62 @@
+//! `loyalty serve` and `loyalty migrate`: parse the configuration, start the
+//! telemetry, and run the application.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use loyalty::clock::SystemClock;
+use loyalty::config::{Cli, Command};
+use loyalty::db::MIGRATOR;
+use loyalty::startup::{Application, connect_pool};
+use loyalty::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(config) => {
+            telemetry::init(&config.log_format);
+            let pool = connect_pool(&config.database)?;
+            let app = Application::build(*config, pool, Arc::new(SystemClock)).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate(database) => {
+            telemetry::init("text");
+            let pool = connect_pool(&database)?;
+            MIGRATOR
+                .run(&pool)
+                .await
+                .context("failed to apply the migrations")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

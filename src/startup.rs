@@ -1,0 +1,186 @@
+//! Builds and runs the gRPC server; the binary and the tests run the same code.
+//!
+//! [`Application::build`] binds the listener (port 0 in tests) and returns at
+//! once; [`Application::run_until_stopped`] serves until the shutdown future
+//! resolves, then stops accepting, finishes in-flight calls and returns.
+//!
+//! Health follows reality: every service starts `NOT_SERVING`; a monitor applies
+//! the migrations, then pings the database and keeps the statuses true to it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::{AuthLayer, Tokens};
+use crate::clock::Clock;
+use crate::config::{Config, DatabaseConfig};
+use crate::db::MIGRATOR;
+use crate::domain::calendar::Calendar;
+use crate::domain::members::Members;
+use crate::domain::points::Points;
+use crate::grpc::membership::MembershipService;
+use crate::grpc::points::PointsService;
+use crate::pb;
+
+/// The names health is reported under: the whole server ("") and each service.
+pub const HEALTH_SERVICES: [&str; 3] = ["", "loyalty.v1.Membership", "loyalty.v1.Points"];
+
+/// A pool that connects on demand, so the server starts (and reports
+/// `NOT_SERVING`) while the database is down.
+pub fn connect_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = config
+        .database_url
+        .parse()
+        .context("failed to parse DATABASE_URL")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(config.acquire_timeout())
+        .connect_lazy_with(options))
+}
+
+/// A bound, not yet serving, loyalty server.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    config: Config,
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    tokens: Option<Tokens>,
+}
+
+impl Application {
+    /// Binds `config.listen_addr` and prepares the services.
+    pub async fn build(config: Config, pool: PgPool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let tokens = config
+            .auth_tokens_file
+            .as_deref()
+            .map(Tokens::from_file)
+            .transpose()?;
+        if tokens.is_none() {
+            tracing::warn!("no tokens file: authentication is off, every caller may call everything");
+        }
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("failed to bind {}", config.listen_addr))?;
+        let port = listener
+            .local_addr()
+            .context("failed to read the bound address")?
+            .port();
+        Ok(Self {
+            listener,
+            port,
+            config,
+            pool,
+            clock,
+            tokens,
+        })
+    }
+
+    /// The port the server is bound to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            config,
+            pool,
+            clock,
+            tokens,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        let monitor = tokio::spawn(watch_database(
+            pool.clone(),
+            health.clone(),
+            config.health_check_interval(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("failed to build reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("failed to build reflection v1alpha")?;
+
+        let calendar = Calendar::new(config.time_zone);
+        let members = Members::new(pool.clone(), clock.clone());
+        let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
+
+        let stopping = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls, finishing in-flight ones");
+            monitor.abort();
+            set_health(&health, ServingStatus::NotServing).await;
+        };
+        tracing::info!(port, time_zone = %config.time_zone, "serving gRPC");
+        Server::builder()
+            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+            .layer(AuthLayer::new(tokens))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(pb::membership_server::MembershipServer::new(
+                MembershipService::new(members, clock.clone()),
+            ))
+            .add_service(pb::points_server::PointsServer::new(PointsService::new(
+                points, clock,
+            )))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
+            .await
+            .context("the gRPC server failed")?;
+        pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Applies the migrations once the database answers, then keeps the health
+/// statuses true to whether it still answers.
+async fn watch_database(pool: PgPool, health: HealthReporter, interval: Duration) {
+    while let Err(error) = MIGRATOR.run(&pool).await {
+        tracing::warn!(error = %error, "cannot migrate the database yet; retrying");
+        tokio::time::sleep(interval).await;
+    }
+    tracing::info!("database migrated");
+    let mut serving = None;
+    loop {
+        let up = sqlx::query("select 1").execute(&pool).await.is_ok();
+        if serving != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(database_up = up, "health changed");
+            set_health(&health, status).await;
+            serving = Some(up);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
