@@ -1,0 +1,289 @@
+//! Spawns the real application on port 0 against a test database and hands out
+//! typed gRPC clients.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use loyalty::clock::ManualClock;
+use loyalty::config::Config;
+use loyalty::pb;
+use loyalty::pb::membership_client::MembershipClient;
+use loyalty::pb::points_client::PointsClient;
+use loyalty::startup::Application;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// The instant the test clock starts at: mid-June, far from month edges.
+pub fn default_now() -> DateTime<Utc> {
+    "2026-06-15T12:00:00Z".parse().unwrap()
+}
+
+/// A running server and clients talking to it over a real socket.
+pub struct TestApp {
+    pub port: u16,
+    pub clock: Arc<ManualClock>,
+    pub members: MembershipClient<Channel>,
+    pub points: PointsClient<Channel>,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Spawns the app with the default configuration (program time zone UTC).
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[]).await
+}
+
+/// Spawns the app with extra `loyalty serve` flags, e.g. `["--time-zone", "Europe/Berlin"]`,
+/// and waits until it reports SERVING.
+pub async fn spawn_app_with(pool: PgPool, flags: &[&str]) -> TestApp {
+    let app = start_app(pool, flags).await;
+    wait_until_serving(app.channel.clone()).await;
+    app
+}
+
+/// Starts the app without waiting for the database.
+pub async fn start_app(pool: PgPool, flags: &[&str]) -> TestApp {
+    let mut args = vec![
+        "loyalty",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--health-check-interval-ms",
+        "100",
+    ];
+    args.extend_from_slice(flags);
+    let config = Config::try_parse_from(args).expect("test flags parse");
+    let clock = Arc::new(ManualClock::new(default_now()));
+    let app = Application::build(config, pool, clock.clone())
+        .await
+        .expect("app builds");
+    let port = app.port();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the test server accepts connections");
+    TestApp {
+        port,
+        clock,
+        members: MembershipClient::new(channel.clone()),
+        points: PointsClient::new(channel.clone()),
+        channel,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// Waits (bounded) until the health check says SERVING: migrations ran.
+async fn wait_until_serving(channel: Channel) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..100 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .ok();
+        if status == Some(ServingStatus::Serving as i32) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the test server never became SERVING");
+}
+
+impl TestApp {
+    /// Asks the server to shut down gracefully (as SIGTERM does), without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Whether the server has exited.
+    pub fn has_stopped(&self) -> bool {
+        self.server.as_ref().is_none_or(|s| s.is_finished())
+    }
+
+    /// Stops the server gracefully and waits (bounded) for it to exit.
+    pub async fn stop(mut self) {
+        self.signal_stop();
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(10), server)
+                .await
+                .expect("the server stops within 10 s")
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+
+    /// Registers a member registered a year before the test clock.
+    pub async fn register(&self, account_id: &str) {
+        self.members
+            .clone()
+            .register_member(pb::RegisterMemberRequest {
+                account_id: account_id.to_owned(),
+                registered_at: Some(ts("2025-06-01T00:00:00Z")),
+                birthday: None,
+            })
+            .await
+            .expect("registration succeeds");
+    }
+
+    /// Reports a confirmed order of `amount_minor` USD with `(product, category)` lines.
+    pub async fn confirm_order(
+        &self,
+        account_id: &str,
+        order_id: &str,
+        amount_minor: i64,
+        at: &str,
+        products: &[(&str, &str)],
+    ) -> Result<pb::RecordConfirmedOrderResponse, tonic::Status> {
+        self.points
+            .clone()
+            .record_confirmed_order(order_request(account_id, order_id, amount_minor, at, products))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Reports a visit at `at`.
+    pub async fn visit(&self, account_id: &str, at: &str) -> Result<pb::RecordVisitResponse, tonic::Status> {
+        self.points
+            .clone()
+            .record_visit(pb::RecordVisitRequest {
+                account_id: account_id.to_owned(),
+                channel: pb::VisitChannel::App.into(),
+                visited_at: Some(ts(at)),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Reports a published post.
+    pub async fn post(
+        &self,
+        account_id: &str,
+        post_id: &str,
+        at: &str,
+    ) -> Result<pb::RecordPostResponse, tonic::Status> {
+        self.points
+            .clone()
+            .record_post(pb::RecordPostRequest {
+                account_id: account_id.to_owned(),
+                post_id: post_id.to_owned(),
+                published_at: Some(ts(at)),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The member's balance.
+    pub async fn balance(&self, account_id: &str) -> pb::GetBalanceResponse {
+        self.points
+            .clone()
+            .get_balance(pb::GetBalanceRequest {
+                account_id: account_id.to_owned(),
+            })
+            .await
+            .expect("balance")
+            .into_inner()
+    }
+
+    /// Every entry of the member, newest first, walking all pages.
+    pub async fn all_entries(&self, account_id: &str) -> Vec<pb::PointEntry> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .points
+                .clone()
+                .list_point_entries(pb::ListPointEntriesRequest {
+                    account_id: account_id.to_owned(),
+                    page_size: 100,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("listing")
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return entries;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A confirmed-order request in USD.
+pub fn order_request(
+    account_id: &str,
+    order_id: &str,
+    amount_minor: i64,
+    at: &str,
+    products: &[(&str, &str)],
+) -> pb::RecordConfirmedOrderRequest {
+    pb::RecordConfirmedOrderRequest {
+        account_id: account_id.to_owned(),
+        order_id: order_id.to_owned(),
+        amount: Some(pb::Money {
+            amount_minor,
+            currency_code: "USD".to_owned(),
+        }),
+        confirmed_at: Some(ts(at)),
+        products: products
+            .iter()
+            .map(|(p, c)| pb::OrderProduct {
+                product_id: (*p).to_owned(),
+                category_id: (*c).to_owned(),
+            })
+            .collect(),
+    }
+}
+
+/// A wire timestamp from RFC 3339 text.
+pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
+    let instant: DateTime<Utc> = rfc3339.parse().expect("valid RFC 3339 instant");
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: instant.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The `google.rpc.ErrorInfo` reason of an error status.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"))
+}
+
+/// The fields named by the `google.rpc.BadRequest` of an error status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Points of each entry, in order.
+pub fn points_of(entries: &[pb::PointEntry]) -> Vec<i32> {
+    entries.iter().map(|e| e.points).collect()
+}

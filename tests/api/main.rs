@@ -1,0 +1,11 @@
+//! End-to-end tests: the real server on port 0, typed gRPC clients over a real
+//! socket, and a fresh PostgreSQL database per test (`#[sqlx::test]`).
+
+mod concurrency;
+mod engagement;
+mod helpers;
+mod ledger;
+mod members;
+mod orders;
+mod server;
+mod time_zones;

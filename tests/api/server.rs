@@ -1,0 +1,246 @@
+//! The server around the services: health, reflection, authentication, database
+//! outages, graceful shutdown.
+
+use std::time::Duration;
+
+use loyalty::pb;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::helpers::{reason, spawn_app, spawn_app_with, start_app, ts};
+
+async fn health_of(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+async fn status_of(channel: Channel, service: &str) -> i32 {
+    health_of(channel, service).await.expect("health answers")
+}
+
+#[sqlx::test]
+async fn health_reports_serving_overall_and_per_service(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for service in ["", "loyalty.v1.Points", "loyalty.v1.Membership"] {
+        assert_eq!(
+            status_of(app.channel.clone(), service).await,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+    let unknown = health_of(app.channel.clone(), "loyalty.v1.Nope")
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn without_a_database_health_is_not_serving_and_calls_are_unavailable() {
+    let unreachable = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/loyalty")
+        .unwrap();
+    let app = start_app(unreachable, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for service in ["", "loyalty.v1.Points", "loyalty.v1.Membership"] {
+        assert_eq!(
+            status_of(app.channel.clone(), service).await,
+            ServingStatus::NotServing as i32
+        );
+    }
+    let error = app
+        .members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert_eq!(reason(&error), "DATABASE_UNAVAILABLE");
+    assert!(
+        !error.message().contains("127.0.0.1"),
+        "no connection details leak: {}",
+        error.message()
+    );
+}
+
+async fn list_services_v1(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+#[sqlx::test]
+async fn reflection_v1_and_v1alpha_list_the_loyalty_services(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for services in [
+        list_services_v1(app.channel.clone()).await,
+        list_services_v1alpha(app.channel.clone()).await,
+    ] {
+        for expected in [
+            "loyalty.v1.Points",
+            "loyalty.v1.Membership",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} missing from {services:?}"
+            );
+        }
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[sqlx::test]
+async fn tokens_grant_only_their_scopes(pool: PgPool) {
+    let file = std::env::temp_dir().join(format!("loyalty-tokens-{}.txt", std::process::id()));
+    std::fs::write(
+        &file,
+        "checkout t-checkout points:read\norders t-orders points:earn,members:write\nadmin t-admin *\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(pool, &["--auth-tokens-file", file.to_str().unwrap()]).await;
+    let mut points = app.points.clone();
+    let bonus = || pb::GrantBonusRequest {
+        account_id: "alice".into(),
+        campaign_id: "c1".into(),
+        points: 10,
+        ..Default::default()
+    };
+
+    let anonymous = points.grant_bonus(bonus()).await.unwrap_err();
+    let unknown = points
+        .grant_bonus(with_token(bonus(), "t-forged"))
+        .await
+        .unwrap_err();
+    let checkout = points
+        .grant_bonus(with_token(bonus(), "t-checkout"))
+        .await
+        .unwrap_err();
+    app.members
+        .clone()
+        .register_member(with_token(
+            pb::RegisterMemberRequest {
+                account_id: "alice".into(),
+                registered_at: Some(ts("2026-01-01T00:00:00Z")),
+                birthday: None,
+            },
+            "t-orders",
+        ))
+        .await
+        .expect("the orders token may register members");
+    let admin = points.grant_bonus(with_token(bonus(), "t-admin")).await;
+
+    assert_eq!(
+        (anonymous.code(), reason(&anonymous).as_str()),
+        (Code::Unauthenticated, "MISSING_TOKEN")
+    );
+    assert_eq!(
+        (unknown.code(), reason(&unknown).as_str()),
+        (Code::Unauthenticated, "UNKNOWN_TOKEN")
+    );
+    assert_eq!(
+        (checkout.code(), reason(&checkout).as_str()),
+        (Code::PermissionDenied, "MISSING_SCOPE")
+    );
+    assert_eq!(admin.unwrap().into_inner().entry.unwrap().points, 10);
+    // Health stays open to load balancers without a token.
+    assert_eq!(
+        status_of(app.channel.clone(), "").await,
+        ServingStatus::Serving as i32
+    );
+    std::fs::remove_file(file).ok();
+}
+
+#[sqlx::test]
+async fn shutdown_finishes_in_flight_calls_then_refuses_new_ones(pool: PgPool) {
+    let mut app = spawn_app(pool.clone()).await;
+    // Hold a lock the registration needs, so it is in flight when shutdown starts.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("lock table member in exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut members = app.members.clone();
+    let in_flight = tokio::spawn(async move {
+        members
+            .register_member(pb::RegisterMemberRequest {
+                account_id: "alice".into(),
+                registered_at: Some(ts("2026-01-01T00:00:00Z")),
+                birthday: None,
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    app.signal_stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!app.has_stopped(), "the server waits for the in-flight call");
+    blocker.commit().await.unwrap();
+
+    let response = in_flight.await.unwrap().expect("the in-flight call completes");
+    assert!(!response.into_inner().replayed);
+    let port = app.port;
+    app.stop().await;
+    let refused = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(refused.is_err(), "a stopped server accepts no connections");
+}
