@@ -111,14 +111,8 @@ impl Application {
             config.health_check_interval(),
         ));
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("failed to build reflection v1")?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .context("failed to build reflection v1alpha")?;
 
@@ -152,6 +146,15 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Reflection over the loyalty protos, health, and `google.rpc` error details (so
+/// `grpcurl` can decode the `ErrorInfo` and `BadRequest` of an error).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
