@@ -38,9 +38,21 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
     })
 }
 
-/// Paths open without a token.
+/// Methods open without a token: load balancers and `grpcurl` use them.
+const PUBLIC_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+    PUBLIC_METHODS.contains(&path)
+}
+
+/// Whether `path` is a method the server serves (public or scoped).
+pub fn is_known_method(path: &str) -> bool {
+    is_public(path) || required_scope(path).is_some()
 }
 
 /// A calling service and what it may do.

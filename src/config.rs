@@ -76,6 +76,9 @@ pub struct Config {
     /// authentication is off: every caller may call everything.
     #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); none to serve no metrics.
+    #[arg(long, env = "LOYALTY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// How often the database is pinged to keep the health status true (ms).
     #[arg(long, env = "LOYALTY_HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
     pub health_check_interval_ms: u64,

@@ -8,6 +8,7 @@
 //! - [`db`]: SQL, one module per area; the caller owns the transaction.
 //! - [`error`]: the one error enum and its mapping to `tonic::Status`.
 //! - [`auth`]: bearer tokens and scopes.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`clock`]: the injected source of "now".
 //!
 //! Data flows one way: `grpc` -> `domain` -> `db`.
@@ -19,6 +20,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod startup;
 pub mod telemetry;
 

@@ -29,6 +29,7 @@ use crate::domain::members::Members;
 use crate::domain::points::Points;
 use crate::grpc::membership::MembershipService;
 use crate::grpc::points::PointsService;
+use crate::metrics::{self, Metrics, MetricsLayer};
 use crate::pb;
 
 /// The names health is reported under: the whole server ("") and each service.
@@ -51,6 +52,7 @@ pub fn connect_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     pool: PgPool,
     clock: Arc<dyn Clock>,
@@ -58,7 +60,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `config.listen_addr` and prepares the services.
+    /// Binds `config.listen_addr` (and `config.metrics_addr`) and prepares the services.
     pub async fn build(config: Config, pool: PgPool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let tokens = config
             .auth_tokens_file
@@ -75,9 +77,18 @@ impl Application {
             .local_addr()
             .context("failed to read the bound address")?
             .port();
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("failed to bind the metrics address {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             port,
+            metrics_listener,
             config,
             pool,
             clock,
@@ -85,9 +96,15 @@ impl Application {
         })
     }
 
-    /// The port the server is bound to.
+    /// The port the gRPC server is bound to.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the metrics endpoint, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        let address = self.metrics_listener.as_ref()?.local_addr().ok()?;
+        Some(address.port())
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight calls.
@@ -98,18 +115,23 @@ impl Application {
         let Self {
             listener,
             port,
+            metrics_listener,
             config,
             pool,
             clock,
             tokens,
         } = self;
+        let metrics = Arc::new(Metrics::default());
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::NotServing).await;
         let monitor = tokio::spawn(watch_database(
             pool.clone(),
             health.clone(),
+            metrics.clone(),
             config.health_check_interval(),
         ));
+        let metrics_server = metrics_listener
+            .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone())));
 
         let reflection_v1 = reflection().build_v1().context("failed to build reflection v1")?;
         let reflection_v1alpha = reflection()
@@ -129,6 +151,8 @@ impl Application {
         tracing::info!(port, time_zone = %config.time_zone, "serving gRPC");
         Server::builder()
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+            // The first layer is the outermost: metrics count refused calls too.
+            .layer(MetricsLayer::new(metrics))
             .layer(AuthLayer::new(tokens))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -142,6 +166,9 @@ impl Application {
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
             .await
             .context("the gRPC server failed")?;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         pool.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -165,7 +192,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Applies the migrations once the database answers, then keeps the health
 /// statuses true to whether it still answers.
-async fn watch_database(pool: PgPool, health: HealthReporter, interval: Duration) {
+async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metrics>, interval: Duration) {
     while let Err(error) = MIGRATOR.run(&pool).await {
         tracing::warn!(error = %error, "cannot migrate the database yet; retrying");
         tokio::time::sleep(interval).await;
@@ -174,6 +201,7 @@ async fn watch_database(pool: PgPool, health: HealthReporter, interval: Duration
     let mut serving = None;
     loop {
         let up = sqlx::query("select 1").execute(&pool).await.is_ok();
+        metrics.set_database_up(up);
         if serving != Some(up) {
             let status = if up {
                 ServingStatus::Serving

@@ -24,6 +24,7 @@ pub fn default_now() -> DateTime<Utc> {
 /// A running server and clients talking to it over a real socket.
 pub struct TestApp {
     pub port: u16,
+    pub metrics_port: Option<u16>,
     pub clock: Arc<ManualClock>,
     pub members: MembershipClient<Channel>,
     pub points: PointsClient<Channel>,
@@ -61,6 +62,7 @@ pub async fn start_app(pool: PgPool, flags: &[&str]) -> TestApp {
         .await
         .expect("app builds");
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -72,6 +74,7 @@ pub async fn start_app(pool: PgPool, flags: &[&str]) -> TestApp {
         .expect("the test server accepts connections");
     TestApp {
         port,
+        metrics_port,
         clock,
         members: MembershipClient::new(channel.clone()),
         points: PointsClient::new(channel.clone()),

@@ -244,3 +244,135 @@ async fn shutdown_finishes_in_flight_calls_then_refuses_new_ones(pool: PgPool) {
         .await;
     assert!(refused.is_err(), "a stopped server accepts no connections");
 }
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[sqlx::test]
+async fn metrics_count_calls_by_method_and_code(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--metrics-addr", "127.0.0.1:0"]).await;
+    app.register("alice").await;
+    let missing = app
+        .members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: "ghost".into(),
+        })
+        .await;
+    assert!(missing.is_err());
+
+    let response = scrape(app.metrics_port.unwrap()).await;
+
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    for line in [
+        "loyalty_grpc_calls_total{method=\"/loyalty.v1.Membership/RegisterMember\",code=\"OK\"} 1",
+        "loyalty_grpc_calls_total{method=\"/loyalty.v1.Membership/GetMember\",code=\"NOT_FOUND\"} 1",
+        "loyalty_grpc_call_duration_seconds_count{method=\"/loyalty.v1.Membership/GetMember\"} 1",
+        "loyalty_database_up 1",
+    ] {
+        assert!(
+            response.lines().any(|l| l == line),
+            "missing {line:?} in\n{response}"
+        );
+    }
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut and restore.
+struct DatabaseProxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl DatabaseProxy {
+    async fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accept_up, accept_links) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused by closing
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                accept_links.lock().unwrap().push(link);
+            }
+        });
+        Self { port, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn wait_for_status(channel: Channel, wanted: ServingStatus) {
+    for _ in 0..100 {
+        if status_of(channel.clone(), "").await == wanted as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {wanted:?}");
+}
+
+#[sqlx::test]
+async fn health_follows_the_database_going_away_and_coming_back(
+    _options: PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let proxy = DatabaseProxy::start(connect.get_port()).await;
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(connect.port(proxy.port));
+    let app = start_app(pool, &[]).await;
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
+    app.register("alice").await;
+
+    proxy.cut();
+    wait_for_status(app.channel.clone(), ServingStatus::NotServing).await;
+    let error = app
+        .members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+
+    proxy.restore();
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
+    let member = app
+        .members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: "alice".into(),
+        })
+        .await;
+    assert!(member.is_ok(), "calls work again: {member:?}");
+}
