@@ -10,6 +10,7 @@ use prost::Message;
 
 const PROTOS: &[&str] = &[
     "proto/loyalty/v1/common.proto",
+    "proto/loyalty/v1/coupons.proto",
     "proto/loyalty/v1/membership.proto",
     "proto/loyalty/v1/points.proto",
 ];

@@ -34,6 +34,23 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
         ("loyalty.v1.Points", "ReverseOrder") => "points:reverse",
         ("loyalty.v1.Points", "GrantBonus") => "points:bonus",
         ("loyalty.v1.Points", "GetBalance" | "ListPointEntries") => "points:read",
+        (
+            "loyalty.v1.Coupons",
+            "CreateCouponTemplate"
+            | "GetCouponTemplate"
+            | "UpdateCouponTemplate"
+            | "SetCouponTemplatePaused"
+            | "CreatePublicCode"
+            | "GenerateSingleUseCodes",
+        ) => "coupons:admin",
+        ("loyalty.v1.Coupons", "ClaimCoupon") => "coupons:claim",
+        ("loyalty.v1.Coupons", "IssueCoupon") => "coupons:issue",
+        (
+            "loyalty.v1.Coupons",
+            "ValidateCoupons" | "BestCoupons" | "ReserveCoupons" | "CompleteOrder" | "CancelOrder"
+            | "RefundOrder",
+        ) => "coupons:checkout",
+        ("loyalty.v1.Coupons", "ListCoupons" | "GetCoupon") => "coupons:read",
         _ => return None,
     })
 }

@@ -35,6 +35,10 @@ pub enum Error {
     /// `FAILED_PRECONDITION`: a rule refuses the request in the current state.
     #[error("{message}")]
     FailedPrecondition { reason: &'static str, message: String },
+    /// `FAILED_PRECONDITION` (reason `COUPON_NOT_APPLICABLE`): picked coupons do not
+    /// apply to the order; a `PreconditionFailure` lists `(coupon id, reason)`.
+    #[error("{} picked coupon(s) do not apply to the order", .0.len())]
+    CouponsNotApplicable(Vec<(i64, &'static str)>),
     /// `ALREADY_EXISTS`: the key is taken by something with other content.
     #[error("{message}")]
     AlreadyExists { reason: &'static str, message: String },
@@ -65,6 +69,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::CouponsNotApplicable(_) => "COUPON_NOT_APPLICABLE",
             Error::NotFound { reason, .. }
             | Error::FailedPrecondition { reason, .. }
             | Error::AlreadyExists { reason, .. }
@@ -79,7 +84,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
-            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::FailedPrecondition { .. } | Error::CouponsNotApplicable(_) => Code::FailedPrecondition,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
@@ -122,6 +127,16 @@ impl From<Error> for Status {
         let message = match &error {
             Error::InvalidArgument(violation) => {
                 details.add_bad_request_violation(&violation.field, &violation.description);
+                error.to_string()
+            }
+            Error::CouponsNotApplicable(refusals) => {
+                for (coupon_id, reason) in refusals {
+                    details.add_precondition_failure_violation(
+                        *reason,
+                        coupon_id.to_string(),
+                        format!("coupon {coupon_id}: {reason}"),
+                    );
+                }
                 error.to_string()
             }
             Error::Internal(source) => {

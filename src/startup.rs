@@ -25,15 +25,22 @@ use crate::clock::Clock;
 use crate::config::{Config, DatabaseConfig};
 use crate::db::MIGRATOR;
 use crate::domain::calendar::Calendar;
+use crate::domain::coupons::Coupons;
 use crate::domain::members::Members;
 use crate::domain::points::Points;
+use crate::grpc::coupons::CouponsService;
 use crate::grpc::membership::MembershipService;
 use crate::grpc::points::PointsService;
 use crate::metrics::{self, Metrics, MetricsLayer};
 use crate::pb;
 
 /// The names health is reported under: the whole server ("") and each service.
-pub const HEALTH_SERVICES: [&str; 3] = ["", "loyalty.v1.Membership", "loyalty.v1.Points"];
+pub const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    "loyalty.v1.Coupons",
+    "loyalty.v1.Membership",
+    "loyalty.v1.Points",
+];
 
 /// A pool that connects on demand, so the server starts (and reports
 /// `NOT_SERVING`) while the database is down.
@@ -141,6 +148,7 @@ impl Application {
         let calendar = Calendar::new(config.time_zone);
         let members = Members::new(pool.clone(), clock.clone());
         let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
+        let coupons = Coupons::new(pool.clone(), calendar, clock.clone());
 
         let stopping = async move {
             shutdown.await;
@@ -162,6 +170,9 @@ impl Application {
             ))
             .add_service(pb::points_server::PointsServer::new(PointsService::new(
                 points, clock,
+            )))
+            .add_service(pb::coupons_server::CouponsServer::new(CouponsService::new(
+                coupons,
             )))
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
             .await

@@ -2,6 +2,7 @@
 //! operation that calls them owns the transaction. No rules live here, except
 //! where a rule is a constraint (a unique key, a guarded counter).
 
+pub mod coupons;
 pub mod members;
 pub mod points;
 

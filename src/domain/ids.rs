@@ -84,6 +84,23 @@ external_id!(
     CampaignId
 );
 
+external_id!(
+    /// A seller of the marketplace.
+    SellerId
+);
+external_id!(
+    /// A line of an order at checkout.
+    LineId
+);
+external_id!(
+    /// A coupon template, chosen by the admin.
+    TemplateId
+);
+external_id!(
+    /// A caller's idempotency key for a coupon issuance.
+    IssuanceId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,15 +179,19 @@ impl Members {
             .ok_or_else(|| member_not_found(account_id))
     }
 
-    /// Flags a member as fraudulent; a flagged member keeps its first flag.
+    /// Flags a member as fraudulent (a flagged member keeps its first flag) and
+    /// reclaims its VALID coupons (REVOKED), in one transaction. The member row's
+    /// lock makes a concurrent claim or issuance wait, so none slips past it.
     #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
     pub async fn flag(&self, account_id: &AccountId, reason: &FraudReason) -> Result<Member, Error> {
+        let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let member = db::members::flag(&mut tx, account_id, reason, self.clock.now())
+        let member = db::members::flag(&mut tx, account_id, reason, now)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
+        let revoked = db::coupons::revoke_valid(&mut tx, account_id, now).await?;
         tx.commit().await?;
-        tracing::info!(account_id = %account_id, "member flagged as fraudulent");
+        tracing::info!(account_id = %account_id, revoked_coupons = revoked, "member flagged as fraudulent");
         Ok(member)
     }
 

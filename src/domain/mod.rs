@@ -1,7 +1,10 @@
 //! The rules of the loyalty program. Knows nothing of protobuf; calls `db`.
 
 pub mod calendar;
+pub mod coupons;
 pub mod ids;
+pub mod levels;
 pub mod members;
 pub mod money;
 pub mod points;
+pub mod pricing;

@@ -1,5 +1,7 @@
 //! Conversions between wire types and domain types shared by every service.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 
 use crate::domain::calendar::check_not_future;
@@ -107,4 +109,66 @@ pub fn required_enum<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Erro
         return Err(Error::invalid(field, "is required"));
     }
     E::try_from(value).map_err(|_| Error::invalid(field, format!("unknown value {value}")))
+}
+
+/// Entries per page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// The most entries per page.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The page size of a request: 0 means the default, more than the maximum means
+/// the maximum (Google AIP-158), a negative size is refused.
+pub fn page_size(requested: i32) -> Result<u32, Error> {
+    match u32::try_from(requested) {
+        Err(_) => Err(Error::invalid(
+            "page_size",
+            format!("must not be negative (got {requested})"),
+        )),
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// An opaque page token carrying the last id of a page; `kind` keeps the tokens
+/// of two listings apart.
+pub fn page_token(kind: &str, last_id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{last_id}"))
+}
+
+/// The last id of the previous page; `None` for the first page.
+pub fn parse_page_token(kind: &str, token: &str) -> Result<Option<i64>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(kind)?.strip_prefix(':')?.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| Error::invalid("page_token", "is not a token this service issued"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_round_trips_and_garbage_is_refused() {
+        assert_eq!(
+            parse_page_token("entries.v1", &page_token("entries.v1", 42)).ok(),
+            Some(Some(42))
+        );
+        assert_eq!(parse_page_token("entries.v1", "").ok(), Some(None));
+        assert!(parse_page_token("entries.v1", "42").is_err());
+        assert!(parse_page_token("entries.v1", &page_token("coupons.v1", 42)).is_err());
+    }
+
+    #[test]
+    fn page_size_defaults_and_is_coerced() {
+        assert_eq!(page_size(0).ok(), Some(20));
+        assert_eq!(page_size(7).ok(), Some(7));
+        assert_eq!(page_size(1000).ok(), Some(100));
+        assert!(page_size(-1).is_err());
+    }
 }

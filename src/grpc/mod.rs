@@ -2,5 +2,6 @@
 //! calls the domain, and maps the result back; no rules and no SQL live here.
 
 pub mod convert;
+pub mod coupons;
 pub mod membership;
 pub mod points;

@@ -8,6 +8,7 @@ use clap::Parser;
 use loyalty::clock::ManualClock;
 use loyalty::config::Config;
 use loyalty::pb;
+use loyalty::pb::coupons_client::CouponsClient;
 use loyalty::pb::membership_client::MembershipClient;
 use loyalty::pb::points_client::PointsClient;
 use loyalty::startup::Application;
@@ -28,6 +29,7 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub members: MembershipClient<Channel>,
     pub points: PointsClient<Channel>,
+    pub coupons: CouponsClient<Channel>,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -78,6 +80,7 @@ pub async fn start_app(pool: PgPool, flags: &[&str]) -> TestApp {
         clock,
         members: MembershipClient::new(channel.clone()),
         points: PointsClient::new(channel.clone()),
+        coupons: CouponsClient::new(channel.clone()),
         channel,
         stop: Some(stop),
         server: Some(server),
@@ -289,4 +292,139 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
 /// Points of each entry, in order.
 pub fn points_of(entries: &[pb::PointEntry]) -> Vec<i32> {
     entries.iter().map(|e| e.points).collect()
+}
+
+/// A platform template: `amount_off` minor units off, valid 30 days from issuance.
+pub fn platform_template(template_id: &str, amount_off: i64) -> pb::CouponTemplate {
+    pb::CouponTemplate {
+        template_id: template_id.to_owned(),
+        name: format!("{template_id} name"),
+        issuer: pb::Issuer::Platform.into(),
+        discount: Some(pb::Discount {
+            kind: Some(pb::discount::Kind::AmountOffMinor(amount_off)),
+        }),
+        currency_code: "USD".to_owned(),
+        validity: Some(pb::Validity {
+            kind: Some(pb::validity::Kind::DaysFromIssuance(30)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A seller template: `basis_points` off the seller's lines.
+pub fn seller_template(template_id: &str, seller_id: &str, basis_points: i32) -> pb::CouponTemplate {
+    pb::CouponTemplate {
+        issuer: pb::Issuer::Seller.into(),
+        seller_id: seller_id.to_owned(),
+        discount: Some(pb::Discount {
+            kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
+                basis_points,
+                max_discount_minor: 0,
+            })),
+        }),
+        ..platform_template(template_id, 1)
+    }
+}
+
+/// A checkout line: (line id, seller, unit price, quantity, sale price).
+pub fn checkout_line(
+    line_id: &str,
+    seller_id: &str,
+    unit_price_minor: i64,
+    quantity: i32,
+    sale: bool,
+) -> pb::CheckoutLine {
+    pb::CheckoutLine {
+        line_id: line_id.to_owned(),
+        seller_id: seller_id.to_owned(),
+        product_id: format!("p-{line_id}"),
+        category_id: "cat".to_owned(),
+        unit_price_minor,
+        quantity,
+        sale_price: sale,
+    }
+}
+
+/// A USD order at checkout.
+pub fn checkout(account_id: &str, order_id: &str, lines: Vec<pb::CheckoutLine>) -> pb::CheckoutOrder {
+    pb::CheckoutOrder {
+        order_id: order_id.to_owned(),
+        account_id: account_id.to_owned(),
+        currency_code: "USD".to_owned(),
+        lines,
+    }
+}
+
+impl TestApp {
+    /// Creates a template.
+    pub async fn create_template(&self, template: pb::CouponTemplate) -> pb::CouponTemplate {
+        self.coupons
+            .clone()
+            .create_coupon_template(pb::CreateCouponTemplateRequest {
+                template: Some(template),
+            })
+            .await
+            .expect("template created")
+            .into_inner()
+            .template
+            .unwrap()
+    }
+
+    /// Issues a coupon of `template_id` (issuance id derived from both ids).
+    pub async fn issue(&self, account_id: &str, template_id: &str) -> Result<pb::Coupon, tonic::Status> {
+        self.issue_as(account_id, template_id, &format!("{template_id}.{account_id}"))
+            .await
+    }
+
+    /// Issues a coupon with an explicit issuance id.
+    pub async fn issue_as(
+        &self,
+        account_id: &str,
+        template_id: &str,
+        issuance_id: &str,
+    ) -> Result<pb::Coupon, tonic::Status> {
+        self.coupons
+            .clone()
+            .issue_coupon(pb::IssueCouponRequest {
+                account_id: account_id.to_owned(),
+                template_id: template_id.to_owned(),
+                issuance_id: issuance_id.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().coupon.unwrap())
+    }
+
+    /// Reads one coupon and its history.
+    pub async fn coupon(&self, account_id: &str, coupon_id: i64) -> pb::GetCouponResponse {
+        self.coupons
+            .clone()
+            .get_coupon(pb::GetCouponRequest {
+                account_id: account_id.to_owned(),
+                coupon_id,
+            })
+            .await
+            .expect("coupon")
+            .into_inner()
+    }
+
+    /// The status of one coupon now.
+    pub async fn status_of(&self, account_id: &str, coupon_id: i64) -> pb::CouponStatus {
+        self.coupon(account_id, coupon_id).await.coupon.unwrap().status()
+    }
+
+    /// Reserves coupons for an order.
+    pub async fn reserve(
+        &self,
+        order: pb::CheckoutOrder,
+        coupon_ids: Vec<i64>,
+    ) -> Result<pb::ReserveCouponsResponse, tonic::Status> {
+        self.coupons
+            .clone()
+            .reserve_coupons(pb::ReserveCouponsRequest {
+                order: Some(order),
+                coupon_ids,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }

@@ -1,7 +1,10 @@
 //! End-to-end tests: the real server on port 0, typed gRPC clients over a real
 //! socket, and a fresh PostgreSQL database per test (`#[sqlx::test]`).
 
+mod checkout;
 mod concurrency;
+mod coupon_concurrency;
+mod coupons;
 mod engagement;
 mod helpers;
 mod ledger;

@@ -292,11 +292,6 @@ pub struct Balance {
     pub leaving_month: NaiveDate,
 }
 
-/// Entries per page when the caller does not say.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
-/// The most entries per page.
-pub const MAX_PAGE_SIZE: u32 = 100;
-
 /// A page request of a member's history.
 #[derive(Debug, Clone)]
 pub struct EntryQuery {
@@ -310,18 +305,6 @@ pub struct EntryQuery {
     pub start_time: Option<DateTime<Utc>>,
     /// Only entries that occurred before this instant.
     pub end_time: Option<DateTime<Utc>>,
-}
-
-impl EntryQuery {
-    /// The page size of a request: 0 means the default, more than the maximum
-    /// means the maximum (Google AIP-158), a negative size is refused.
-    pub fn page_size(requested: i32) -> Result<u32, String> {
-        match u32::try_from(requested) {
-            Err(_) => Err(format!("must not be negative (got {requested})")),
-            Ok(0) => Ok(DEFAULT_PAGE_SIZE),
-            Ok(size) => Ok(size.min(MAX_PAGE_SIZE)),
-        }
-    }
 }
 
 /// One page of a member's history, newest first.

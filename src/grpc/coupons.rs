@@ -1,0 +1,591 @@
+//! The `loyalty.v1.Coupons` service: adapts the wire to [`Coupons`].
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::coupons::{
+    ClaimCode, Coupon, CouponSource, Coupons, RefundKind, Template, TemplateSpec, Transition, Validity,
+};
+use crate::domain::ids::{
+    AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, SellerId, TemplateId,
+};
+use crate::domain::levels::Level;
+use crate::domain::money::Currency;
+use crate::domain::pricing::{
+    CheckoutLine, CheckoutOrder, CouponStatus, Discount, Issuer, MAX_PICKED, Pricing, Refusal,
+};
+use crate::error::{Error, FieldContext};
+use crate::grpc::convert::{
+    page_size, page_token, parse_page_token, required_enum, required_instant, timestamp,
+};
+use crate::pb;
+
+/// The gRPC face of coupon operations.
+pub struct CouponsService {
+    coupons: Coupons,
+}
+
+impl CouponsService {
+    /// Serves `coupons`.
+    pub fn new(coupons: Coupons) -> Self {
+        Self { coupons }
+    }
+}
+
+pub(crate) fn level_pb(level: Level) -> pb::Level {
+    match level {
+        Level::Silver => pb::Level::Silver,
+        Level::Gold => pb::Level::Gold,
+        Level::Platinum => pb::Level::Platinum,
+        Level::Diamond => pb::Level::Diamond,
+    }
+}
+
+pub(crate) fn level_domain(value: i32, field: &str) -> Result<Level, Error> {
+    Ok(match required_enum::<pb::Level>(value, field)? {
+        pb::Level::Silver => Level::Silver,
+        pb::Level::Gold => Level::Gold,
+        pb::Level::Platinum => Level::Platinum,
+        pb::Level::Diamond => Level::Diamond,
+        pb::Level::Unspecified => return Err(Error::invalid(field, "is required")),
+    })
+}
+
+fn status_pb(status: CouponStatus) -> pb::CouponStatus {
+    match status {
+        CouponStatus::Valid => pb::CouponStatus::Valid,
+        CouponStatus::Inactive => pb::CouponStatus::Inactive,
+        CouponStatus::Used => pb::CouponStatus::Used,
+        CouponStatus::Expired => pb::CouponStatus::Expired,
+        CouponStatus::Revoked => pb::CouponStatus::Revoked,
+    }
+}
+
+fn status_domain(value: i32, field: &str) -> Result<CouponStatus, Error> {
+    Ok(match required_enum::<pb::CouponStatus>(value, field)? {
+        pb::CouponStatus::Valid => CouponStatus::Valid,
+        pb::CouponStatus::Inactive => CouponStatus::Inactive,
+        pb::CouponStatus::Used => CouponStatus::Used,
+        pb::CouponStatus::Expired => CouponStatus::Expired,
+        pb::CouponStatus::Revoked => CouponStatus::Revoked,
+        pb::CouponStatus::Unspecified => return Err(Error::invalid(field, "is required")),
+    })
+}
+
+fn refusal_pb(refusal: Refusal) -> pb::NotApplicableReason {
+    use pb::NotApplicableReason as R;
+    match refusal {
+        Refusal::NotOwner => R::NotOwner,
+        Refusal::NotYetValid => R::NotYetValid,
+        Refusal::Expired => R::Expired,
+        Refusal::AlreadyApplied => R::AlreadyApplied,
+        Refusal::Used => R::Used,
+        Refusal::Revoked => R::Revoked,
+        Refusal::MinPurchaseNotMet => R::MinPurchaseNotMet,
+        Refusal::WrongSeller => R::WrongSeller,
+        Refusal::NoEligibleLines => R::NoEligibleLines,
+        Refusal::CurrencyMismatch => R::CurrencyMismatch,
+        Refusal::StackingConflict => R::StackingConflict,
+    }
+}
+
+fn issuer_pb(issuer: &Issuer) -> (pb::Issuer, String) {
+    match issuer {
+        Issuer::Platform => (pb::Issuer::Platform, String::new()),
+        Issuer::Seller(seller) => (pb::Issuer::Seller, seller.to_string()),
+    }
+}
+
+fn discount_pb(discount: &Discount) -> pb::Discount {
+    pb::Discount {
+        kind: Some(match *discount {
+            Discount::AmountOff(amount) => pb::discount::Kind::AmountOffMinor(amount),
+            Discount::PercentOff {
+                basis_points,
+                max_minor,
+            } => pb::discount::Kind::PercentOff(pb::PercentOff {
+                basis_points: i32::try_from(basis_points).unwrap_or(i32::MAX),
+                max_discount_minor: max_minor.unwrap_or(0),
+            }),
+        }),
+    }
+}
+
+fn template_spec(template: Option<pb::CouponTemplate>) -> Result<TemplateSpec, Error> {
+    let t = template.ok_or_else(|| Error::invalid("template", "is required"))?;
+    let issuer = match required_enum::<pb::Issuer>(t.issuer, "template.issuer")? {
+        pb::Issuer::Platform if t.seller_id.is_empty() => Issuer::Platform,
+        pb::Issuer::Platform => {
+            return Err(Error::invalid(
+                "template.seller_id",
+                "must be empty for a platform coupon",
+            ));
+        }
+        pb::Issuer::Seller => Issuer::Seller(SellerId::parse(&t.seller_id).field("template.seller_id")?),
+        pb::Issuer::Unspecified => return Err(Error::invalid("template.issuer", "is required")),
+    };
+    let discount = match t.discount.and_then(|d| d.kind) {
+        Some(pb::discount::Kind::AmountOffMinor(amount)) => Discount::AmountOff(amount),
+        Some(pb::discount::Kind::PercentOff(p)) => Discount::PercentOff {
+            basis_points: u32::try_from(p.basis_points).map_err(|_| {
+                Error::invalid("template.discount.percent_off.basis_points", "must be 1 to 10000")
+            })?,
+            max_minor: match p.max_discount_minor {
+                0 => None,
+                max if max < 0 => {
+                    return Err(Error::invalid(
+                        "template.discount.percent_off.max_discount_minor",
+                        "must not be negative",
+                    ));
+                }
+                max => Some(max),
+            },
+        },
+        None => return Err(Error::invalid("template.discount", "is required")),
+    };
+    let validity = match t.validity.and_then(|v| v.kind) {
+        Some(pb::validity::Kind::Window(w)) => Validity::Window {
+            from: required_instant(w.valid_from, "template.validity.window.valid_from")?,
+            until: required_instant(w.valid_until, "template.validity.window.valid_until")?,
+        },
+        Some(pb::validity::Kind::DaysFromIssuance(days)) => Validity::Days(
+            u32::try_from(days)
+                .map_err(|_| Error::invalid("template.validity.days_from_issuance", "must be 1 to 3650"))?,
+        ),
+        None => return Err(Error::invalid("template.validity", "is required")),
+    };
+    let allowed_levels = t
+        .allowed_levels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| level_domain(l, &format!("template.allowed_levels[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = TemplateSpec {
+        template_id: TemplateId::parse(&t.template_id).field("template.template_id")?,
+        name: t.name,
+        description: t.description,
+        issuer,
+        discount,
+        currency: Currency::parse(&t.currency_code).field("template.currency_code")?,
+        min_purchase: t.min_purchase_minor,
+        validity,
+        total_stock: t.total_stock,
+        daily_stock: t.daily_stock,
+        per_member_limit: match t.per_member_limit {
+            0 => 1,
+            n => u32::try_from(n)
+                .map_err(|_| Error::invalid("template.per_member_limit", "must be positive"))?,
+        },
+        allowed_levels,
+        regular_price_only: t.regular_price_only.unwrap_or(true),
+    };
+    spec.check()?;
+    Ok(spec)
+}
+
+fn template_pb(template: Template) -> pb::CouponTemplate {
+    let spec = template.spec;
+    let (issuer, seller_id) = issuer_pb(&spec.issuer);
+    pb::CouponTemplate {
+        template_id: spec.template_id.to_string(),
+        name: spec.name,
+        description: spec.description,
+        issuer: issuer.into(),
+        seller_id,
+        discount: Some(discount_pb(&spec.discount)),
+        currency_code: spec.currency.to_string(),
+        min_purchase_minor: spec.min_purchase,
+        validity: Some(pb::Validity {
+            kind: Some(match spec.validity {
+                Validity::Window { from, until } => pb::validity::Kind::Window(pb::ValidityWindow {
+                    valid_from: Some(timestamp(from)),
+                    valid_until: Some(timestamp(until)),
+                }),
+                Validity::Days(days) => {
+                    pb::validity::Kind::DaysFromIssuance(i32::try_from(days).unwrap_or(i32::MAX))
+                }
+            }),
+        }),
+        total_stock: spec.total_stock,
+        daily_stock: spec.daily_stock,
+        per_member_limit: i32::try_from(spec.per_member_limit).unwrap_or(i32::MAX),
+        allowed_levels: spec
+            .allowed_levels
+            .into_iter()
+            .map(|l| level_pb(l).into())
+            .collect(),
+        regular_price_only: Some(spec.regular_price_only),
+        paused: template.paused,
+        issued_count: template.issued_count,
+        create_time: Some(timestamp(template.created_at)),
+        update_time: Some(timestamp(template.updated_at)),
+    }
+}
+
+fn coupon_pb(coupon: Coupon) -> pb::Coupon {
+    let (issuer, seller_id) = issuer_pb(&coupon.issuer);
+    pb::Coupon {
+        coupon_id: coupon.coupon_id,
+        account_id: coupon.account_id.to_string(),
+        template_id: coupon.template_id.to_string(),
+        name: coupon.name,
+        status: status_pb(coupon.status).into(),
+        issuer: issuer.into(),
+        seller_id,
+        discount: Some(discount_pb(&coupon.discount)),
+        currency_code: coupon.currency.to_string(),
+        min_purchase_minor: coupon.min_purchase,
+        regular_price_only: coupon.regular_price_only,
+        valid_from: Some(timestamp(coupon.valid_from)),
+        expires_at: Some(timestamp(coupon.expires_at)),
+        source: match coupon.source {
+            CouponSource::PublicCode => pb::CouponSource::PublicCode,
+            CouponSource::SingleUseCode => pb::CouponSource::SingleUseCode,
+            CouponSource::Issuance => pb::CouponSource::Issuance,
+        }
+        .into(),
+        issued_at: Some(timestamp(coupon.issued_at)),
+        order_id: coupon.order_id.map(|o| o.to_string()).unwrap_or_default(),
+    }
+}
+
+fn transition_pb(transition: Transition) -> pb::CouponTransition {
+    pb::CouponTransition {
+        action: transition.action,
+        from_status: transition
+            .from_status
+            .map_or(pb::CouponStatus::Unspecified, status_pb)
+            .into(),
+        to_status: status_pb(transition.to_status).into(),
+        order_id: transition.order_id.unwrap_or_default(),
+        note: transition.note,
+        occurred_at: Some(timestamp(transition.occurred_at)),
+    }
+}
+
+fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Error> {
+    let order = order.ok_or_else(|| Error::invalid("order", "is required"))?;
+    let lines = order
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let field = |name: &str| format!("order.lines[{i}].{name}");
+            Ok(CheckoutLine {
+                line_id: LineId::parse(&l.line_id).field(&field("line_id"))?,
+                seller_id: SellerId::parse(&l.seller_id).field(&field("seller_id"))?,
+                product_id: ProductId::parse(&l.product_id).field(&field("product_id"))?,
+                category_id: CategoryId::parse(&l.category_id).field(&field("category_id"))?,
+                unit_price: l.unit_price_minor,
+                quantity: u32::try_from(l.quantity)
+                    .map_err(|_| Error::invalid(field("quantity"), "must be 1 to 10000"))?,
+                sale_price: l.sale_price,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    CheckoutOrder::new(
+        OrderId::parse(&order.order_id).field("order.order_id")?,
+        AccountId::parse(&order.account_id).field("order.account_id")?,
+        Currency::parse(&order.currency_code).field("order.currency_code")?,
+        lines,
+    )
+}
+
+fn picked_ids(ids: &[i64], at_least_one: bool) -> Result<Vec<i64>, Error> {
+    if ids.len() > MAX_PICKED || (at_least_one && ids.is_empty()) {
+        let least = if at_least_one { 1 } else { 0 };
+        return Err(Error::invalid(
+            "coupon_ids",
+            format!("must name {least} to {MAX_PICKED} coupons"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(repeated) = ids.iter().find(|id| !seen.insert(**id)) {
+        return Err(Error::invalid(
+            "coupon_ids",
+            format!("names coupon {repeated} twice"),
+        ));
+    }
+    Ok(ids.to_vec())
+}
+
+fn pricing_pb(order: &CheckoutOrder, pricing: Pricing) -> pb::Pricing {
+    let line_id = |index: usize| order.lines()[index].line_id.to_string();
+    let total = pricing.total();
+    pb::Pricing {
+        coupons: pricing
+            .coupons
+            .into_iter()
+            .map(|outcome| match outcome.result {
+                Ok(applied) => pb::CouponOutcome {
+                    coupon_id: outcome.coupon_id,
+                    applicable: true,
+                    reason: pb::NotApplicableReason::Unspecified.into(),
+                    discount_minor: applied.discount,
+                    allocations: applied
+                        .allocations
+                        .into_iter()
+                        .map(|(line, discount)| pb::LineAllocation {
+                            line_id: line_id(line),
+                            discount_minor: discount,
+                        })
+                        .collect(),
+                },
+                Err(refusal) => pb::CouponOutcome {
+                    coupon_id: outcome.coupon_id,
+                    applicable: false,
+                    reason: refusal_pb(refusal).into(),
+                    discount_minor: 0,
+                    allocations: Vec::new(),
+                },
+            })
+            .collect(),
+        lines: pricing
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, (amount, discount))| pb::LineTotal {
+                line_id: line_id(i),
+                amount_minor: *amount,
+                discount_minor: *discount,
+                total_minor: amount - discount,
+            })
+            .collect(),
+        subtotal_minor: pricing.subtotal,
+        discount_minor: pricing.discount,
+        total_minor: total,
+        currency_code: order.currency.to_string(),
+    }
+}
+
+/// Keeps coupon page tokens apart from other listings' tokens.
+const PAGE_KIND: &str = "coupons.v1";
+
+#[tonic::async_trait]
+impl pb::coupons_server::Coupons for CouponsService {
+    async fn create_coupon_template(
+        &self,
+        request: Request<pb::CreateCouponTemplateRequest>,
+    ) -> Result<Response<pb::CreateCouponTemplateResponse>, Status> {
+        let spec = template_spec(request.into_inner().template)?;
+        let (template, replayed) = self.coupons.create_template(&spec).await?;
+        Ok(Response::new(pb::CreateCouponTemplateResponse {
+            template: Some(template_pb(template)),
+            replayed,
+        }))
+    }
+
+    async fn get_coupon_template(
+        &self,
+        request: Request<pb::GetCouponTemplateRequest>,
+    ) -> Result<Response<pb::GetCouponTemplateResponse>, Status> {
+        let template_id = TemplateId::parse(&request.get_ref().template_id).field("template_id")?;
+        let template = self.coupons.template(&template_id).await?;
+        Ok(Response::new(pb::GetCouponTemplateResponse {
+            template: Some(template_pb(template)),
+        }))
+    }
+
+    async fn update_coupon_template(
+        &self,
+        request: Request<pb::UpdateCouponTemplateRequest>,
+    ) -> Result<Response<pb::UpdateCouponTemplateResponse>, Status> {
+        let spec = template_spec(request.into_inner().template)?;
+        let template = self.coupons.update_template(&spec).await?;
+        Ok(Response::new(pb::UpdateCouponTemplateResponse {
+            template: Some(template_pb(template)),
+        }))
+    }
+
+    async fn set_coupon_template_paused(
+        &self,
+        request: Request<pb::SetCouponTemplatePausedRequest>,
+    ) -> Result<Response<pb::SetCouponTemplatePausedResponse>, Status> {
+        let request = request.into_inner();
+        let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let template = self.coupons.set_paused(&template_id, request.paused).await?;
+        Ok(Response::new(pb::SetCouponTemplatePausedResponse {
+            template: Some(template_pb(template)),
+        }))
+    }
+
+    async fn create_public_code(
+        &self,
+        request: Request<pb::CreatePublicCodeRequest>,
+    ) -> Result<Response<pb::CreatePublicCodeResponse>, Status> {
+        let request = request.into_inner();
+        let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let code = ClaimCode::parse(&request.code).field("code")?;
+        let replayed = self.coupons.create_public_code(&template_id, &code).await?;
+        Ok(Response::new(pb::CreatePublicCodeResponse {
+            code: code.to_string(),
+            replayed,
+        }))
+    }
+
+    async fn generate_single_use_codes(
+        &self,
+        request: Request<pb::GenerateSingleUseCodesRequest>,
+    ) -> Result<Response<pb::GenerateSingleUseCodesResponse>, Status> {
+        let request = request.into_inner();
+        let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let count =
+            u32::try_from(request.count).map_err(|_| Error::invalid("count", "must be 1 to 10000"))?;
+        let codes = self.coupons.generate_codes(&template_id, count).await?;
+        Ok(Response::new(pb::GenerateSingleUseCodesResponse {
+            codes: codes.into_iter().map(|c| c.to_string()).collect(),
+        }))
+    }
+
+    async fn claim_coupon(
+        &self,
+        request: Request<pb::ClaimCouponRequest>,
+    ) -> Result<Response<pb::ClaimCouponResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let code = ClaimCode::parse(&request.code).field("code")?;
+        let issued = self.coupons.claim(&account_id, &code).await?;
+        Ok(Response::new(pb::ClaimCouponResponse {
+            coupon: Some(coupon_pb(issued.coupon)),
+            replayed: issued.replayed,
+        }))
+    }
+
+    async fn issue_coupon(
+        &self,
+        request: Request<pb::IssueCouponRequest>,
+    ) -> Result<Response<pb::IssueCouponResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let issuance_id = IssuanceId::parse(&request.issuance_id).field("issuance_id")?;
+        let issued = self
+            .coupons
+            .issue(&account_id, &template_id, &issuance_id)
+            .await?;
+        Ok(Response::new(pb::IssueCouponResponse {
+            coupon: Some(coupon_pb(issued.coupon)),
+            replayed: issued.replayed,
+        }))
+    }
+
+    async fn validate_coupons(
+        &self,
+        request: Request<pb::ValidateCouponsRequest>,
+    ) -> Result<Response<pb::ValidateCouponsResponse>, Status> {
+        let request = request.into_inner();
+        let order = checkout_order(request.order)?;
+        let ids = picked_ids(&request.coupon_ids, false)?;
+        let pricing = self.coupons.validate(&order, &ids).await?;
+        Ok(Response::new(pb::ValidateCouponsResponse {
+            pricing: Some(pricing_pb(&order, pricing)),
+        }))
+    }
+
+    async fn best_coupons(
+        &self,
+        request: Request<pb::BestCouponsRequest>,
+    ) -> Result<Response<pb::BestCouponsResponse>, Status> {
+        let order = checkout_order(request.into_inner().order)?;
+        let (coupon_ids, pricing) = self.coupons.best(&order).await?;
+        Ok(Response::new(pb::BestCouponsResponse {
+            coupon_ids,
+            pricing: Some(pricing_pb(&order, pricing)),
+        }))
+    }
+
+    async fn reserve_coupons(
+        &self,
+        request: Request<pb::ReserveCouponsRequest>,
+    ) -> Result<Response<pb::ReserveCouponsResponse>, Status> {
+        let request = request.into_inner();
+        let order = checkout_order(request.order)?;
+        let ids = picked_ids(&request.coupon_ids, true)?;
+        let reservation = self.coupons.reserve(&order, &ids).await?;
+        Ok(Response::new(pb::ReserveCouponsResponse {
+            pricing: Some(pricing_pb(&order, reservation.pricing)),
+            coupons: reservation.coupons.into_iter().map(coupon_pb).collect(),
+            replayed: reservation.replayed,
+        }))
+    }
+
+    async fn complete_order(
+        &self,
+        request: Request<pb::CompleteOrderRequest>,
+    ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
+        let coupons = self.coupons.complete(&account_id, &order_id).await?;
+        Ok(Response::new(pb::CompleteOrderResponse {
+            coupons: coupons.into_iter().map(coupon_pb).collect(),
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
+        let coupons = self.coupons.cancel(&account_id, &order_id).await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            coupons: coupons.into_iter().map(coupon_pb).collect(),
+        }))
+    }
+
+    async fn refund_order(
+        &self,
+        request: Request<pb::RefundOrderRequest>,
+    ) -> Result<Response<pb::RefundOrderResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
+        let kind = match required_enum::<pb::RefundKind>(request.kind, "kind")? {
+            pb::RefundKind::Full => RefundKind::Full,
+            pb::RefundKind::Partial => RefundKind::Partial,
+            pb::RefundKind::Unspecified => return Err(Error::invalid("kind", "is required").into()),
+        };
+        let coupons = self.coupons.refund(&account_id, &order_id, kind).await?;
+        Ok(Response::new(pb::RefundOrderResponse {
+            coupons: coupons.into_iter().map(coupon_pb).collect(),
+        }))
+    }
+
+    async fn list_coupons(
+        &self,
+        request: Request<pb::ListCouponsRequest>,
+    ) -> Result<Response<pb::ListCouponsResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let statuses = request
+            .statuses
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| status_domain(s, &format!("statuses[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let page_size = page_size(request.page_size)?;
+        let before = parse_page_token(PAGE_KIND, &request.page_token)?;
+        let (coupons, next) = self
+            .coupons
+            .list(&account_id, &statuses, before, page_size)
+            .await?;
+        Ok(Response::new(pb::ListCouponsResponse {
+            coupons: coupons.into_iter().map(coupon_pb).collect(),
+            next_page_token: next.map(|id| page_token(PAGE_KIND, id)).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_coupon(
+        &self,
+        request: Request<pb::GetCouponRequest>,
+    ) -> Result<Response<pb::GetCouponResponse>, Status> {
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let (coupon, history) = self.coupons.get(&account_id, request.coupon_id).await?;
+        Ok(Response::new(pb::GetCouponResponse {
+            coupon: Some(coupon_pb(coupon)),
+            history: history.into_iter().map(transition_pb).collect(),
+        }))
+    }
+}
