@@ -18,6 +18,7 @@ async fn a_hundred_concurrent_visits_on_one_day_earn_exactly_one_point(
 ) {
     let app = spawn_app(pool(options, connect).await).await;
     app.register("alice").await;
+    app.warm_up("alice").await;
 
     let visits = (0..100).map(|i| {
         let at = format!("2026-06-14T{:02}:{:02}:00Z", i / 60 + 8, i % 60);
@@ -48,6 +49,7 @@ async fn fifty_concurrent_posts_in_one_month_earn_exactly_ten(
 ) {
     let app = spawn_app(pool(options, connect).await).await;
     app.register("alice").await;
+    app.warm_up("alice").await;
 
     let posts = (0..50).map(|i| {
         let app = &app;
@@ -92,6 +94,7 @@ async fn the_same_order_confirmed_twenty_times_concurrently_is_awarded_once(
 ) {
     let app = spawn_app(pool(options, connect).await).await;
     app.register("alice").await;
+    app.warm_up("alice").await;
 
     let calls = (0..20).map(|_| {
         app.confirm_order(
@@ -121,6 +124,7 @@ async fn concurrent_orders_of_one_day_share_the_daily_caps_exactly(
 ) {
     let app = spawn_app(pool(options, connect).await).await;
     app.register("alice").await;
+    app.warm_up("alice").await;
 
     // Twelve orders, each with two categories overlapping its neighbours' (so their
     // category inserts collide), in both orders of listing.
@@ -173,6 +177,7 @@ async fn concurrent_reversals_of_one_order_compensate_once(
 ) {
     let app = spawn_app(pool(options, connect).await).await;
     app.register("alice").await;
+    app.warm_up("alice").await;
     app.confirm_order(
         "alice",
         "o-1",

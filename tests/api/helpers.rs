@@ -412,6 +412,12 @@ impl TestApp {
         self.coupon(account_id, coupon_id).await.coupon.unwrap().status()
     }
 
+    /// Opens the pool's connections with concurrent reads, so a race starts with
+    /// every connection ready rather than on the first few.
+    pub async fn warm_up(&self, account_id: &str) {
+        futures::future::join_all((0..32).map(|_| self.balance(account_id))).await;
+    }
+
     /// Reserves coupons for an order.
     pub async fn reserve(
         &self,
