@@ -52,6 +52,10 @@ pub fn connect_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(config.acquire_timeout())
+        // No ping before every checkout (sqlx's default): it costs a round trip
+        // per call, and a broken connection already fails its query with
+        // UNAVAILABLE while the health monitor reports the outage.
+        .test_before_acquire(false)
         .connect_lazy_with(options))
 }
 

@@ -1,0 +1,260 @@
+//! Load generator for the RPC path: N concurrent callers using the generated
+//! gRPC client against a running `loyalty serve`, for a fixed time, reporting
+//! calls/s and latency percentiles. `scripts/bench` seeds the database, runs
+//! this and the matching pgbench script side by side, and prints both.
+//!
+//! cargo bench --bench load -- --addr http://127.0.0.1:50061 --scenario validate \
+//!     --concurrency 16 --seconds 10 --members 10000
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use loyalty::pb;
+use loyalty::pb::coupons_client::CouponsClient;
+use loyalty::pb::points_client::PointsClient;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// ValidateCoupons of one member's coupon on a two-line order.
+    Validate,
+    /// ReserveCoupons then CompleteOrder, a fresh coupon each time.
+    ReserveComplete,
+    /// ClaimCoupon of one public code (one hot template) by a fresh member each time.
+    HotClaim,
+    /// RecordConfirmedOrder of a fresh order by a random member.
+    AwardOrder,
+    /// grpc.health.v1 Check: no SQL at all, the ceiling of the RPC hop itself.
+    Health,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The server.
+    #[arg(long, default_value = "http://127.0.0.1:50061")]
+    addr: String,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Members seeded as m1..mN (`bench/seed.sql`).
+    #[arg(long, default_value_t = 10_000)]
+    members: u64,
+    /// HTTP/2 connections shared by the callers.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Tokio worker threads of the generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print one machine-readable line instead of a sentence.
+    #[arg(long)]
+    tsv: bool,
+    /// cargo passes `--bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What every caller shares.
+struct Shared {
+    scenario: Scenario,
+    members: u64,
+    /// Hands out fresh coupons, members and order ids.
+    sequence: AtomicU64,
+}
+
+impl Shared {
+    fn next(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The member owning seeded coupon `c` (coupon c belongs to m((c-1) % members + 1)).
+    fn owner(&self, c: u64) -> String {
+        format!("m{}", (c - 1) % self.members + 1)
+    }
+}
+
+fn order(account_id: String, order_id: String) -> pb::CheckoutOrder {
+    let line = |id: &str, seller: &str, price: i64| pb::CheckoutLine {
+        line_id: id.to_owned(),
+        seller_id: seller.to_owned(),
+        product_id: format!("p-{id}"),
+        category_id: "c1".to_owned(),
+        unit_price_minor: price,
+        quantity: 1,
+        sale_price: false,
+    };
+    pb::CheckoutOrder {
+        order_id,
+        account_id,
+        currency_code: "USD".to_owned(),
+        lines: vec![line("l1", "s1", 2500), line("l2", "s2", 1333)],
+    }
+}
+
+/// The clients a caller uses.
+struct Clients {
+    coupons: CouponsClient<Channel>,
+    points: PointsClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
+async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Status> {
+    let Clients { coupons, points, health } = clients;
+    match shared.scenario {
+        Scenario::Health => {
+            health.check(HealthCheckRequest { service: String::new() }).await?;
+        }
+        Scenario::Validate => {
+            // Seeded coupon m belongs to member m.
+            let m = shared.next() % shared.members + 1;
+            coupons
+                .validate_coupons(pb::ValidateCouponsRequest {
+                    order: Some(order(format!("m{m}"), format!("v-{m}"))),
+                    coupon_ids: vec![i64::try_from(m).unwrap_or(1)],
+                })
+                .await?;
+        }
+        Scenario::ReserveComplete => {
+            let c = shared.next();
+            let (account_id, order_id) = (shared.owner(c), format!("b-{c}"));
+            coupons
+                .reserve_coupons(pb::ReserveCouponsRequest {
+                    order: Some(order(account_id.clone(), order_id.clone())),
+                    coupon_ids: vec![i64::try_from(c).unwrap_or(1)],
+                })
+                .await?;
+            coupons.complete_order(pb::CompleteOrderRequest { account_id, order_id }).await?;
+        }
+        Scenario::HotClaim => {
+            let m = shared.next();
+            coupons
+                .claim_coupon(pb::ClaimCouponRequest {
+                    account_id: format!("m{m}"),
+                    code: "BENCH-HOT".to_owned(),
+                })
+                .await?;
+        }
+        Scenario::AwardOrder => {
+            let n = shared.next();
+            let m = n.wrapping_mul(2_654_435_761) % shared.members + 1;
+            let category = |k: u64| format!("cat{}", (n + k) % 20);
+            points
+                .record_confirmed_order(pb::RecordConfirmedOrderRequest {
+                    account_id: format!("m{m}"),
+                    order_id: format!("ord-{n}"),
+                    amount: Some(pb::Money {
+                        amount_minor: 2590,
+                        currency_code: "USD".to_owned(),
+                    }),
+                    confirmed_at: Some(prost_types::Timestamp {
+                        seconds: 1_780_000_000 + i64::try_from(n % 86_400).unwrap_or(0),
+                        nanos: 0,
+                    }),
+                    products: vec![
+                        pb::OrderProduct {
+                            product_id: "sku-1".to_owned(),
+                            category_id: category(0),
+                        },
+                        pb::OrderProduct {
+                            product_id: "sku-2".to_owned(),
+                            category_id: category(7),
+                        },
+                    ],
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(args.addr.clone())?.tcp_nodelay(true).connect().await?);
+    }
+    let shared = Arc::new(Shared {
+        scenario: args.scenario,
+        members: args.members,
+        sequence: AtomicU64::new(0),
+    });
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for i in 0..args.concurrency {
+        let channel = channels[i % channels.len()].clone();
+        let (shared, errors) = (shared.clone(), errors.clone());
+        callers.push(tokio::spawn(async move {
+            let mut clients = Clients {
+                coupons: CouponsClient::new(channel.clone()),
+                points: PointsClient::new(channel.clone()),
+                health: HealthClient::new(channel),
+            };
+            let mut latencies = Vec::with_capacity(100_000);
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                match call(&shared, &mut clients).await {
+                    Ok(()) => latencies.push(begun.elapsed()),
+                    Err(status) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {status:?}");
+                        }
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(caller.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let rate = latencies.len() as f64 / elapsed;
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    let errors = errors.load(Ordering::Relaxed);
+    if args.tsv {
+        println!(
+            "{:?}\t{}\t{rate:.0}\t{:.2}\t{:.2}\t{errors}",
+            args.scenario,
+            latencies.len(),
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+    } else {
+        println!(
+            "{:?}: {} calls in {elapsed:.1} s = {rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms, {errors} errors",
+            args.scenario,
+            latencies.len(),
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
