@@ -107,10 +107,18 @@ struct Clients {
 }
 
 async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Status> {
-    let Clients { coupons, points, health } = clients;
+    let Clients {
+        coupons,
+        points,
+        health,
+    } = clients;
     match shared.scenario {
         Scenario::Health => {
-            health.check(HealthCheckRequest { service: String::new() }).await?;
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
         }
         Scenario::Validate => {
             // Seeded coupon m belongs to member m.
@@ -131,7 +139,9 @@ async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Statu
                     coupon_ids: vec![i64::try_from(c).unwrap_or(1)],
                 })
                 .await?;
-            coupons.complete_order(pb::CompleteOrderRequest { account_id, order_id }).await?;
+            coupons
+                .complete_order(pb::CompleteOrderRequest { account_id, order_id })
+                .await?;
         }
         Scenario::HotClaim => {
             let m = shared.next();
@@ -195,7 +205,12 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        channels.push(Channel::from_shared(args.addr.clone())?.tcp_nodelay(true).connect().await?);
+        channels.push(
+            Channel::from_shared(args.addr.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
     }
     let shared = Arc::new(Shared {
         scenario: args.scenario,

@@ -26,7 +26,15 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
     Some(match (service, method) {
         ("loyalty.v1.Membership", "RegisterMember" | "UpdateBirthday") => "members:write",
-        ("loyalty.v1.Membership", "GetMember") => "members:read",
+        (
+            "loyalty.v1.Membership",
+            "GetMember" | "GetMembership" | "GetLevelAt" | "ListLevelHistory" | "CheckFastRefund",
+        ) => "members:read",
+        (
+            "loyalty.v1.Membership",
+            "EvaluateLevels" | "RunDailyRewards" | "SetRewardTemplates" | "ListRewardTemplates",
+        ) => "membership:admin",
+        ("loyalty.v1.Membership", "ClaimDailyCoupon") => "coupons:claim",
         ("loyalty.v1.Membership", "FlagMember" | "UnflagMember") => "members:admin",
         ("loyalty.v1.Points", "RecordConfirmedOrder" | "RecordReview" | "RecordVisit" | "RecordPost") => {
             "points:earn"

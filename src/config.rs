@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 
+use crate::domain::levels::{BenefitsTable, Thresholds};
 use crate::domain::money::{Currency, Money};
 use crate::domain::points::rules::EarningRules;
 
@@ -87,6 +89,58 @@ pub struct Config {
     pub log_format: String,
     #[command(flatten)]
     pub earning: EarningConfig,
+    #[command(flatten)]
+    pub levels: LevelConfig,
+}
+
+/// Level thresholds, benefits and the built-in scheduler (SPEC §3).
+#[derive(Debug, Clone, Args)]
+pub struct LevelConfig {
+    /// Least 12-month points of Gold.
+    #[arg(long, env = "LOYALTY_GOLD_MIN_POINTS", default_value_t = 101)]
+    pub gold_min_points: i64,
+    /// Least 12-month points of Platinum.
+    #[arg(long, env = "LOYALTY_PLATINUM_MIN_POINTS", default_value_t = 501)]
+    pub platinum_min_points: i64,
+    /// Least 12-month points of Diamond.
+    #[arg(long, env = "LOYALTY_DIAMOND_MIN_POINTS", default_value_t = 1501)]
+    pub diamond_min_points: i64,
+    /// JSON file replacing the benefits table (see docs/membership.md); the
+    /// SPEC §3.1 table without it.
+    #[arg(long, env = "LOYALTY_BENEFITS_FILE")]
+    pub benefits_file: Option<PathBuf>,
+    /// Run the jobs by themselves: each day the daily rewards of the day, and the
+    /// evaluation of the previous month once it is over. Off by default (an admin
+    /// or a cron calls EvaluateLevels and RunDailyRewards).
+    #[arg(long, env = "LOYALTY_SCHEDULER", default_value_t = false)]
+    pub scheduler: bool,
+    /// How often the scheduler looks for work (seconds).
+    #[arg(long, env = "LOYALTY_SCHEDULER_INTERVAL_SECS", default_value_t = 300)]
+    pub scheduler_interval_secs: u64,
+}
+
+impl LevelConfig {
+    /// The thresholds, checked.
+    pub fn thresholds(&self) -> anyhow::Result<Thresholds> {
+        let thresholds = Thresholds {
+            gold: self.gold_min_points,
+            platinum: self.platinum_min_points,
+            diamond: self.diamond_min_points,
+        };
+        thresholds.check().map_err(anyhow::Error::msg)?;
+        Ok(thresholds)
+    }
+
+    /// The benefits table: the file's, or the default.
+    pub fn benefits(&self) -> anyhow::Result<BenefitsTable> {
+        let Some(path) = &self.benefits_file else {
+            return Ok(BenefitsTable::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the benefits file {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("failed to parse the benefits file {}", path.display()))
+    }
 }
 
 /// The amounts and caps of the earning rules (SPEC §2.1).

@@ -27,6 +27,7 @@ use crate::db::MIGRATOR;
 use crate::domain::calendar::Calendar;
 use crate::domain::coupons::Coupons;
 use crate::domain::members::Members;
+use crate::domain::membership::{LevelRules, Membership};
 use crate::domain::points::Points;
 use crate::grpc::coupons::CouponsService;
 use crate::grpc::membership::MembershipService;
@@ -153,6 +154,25 @@ impl Application {
         let members = Members::new(pool.clone(), clock.clone());
         let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
         let coupons = Coupons::new(pool.clone(), calendar, clock.clone());
+        let rules = LevelRules {
+            thresholds: config.levels.thresholds()?,
+            benefits: config.levels.benefits()?,
+            program_currency: config.program_currency,
+        };
+        let membership = Membership::new(
+            pool.clone(),
+            rules,
+            calendar,
+            clock.clone(),
+            points.clone(),
+            coupons.clone(),
+        );
+        let scheduler = config.levels.scheduler.then(|| {
+            tokio::spawn(run_scheduler(
+                membership.clone(),
+                Duration::from_secs(config.levels.scheduler_interval_secs.max(1)),
+            ))
+        });
 
         let stopping = async move {
             shutdown.await;
@@ -170,7 +190,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(pb::membership_server::MembershipServer::new(
-                MembershipService::new(members, clock.clone()),
+                MembershipService::new(members, membership, config.program_currency, clock.clone()),
             ))
             .add_service(pb::points_server::PointsServer::new(PointsService::new(
                 points, clock,
@@ -181,8 +201,8 @@ impl Application {
             .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
             .await
             .context("the gRPC server failed")?;
-        if let Some(metrics_server) = metrics_server {
-            metrics_server.abort();
+        for task in [metrics_server, scheduler].into_iter().flatten() {
+            task.abort();
         }
         pool.close().await;
         tracing::info!("stopped");
@@ -226,6 +246,27 @@ async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metri
             tracing::info!(database_up = up, "health changed");
             set_health(&health, status).await;
             serving = Some(up);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The built-in scheduler: every `interval`, runs today's daily rewards and the
+/// previous month's evaluation. Both are idempotent and take turns across
+/// replicas, so every replica may run it; a failure is logged and retried at the
+/// next tick.
+async fn run_scheduler(membership: Membership, interval: Duration) {
+    loop {
+        if let Err(error) = membership.run_daily_rewards(membership.today()).await {
+            tracing::warn!(error = %error, "scheduled daily rewards failed");
+        }
+        match membership.evaluate(membership.previous_month()).await {
+            Ok(_)
+            | Err(crate::error::Error::FailedPrecondition {
+                reason: "EVALUATION_OUT_OF_ORDER",
+                ..
+            }) => {}
+            Err(error) => tracing::warn!(error = %error, "scheduled level evaluation failed"),
         }
         tokio::time::sleep(interval).await;
     }

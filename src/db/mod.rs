@@ -3,6 +3,7 @@
 //! where a rule is a constraint (a unique key, a guarded counter).
 
 pub mod coupons;
+pub mod levels;
 pub mod members;
 pub mod points;
 

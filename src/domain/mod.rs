@@ -5,6 +5,7 @@ pub mod coupons;
 pub mod ids;
 pub mod levels;
 pub mod members;
+pub mod membership;
 pub mod money;
 pub mod points;
 pub mod pricing;

@@ -221,7 +221,7 @@ fn template_pb(template: Template) -> pb::CouponTemplate {
     }
 }
 
-fn coupon_pb(coupon: Coupon) -> pb::Coupon {
+pub(crate) fn coupon_pb(coupon: Coupon) -> pb::Coupon {
     let (issuer, seller_id) = issuer_pb(&coupon.issuer);
     pb::Coupon {
         coupon_id: coupon.coupon_id,

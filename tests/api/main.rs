@@ -8,6 +8,7 @@ mod coupons;
 mod engagement;
 mod helpers;
 mod ledger;
+mod levels;
 mod members;
 mod orders;
 mod server;

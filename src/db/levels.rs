@@ -1,0 +1,331 @@
+//! Queries on levels: the monthly evaluation (one set-based statement), level
+//! periods, reward configuration and the reward outbox.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::PgConnection;
+
+use crate::domain::ids::{AccountId, TemplateId};
+use crate::domain::levels::{EvaluationMonth, Level, Thresholds};
+
+/// The key of the advisory lock that makes level jobs run one at a time across
+/// replicas ("LOYALTYL" in ASCII).
+const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
+
+/// Waits for the level jobs lock until the transaction ends.
+#[tracing::instrument(skip_all, err)]
+pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(LEVEL_JOBS_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What an evaluation did.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EvaluationRow {
+    pub month: NaiveDate,
+    pub effective_from: DateTime<Utc>,
+    pub members_evaluated: i64,
+    pub level_changes: i64,
+    pub level_ups: i64,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The evaluation of a month, if it ran.
+#[tracing::instrument(skip_all, err)]
+pub async fn find_evaluation(
+    conn: &mut PgConnection,
+    month: NaiveDate,
+) -> Result<Option<EvaluationRow>, sqlx::Error> {
+    sqlx::query_as("select * from level_evaluation where month = $1")
+        .bind(month)
+        .fetch_optional(conn)
+        .await
+}
+
+/// The latest evaluated month.
+#[tracing::instrument(skip_all, err)]
+pub async fn last_evaluated_month(conn: &mut PgConnection) -> Result<Option<NaiveDate>, sqlx::Error> {
+    sqlx::query_scalar("select max(month) from level_evaluation")
+        .fetch_one(conn)
+        .await
+}
+
+/// The rank of a level column, for comparisons in SQL.
+fn rank(column: &str) -> String {
+    format!("(case {column} when 'silver' then 0 when 'gold' then 1 when 'platinum' then 2 else 3 end)")
+}
+
+/// Evaluates every member for `evaluation.month` in one statement: sums the
+/// window's points per member, computes the levels, closes the periods of the
+/// members whose level changes and opens their new ones from `effective_from`,
+/// queues the level-up rewards, and records the evaluation. Members whose level
+/// does not change are not written at all.
+#[tracing::instrument(skip_all, fields(month = %evaluation.month), err)]
+pub async fn evaluate(
+    conn: &mut PgConnection,
+    evaluation: &EvaluationMonth,
+    thresholds: &Thresholds,
+    now: DateTime<Utc>,
+) -> Result<EvaluationRow, sqlx::Error> {
+    let up_plain = format!("{} > {}", rank("level"), rank("previous"));
+    let up_changed = format!("{} > {}", rank("ch.level"), rank("ch.previous"));
+    let sql = format!(
+        "with window_points as ( \
+             select account_id, sum(points)::bigint as points from point_entry \
+             where local_date >= $1 and local_date < $2 \
+             group by account_id \
+         ), evaluated as ( \
+             select m.account_id, coalesce(w.points, 0) as points, \
+                    case when coalesce(w.points, 0) >= $5 then 'diamond' \
+                         when coalesce(w.points, 0) >= $4 then 'platinum' \
+                         when coalesce(w.points, 0) >= $3 then 'gold' \
+                         else 'silver' end as level \
+             from member m left join window_points w on w.account_id = m.account_id \
+         ), changed as ( \
+             select e.account_id, e.level, e.points, coalesce(c.level, 'silver') as previous \
+             from evaluated e \
+             left join member_level c on c.account_id = e.account_id and c.effective_to is null \
+             where e.level <> coalesce(c.level, 'silver') \
+         ), recorded as ( \
+             insert into level_evaluation (month, effective_from, members_evaluated, level_changes, \
+                                           level_ups, finished_at) \
+             select $7, $6, (select count(*) from evaluated), (select count(*) from changed), \
+                    (select count(*) from changed where {up_plain}), $8 \
+             returning * \
+         ), closed as ( \
+             update member_level l set effective_to = $6 \
+             from changed ch where l.account_id = ch.account_id and l.effective_to is null \
+         ), opened as ( \
+             insert into member_level (account_id, effective_from, level, window_points, evaluation_month) \
+             select account_id, $6, level, points, (select month from recorded) from changed \
+         ), rewards as ( \
+             insert into member_reward (account_id, reward_key, template_id) \
+             select ch.account_id, 'level-up:' || to_char($7::date, 'YYYY-MM'), r.template_id \
+             from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
+             where {up_changed} \
+             on conflict do nothing \
+         ) \
+         select * from recorded"
+    );
+    sqlx::query_as(&sql)
+        .bind(evaluation.window_start)
+        .bind(evaluation.window_end)
+        .bind(thresholds.gold)
+        .bind(thresholds.platinum)
+        .bind(thresholds.diamond)
+        .bind(evaluation.effective_from)
+        .bind(evaluation.month)
+        .bind(now)
+        .fetch_one(conn)
+        .await
+}
+
+/// A period during which a member held a level.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LevelPeriodRow {
+    pub level: String,
+    pub effective_from: DateTime<Utc>,
+    pub effective_to: Option<DateTime<Utc>>,
+    pub window_points: i64,
+    pub evaluation_month: Option<NaiveDate>,
+}
+
+/// The member's level period containing `at`, if any (none means Silver).
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn period_at(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    at: DateTime<Utc>,
+) -> Result<Option<LevelPeriodRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select level, effective_from, effective_to, window_points, evaluation_month from member_level \
+         where account_id = $1 and effective_from <= $2 and (effective_to is null or effective_to > $2)",
+    )
+    .bind(account_id)
+    .bind(at)
+    .fetch_optional(conn)
+    .await
+}
+
+/// When the member's latest period before `at` ended (the start of an implicit
+/// Silver period), if any.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn last_period_end(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select max(effective_to) from member_level where account_id = $1 and effective_to <= $2",
+    )
+    .bind(account_id)
+    .bind(at)
+    .fetch_one(conn)
+    .await
+}
+
+/// Every level period of a member, newest first.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn history(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+) -> Result<Vec<LevelPeriodRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select level, effective_from, effective_to, window_points, evaluation_month from member_level \
+         where account_id = $1 order by effective_from desc",
+    )
+    .bind(account_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Replaces the templates of a reward (and level, for level-up rewards).
+#[tracing::instrument(skip_all, fields(reward), err)]
+pub async fn set_reward_templates(
+    conn: &mut PgConnection,
+    reward: &str,
+    level: Option<Level>,
+    templates: &[TemplateId],
+) -> Result<(), sqlx::Error> {
+    let level = level.map_or("", Level::as_str);
+    sqlx::query("delete from reward_template where reward = $1 and level = $2")
+        .bind(reward)
+        .bind(level)
+        .execute(&mut *conn)
+        .await?;
+    let ids: Vec<&str> = templates.iter().map(TemplateId::as_str).collect();
+    sqlx::query(
+        "insert into reward_template (reward, level, template_id) select $1, $2, t from unnest($3::text[]) t",
+    )
+    .bind(reward)
+    .bind(level)
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every reward's templates: (reward, level, template id).
+#[tracing::instrument(skip_all, err)]
+pub async fn reward_templates(conn: &mut PgConnection) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "select reward, level, template_id from reward_template order by reward, level, template_id",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// What a daily rewards run did.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DailyRunRow {
+    pub local_date: NaiveDate,
+    pub birthday_rewards: i64,
+    pub anniversary_rewards: i64,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The daily rewards run of a date, if it ran.
+#[tracing::instrument(skip_all, err)]
+pub async fn find_daily_run(
+    conn: &mut PgConnection,
+    day: NaiveDate,
+) -> Result<Option<DailyRunRow>, sqlx::Error> {
+    sqlx::query_as("select * from daily_reward_run where local_date = $1")
+        .bind(day)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Queues the birthday and anniversary rewards of `day` and records the run.
+/// `birthday_cutoff`: a birthday counts only if set before this instant (00:00 of
+/// the day before `day`); `leap_day_too`: `day` is 28 February of a common year,
+/// which also celebrates 29 February.
+#[tracing::instrument(skip_all, fields(day = %day), err)]
+pub async fn queue_daily_rewards(
+    conn: &mut PgConnection,
+    day: NaiveDate,
+    time_zone: &str,
+    birthday_cutoff: DateTime<Utc>,
+    leap_day_too: bool,
+    now: DateTime<Utc>,
+) -> Result<DailyRunRow, sqlx::Error> {
+    sqlx::query_as(
+        "with birthdays as ( \
+             insert into member_reward (account_id, reward_key, template_id) \
+             select m.account_id, 'birthday:' || extract(year from $1::date), r.template_id \
+             from member m join reward_template r on r.reward = 'birthday' \
+             where ((m.birthday_month = extract(month from $1::date) \
+                     and m.birthday_day = extract(day from $1::date)) \
+                    or ($4 and m.birthday_month = 2 and m.birthday_day = 29)) \
+               and m.birthday_updated_at < $3 \
+             on conflict do nothing \
+             returning 1 \
+         ), anniversaries as ( \
+             insert into member_reward (account_id, reward_key, template_id) \
+             select m.account_id, 'anniversary:' || extract(year from $1::date), r.template_id \
+             from member m join reward_template r on r.reward = 'anniversary' \
+             cross join lateral (select (m.registered_at at time zone $2)::date as registered) l \
+             where l.registered < $1::date \
+               and ((extract(month from l.registered) = extract(month from $1::date) \
+                     and extract(day from l.registered) = extract(day from $1::date)) \
+                    or ($4 and extract(month from l.registered) = 2 and extract(day from l.registered) = 29)) \
+             on conflict do nothing \
+             returning 1 \
+         ) \
+         insert into daily_reward_run (local_date, birthday_rewards, anniversary_rewards, finished_at) \
+         select $1, (select count(*) from birthdays), (select count(*) from anniversaries), $5 \
+         returning *",
+    )
+    .bind(day)
+    .bind(time_zone)
+    .bind(birthday_cutoff)
+    .bind(leap_day_too)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// A reward owed to a member.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingReward {
+    pub account_id: AccountId,
+    pub reward_key: String,
+    pub template_id: String,
+}
+
+/// Some pending rewards, oldest first.
+#[tracing::instrument(skip_all, err)]
+pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingReward>, sqlx::Error> {
+    sqlx::query_as(
+        "select account_id, reward_key, template_id from member_reward where status = 'pending' \
+         order by created_at, account_id, reward_key, template_id limit $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a reward's outcome.
+#[tracing::instrument(skip_all, fields(account_id = %reward.account_id), err)]
+pub async fn settle_reward(
+    conn: &mut PgConnection,
+    reward: &PendingReward,
+    issued_coupon: Option<i64>,
+    note: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update member_reward set status = case when $4::bigint is null then 'skipped' else 'issued' end, \
+                coupon_id = $4, note = $5 \
+         where account_id = $1 and reward_key = $2 and template_id = $3 and status = 'pending'",
+    )
+    .bind(&reward.account_id)
+    .bind(&reward.reward_key)
+    .bind(&reward.template_id)
+    .bind(issued_coupon)
+    .bind(note)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

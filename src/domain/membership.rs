@@ -1,0 +1,458 @@
+//! Membership levels (SPEC §3): the monthly evaluation, the membership view,
+//! benefits, and the rewards (level-up, birthday, anniversary, Diamond daily).
+//!
+//! Jobs (the evaluation, the daily rewards run) are one transaction each, under
+//! an advisory lock: a crash rolls everything back, a rerun finds the finished
+//! run and replays it, and replicas take turns. Rewards are queued in the same
+//! transaction (`member_reward`) and issued afterwards, one idempotent issuance
+//! each, until none is pending.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::clock::Clock;
+use crate::db;
+use crate::db::levels::{EvaluationRow, LevelPeriodRow, PendingReward};
+use crate::domain::calendar::{Calendar, month_start};
+use crate::domain::coupons::{Coupons, Issued};
+use crate::domain::ids::{AccountId, IssuanceId, TemplateId};
+use crate::domain::levels::{
+    Benefits, BenefitsTable, EvaluationMonth, Level, Thresholds, local_midnight, yearly_date,
+};
+use crate::domain::members::member_not_found;
+use crate::domain::money::{Currency, Money};
+use crate::domain::points::Points;
+use crate::error::Error;
+
+/// Which reward a set of templates is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reward {
+    /// Reaching a higher level (Gold, Platinum or Diamond).
+    LevelUp(Level),
+    Birthday,
+    Anniversary,
+    /// The Diamond limited daily coupon.
+    DiamondDaily,
+}
+
+impl Reward {
+    fn columns(self) -> (&'static str, Option<Level>) {
+        match self {
+            Reward::LevelUp(level) => ("level_up", Some(level)),
+            Reward::Birthday => ("birthday", None),
+            Reward::Anniversary => ("anniversary", None),
+            Reward::DiamondDaily => ("diamond_daily", None),
+        }
+    }
+
+    fn from_columns(reward: &str, level: &str) -> Option<Self> {
+        Some(match reward {
+            "level_up" => Reward::LevelUp(Level::from_db(level)?),
+            "birthday" => Reward::Birthday,
+            "anniversary" => Reward::Anniversary,
+            "diamond_daily" => Reward::DiamondDaily,
+            _ => return None,
+        })
+    }
+}
+
+/// A level a member held from one instant to another (or still holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LevelPeriod {
+    pub level: Level,
+    pub effective_from: DateTime<Utc>,
+    pub effective_to: Option<DateTime<Utc>>,
+    /// The window points of the evaluation that gave the level (0 for the
+    /// implicit Silver of a member never evaluated above it).
+    pub window_points: i64,
+    pub evaluation_month: Option<NaiveDate>,
+}
+
+impl TryFrom<LevelPeriodRow> for LevelPeriod {
+    type Error = Error;
+
+    fn try_from(row: LevelPeriodRow) -> Result<Self, Error> {
+        Ok(LevelPeriod {
+            level: Level::from_db(&row.level)
+                .ok_or_else(|| anyhow::anyhow!("stored level {:?}", row.level))?,
+            effective_from: row.effective_from,
+            effective_to: row.effective_to,
+            window_points: row.window_points,
+            evaluation_month: row.evaluation_month,
+        })
+    }
+}
+
+/// The membership view (SPEC §3).
+#[derive(Debug, Clone)]
+pub struct MembershipView {
+    pub account_id: AccountId,
+    pub level: Level,
+    /// Since when the member holds `level` without a break.
+    pub level_since: DateTime<Utc>,
+    pub window_points: i64,
+    pub window_start: NaiveDate,
+    pub window_end: NaiveDate,
+    /// The level the next evaluation would give on today's points.
+    pub projected_level: Level,
+    /// Points still needed for the level above the projected one (None at Diamond).
+    pub points_to_next_level: Option<i64>,
+    /// The first day the next evaluation (of the current month) can run.
+    pub next_evaluation_date: NaiveDate,
+    /// When its levels take effect.
+    pub next_effective_from: DateTime<Utc>,
+    pub benefits: Benefits,
+}
+
+/// The result of an evaluation (or of the daily rewards run), and whether it was
+/// a replay of a finished one.
+#[derive(Debug, Clone)]
+pub struct JobOutcome<T> {
+    pub result: T,
+    pub replayed: bool,
+    /// Rewards issued (or skipped) after the run.
+    pub rewards_settled: u64,
+}
+
+/// The fast refund check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastRefund {
+    pub eligible: bool,
+    pub level: Level,
+    /// The member's limit in the program currency; None without the benefit.
+    pub limit_minor: Option<i64>,
+}
+
+/// The configured level rules.
+#[derive(Debug, Clone)]
+pub struct LevelRules {
+    pub thresholds: Thresholds,
+    pub benefits: BenefitsTable,
+    /// Fast refund limits are in it.
+    pub program_currency: Currency,
+}
+
+/// How many pending rewards one pass reads.
+const REWARD_BATCH: i64 = 500;
+
+/// Membership-level operations.
+#[derive(Clone)]
+pub struct Membership {
+    pool: PgPool,
+    rules: Arc<LevelRules>,
+    calendar: Calendar,
+    clock: Arc<dyn Clock>,
+    points: Points,
+    coupons: Coupons,
+}
+
+impl Membership {
+    /// Membership operations over `pool`.
+    pub fn new(
+        pool: PgPool,
+        rules: LevelRules,
+        calendar: Calendar,
+        clock: Arc<dyn Clock>,
+        points: Points,
+        coupons: Coupons,
+    ) -> Self {
+        Self {
+            pool,
+            rules: Arc::new(rules),
+            calendar,
+            clock,
+            points,
+            coupons,
+        }
+    }
+
+    /// Evaluates every member for the month containing `month`, which must be
+    /// over; then issues the level-up rewards it queued.
+    #[tracing::instrument(skip_all, fields(month = %month), err)]
+    pub async fn evaluate(&self, month: NaiveDate) -> Result<JobOutcome<EvaluationRow>, Error> {
+        let evaluation = EvaluationMonth::of(month, &self.calendar);
+        let now = self.clock.now();
+        if self.calendar.local_date(now) < evaluation.window_end {
+            return Err(Error::FailedPrecondition {
+                reason: "MONTH_NOT_OVER",
+                message: format!("{} is not over yet", evaluation.month.format("%Y-%m")),
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        db::levels::lock_level_jobs(&mut tx).await?;
+        let (result, replayed) = match db::levels::find_evaluation(&mut tx, evaluation.month).await? {
+            Some(done) => (done, true),
+            None => {
+                if let Some(last) = db::levels::last_evaluated_month(&mut tx).await?
+                    && last > evaluation.month
+                {
+                    return Err(Error::FailedPrecondition {
+                        reason: "EVALUATION_OUT_OF_ORDER",
+                        message: format!("{} was already evaluated, after this month", last.format("%Y-%m")),
+                    });
+                }
+                let started = std::time::Instant::now();
+                let row = db::levels::evaluate(&mut tx, &evaluation, &self.rules.thresholds, now).await?;
+                tracing::info!(
+                    month = %row.month,
+                    members = row.members_evaluated,
+                    changes = row.level_changes,
+                    level_ups = row.level_ups,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "levels evaluated"
+                );
+                (row, false)
+            }
+        };
+        tx.commit().await?;
+        let rewards_settled = self.settle_rewards().await?;
+        Ok(JobOutcome {
+            result,
+            replayed,
+            rewards_settled,
+        })
+    }
+
+    /// Queues the birthday and anniversary rewards of `day` (once per date) and
+    /// issues them.
+    #[tracing::instrument(skip_all, fields(day = %day), err)]
+    pub async fn run_daily_rewards(
+        &self,
+        day: NaiveDate,
+    ) -> Result<JobOutcome<db::levels::DailyRunRow>, Error> {
+        let now = self.clock.now();
+        if day > self.calendar.local_date(now) {
+            return Err(Error::FailedPrecondition {
+                reason: "DAY_NOT_STARTED",
+                message: format!("{day} has not started yet"),
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        db::levels::lock_level_jobs(&mut tx).await?;
+        let (result, replayed) = match db::levels::find_daily_run(&mut tx, day).await? {
+            Some(done) => (done, true),
+            None => {
+                // Set at least 2 days before: before 00:00 of the day before.
+                let cutoff = local_midnight(&self.calendar, day - TimeDelta::days(1));
+                let leap_day_too =
+                    day.month() == 2 && day.day() == 28 && yearly_date(day.year(), 2, 29) == Some(day);
+                let row = db::levels::queue_daily_rewards(
+                    &mut tx,
+                    day,
+                    self.calendar.time_zone().name(),
+                    cutoff,
+                    leap_day_too,
+                    now,
+                )
+                .await?;
+                (row, false)
+            }
+        };
+        tx.commit().await?;
+        let rewards_settled = self.settle_rewards().await?;
+        Ok(JobOutcome {
+            result,
+            replayed,
+            rewards_settled,
+        })
+    }
+
+    /// Issues every pending reward; returns how many were settled. Each issuance
+    /// is idempotent (its id derives from the reward), so a crash or a concurrent
+    /// settler never issues a reward twice.
+    pub async fn settle_rewards(&self) -> Result<u64, Error> {
+        let mut settled = 0;
+        loop {
+            let mut conn = self.pool.acquire().await?;
+            let batch = db::levels::pending_rewards(&mut conn, REWARD_BATCH).await?;
+            drop(conn);
+            if batch.is_empty() {
+                return Ok(settled);
+            }
+            for reward in &batch {
+                let (coupon, note) = match self.issue_reward(reward).await {
+                    Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
+                    Err(
+                        Error::FailedPrecondition { reason, message } | Error::NotFound { reason, message },
+                    ) => {
+                        tracing::info!(account_id = %reward.account_id, reason, "reward skipped");
+                        (None, format!("{reason}: {message}"))
+                    }
+                    Err(other) => return Err(other),
+                };
+                let mut conn = self.pool.acquire().await?;
+                db::levels::settle_reward(&mut conn, reward, coupon, &note).await?;
+                settled += 1;
+            }
+        }
+    }
+
+    async fn issue_reward(&self, reward: &PendingReward) -> Result<Issued, Error> {
+        let template =
+            TemplateId::parse(&reward.template_id).map_err(|e| anyhow::anyhow!("stored template: {e}"))?;
+        // One issuance per (reward, template), within the 64 characters of an id.
+        let digest = Sha256::digest(reward.template_id.as_bytes());
+        let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let issuance = IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
+            .map_err(|e| anyhow::anyhow!("reward issuance id: {e}"))?;
+        self.coupons.issue(&reward.account_id, &template, &issuance).await
+    }
+
+    /// The member's level period at `at` (Silver when none is recorded).
+    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    pub async fn level_at(&self, account_id: &AccountId, at: DateTime<Utc>) -> Result<LevelPeriod, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let member = db::members::get(&mut conn, account_id)
+            .await?
+            .ok_or_else(|| member_not_found(account_id))?;
+        if let Some(period) = db::levels::period_at(&mut conn, account_id, at).await? {
+            return period.try_into();
+        }
+        // Silver: since the last recorded period ended, or since registration.
+        let since = db::levels::last_period_end(&mut conn, account_id, at)
+            .await?
+            .unwrap_or(member.registered_at);
+        Ok(LevelPeriod {
+            level: Level::Silver,
+            effective_from: since,
+            effective_to: None,
+            window_points: 0,
+            evaluation_month: None,
+        })
+    }
+
+    /// The member's level periods, newest first.
+    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    pub async fn history(&self, account_id: &AccountId) -> Result<Vec<LevelPeriod>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        db::members::get(&mut conn, account_id)
+            .await?
+            .ok_or_else(|| member_not_found(account_id))?;
+        db::levels::history(&mut conn, account_id)
+            .await?
+            .into_iter()
+            .map(LevelPeriod::try_from)
+            .collect()
+    }
+
+    /// The membership view now.
+    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    pub async fn view(&self, account_id: &AccountId) -> Result<MembershipView, Error> {
+        let now = self.clock.now();
+        let current = self.level_at(account_id, now).await?;
+        let balance = self.points.balance(account_id).await?;
+        let projected_level = self.rules.thresholds.level_for(balance.window_points);
+        let next = EvaluationMonth::of(self.calendar.local_date(now), &self.calendar);
+        Ok(MembershipView {
+            account_id: account_id.clone(),
+            level: current.level,
+            level_since: current.effective_from,
+            window_points: balance.window_points,
+            window_start: balance.window_start,
+            window_end: balance.window_end,
+            projected_level,
+            points_to_next_level: projected_level
+                .next()
+                .map(|above| self.rules.thresholds.minimum(above) - balance.window_points),
+            next_evaluation_date: next.window_end,
+            next_effective_from: next.effective_from,
+            benefits: self.rules.benefits.of(current.level).clone(),
+        })
+    }
+
+    /// Whether a refund of `amount` qualifies for the member's fast refund.
+    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    pub async fn fast_refund(&self, account_id: &AccountId, amount: Money) -> Result<FastRefund, Error> {
+        let level = self.level_at(account_id, self.clock.now()).await?.level;
+        let limit = self.rules.benefits.of(level).fast_refund_limit_minor;
+        let eligible = amount.currency() == self.rules.program_currency
+            && limit.is_some_and(|limit| amount.minor() <= limit);
+        Ok(FastRefund {
+            eligible,
+            level,
+            limit_minor: limit,
+        })
+    }
+
+    /// Replaces the templates a reward issues.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn set_reward_templates(&self, reward: Reward, templates: &[TemplateId]) -> Result<(), Error> {
+        if let Reward::LevelUp(Level::Silver) = reward {
+            return Err(Error::invalid(
+                "level",
+                "a level-up reaches Gold, Platinum or Diamond",
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        for template in templates {
+            db::coupons::get_template(&mut tx, template, false)
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    reason: "TEMPLATE_NOT_FOUND",
+                    message: format!("no coupon template {template}"),
+                })?;
+        }
+        let (name, level) = reward.columns();
+        db::levels::set_reward_templates(&mut tx, name, level, templates).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every reward's templates.
+    pub async fn reward_templates(&self) -> Result<Vec<(Reward, TemplateId)>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        db::levels::reward_templates(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(reward, level, template)| {
+                let reward = Reward::from_columns(&reward, &level)
+                    .ok_or_else(|| anyhow::anyhow!("stored reward {reward:?} {level:?}"))?;
+                let template =
+                    TemplateId::parse(&template).map_err(|e| anyhow::anyhow!("stored template: {e}"))?;
+                Ok((reward, template))
+            })
+            .collect()
+    }
+
+    /// A Diamond member claims today's limited daily coupon: one per member and
+    /// local day, while the template's daily stock lasts.
+    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    pub async fn claim_daily_coupon(&self, account_id: &AccountId) -> Result<Issued, Error> {
+        let now = self.clock.now();
+        let level = self.level_at(account_id, now).await?.level;
+        if !self.rules.benefits.of(level).limited_daily_coupons {
+            return Err(Error::FailedPrecondition {
+                reason: "LEVEL_NOT_ALLOWED",
+                message: format!("limited daily coupons are a benefit of Diamond, not {level}"),
+            });
+        }
+        let template = self
+            .reward_templates()
+            .await?
+            .into_iter()
+            .find_map(|(reward, template)| (reward == Reward::DiamondDaily).then_some(template))
+            .ok_or_else(|| Error::FailedPrecondition {
+                reason: "NO_DAILY_COUPON",
+                message: "no template is set for the Diamond daily coupon".to_owned(),
+            })?;
+        let today = self.calendar.local_date(now);
+        let issuance = IssuanceId::parse(&format!("daily:{today}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.coupons.issue(account_id, &template, &issuance).await
+    }
+
+    /// The month an automatic evaluation would run now: the previous month.
+    pub fn previous_month(&self) -> NaiveDate {
+        let today = self.calendar.local_date(self.clock.now());
+        month_start(today)
+            .checked_sub_months(Months::new(1))
+            .unwrap_or(today)
+    }
+
+    /// Today in the program time zone.
+    pub fn today(&self) -> NaiveDate {
+        self.calendar.local_date(self.clock.now())
+    }
+}

@@ -1,0 +1,581 @@
+//! Membership levels: evaluation, view, benefits and rewards.
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use loyalty::pb;
+use sqlx::PgPool;
+use tonic::Code;
+
+use crate::helpers::{TestApp, platform_template, reason, spawn_app, spawn_app_with, ts};
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    rfc3339.parse().unwrap()
+}
+
+async fn bonus(app: &TestApp, account: &str, campaign: &str, points: i32, granted_at: &str) {
+    app.points
+        .clone()
+        .grant_bonus(pb::GrantBonusRequest {
+            account_id: account.into(),
+            campaign_id: campaign.into(),
+            points,
+            description: String::new(),
+            granted_at: Some(ts(granted_at)),
+        })
+        .await
+        .unwrap();
+}
+
+async fn evaluate(app: &TestApp, year: i32, month: i32) -> Result<pb::EvaluateLevelsResponse, tonic::Status> {
+    app.members
+        .clone()
+        .evaluate_levels(pb::EvaluateLevelsRequest {
+            month: Some(pb::Date { year, month, day: 1 }),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn level_at(app: &TestApp, account: &str, instant: &str) -> pb::Level {
+    app.members
+        .clone()
+        .get_level_at(pb::GetLevelAtRequest {
+            account_id: account.into(),
+            at: Some(ts(instant)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .period
+        .unwrap()
+        .level()
+}
+
+async fn set_rewards(app: &TestApp, reward: pb::RewardKind, level: pb::Level, templates: &[&str]) {
+    app.members
+        .clone()
+        .set_reward_templates(pb::SetRewardTemplatesRequest {
+            rewards: Some(pb::RewardTemplates {
+                reward: reward.into(),
+                level: level.into(),
+                template_ids: templates.iter().map(|t| (*t).to_owned()).collect(),
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+async fn coupons_of(app: &TestApp, account: &str) -> Vec<pb::Coupon> {
+    app.coupons
+        .clone()
+        .list_coupons(pb::ListCouponsRequest {
+            account_id: account.into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .coupons
+}
+
+#[sqlx::test]
+async fn levels_change_exactly_at_the_thresholds(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-10T00:00:00Z"));
+    let cases = [
+        ("p100", 100, pb::Level::Silver),
+        ("p101", 101, pb::Level::Gold),
+        ("p500", 500, pb::Level::Gold),
+        ("p501", 501, pb::Level::Platinum),
+        ("p1500", 1500, pb::Level::Platinum),
+        ("p1501", 1501, pb::Level::Diamond),
+    ];
+    for (account, points, _) in cases {
+        app.register(account).await;
+        bonus(&app, account, "c", points, "2026-10-15T00:00:00Z").await;
+    }
+
+    let run = evaluate(&app, 2026, 10).await.unwrap();
+
+    assert_eq!(
+        (run.members_evaluated, run.level_changes, run.level_ups),
+        (6, 5, 5)
+    );
+    assert_eq!(run.effective_from, Some(ts("2026-11-08T00:00:00Z")));
+    for (account, _, expected) in cases {
+        assert_eq!(
+            level_at(&app, account, "2026-11-08T00:00:00Z").await,
+            expected,
+            "{account}"
+        );
+        assert_eq!(
+            level_at(&app, account, "2026-11-07T23:59:59Z").await,
+            pb::Level::Silver,
+            "{account} before"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn a_level_takes_effect_on_the_8th_at_local_midnight(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--time-zone", "Europe/Berlin"]).await;
+    app.clock.set(at("2026-11-02T00:00:00Z"));
+    app.register("alice").await;
+    bonus(&app, "alice", "c", 150, "2026-10-20T00:00:00Z").await;
+
+    evaluate(&app, 2026, 10).await.unwrap();
+
+    // 8 November 00:00 in Berlin (UTC+1) is 23:00 UTC on the 7th.
+    assert_eq!(
+        level_at(&app, "alice", "2026-11-07T22:59:59Z").await,
+        pb::Level::Silver
+    );
+    assert_eq!(
+        level_at(&app, "alice", "2026-11-07T23:00:00Z").await,
+        pb::Level::Gold
+    );
+    let view = |app: &TestApp| {
+        let mut members = app.members.clone();
+        async move {
+            members
+                .get_membership(pb::GetMembershipRequest {
+                    account_id: "alice".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    app.clock.set(at("2026-11-07T12:00:00Z"));
+    assert_eq!(
+        view(&app).await.level(),
+        pb::Level::Silver,
+        "the 7th still shows the old level"
+    );
+    app.clock.set(at("2026-11-08T12:00:00Z"));
+    let on_the_8th = view(&app).await;
+    assert_eq!(on_the_8th.level(), pb::Level::Gold);
+    assert_eq!(on_the_8th.level_since, Some(ts("2026-11-07T23:00:00Z")));
+}
+
+#[sqlx::test]
+async fn the_rolling_window_drops_points_older_than_twelve_months(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    app.register("alice").await;
+    bonus(&app, "alice", "old", 200, "2025-10-31T12:00:00Z").await;
+
+    evaluate(&app, 2026, 9).await.unwrap(); // window Oct 2025 - Sep 2026
+    evaluate(&app, 2026, 10).await.unwrap(); // window Nov 2025 - Oct 2026
+
+    assert_eq!(
+        level_at(&app, "alice", "2026-10-08T00:00:00Z").await,
+        pb::Level::Gold
+    );
+    assert_eq!(
+        level_at(&app, "alice", "2026-11-08T00:00:00Z").await,
+        pb::Level::Silver
+    );
+    let history = app
+        .members
+        .clone()
+        .list_level_history(pb::ListLevelHistoryRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .periods;
+    let levels: Vec<(
+        pb::Level,
+        Option<prost_types::Timestamp>,
+        Option<prost_types::Timestamp>,
+        i64,
+    )> = history
+        .iter()
+        .map(|p| (p.level(), p.effective_from, p.effective_to, p.window_points))
+        .collect();
+    assert_eq!(
+        levels,
+        vec![
+            (pb::Level::Silver, Some(ts("2026-11-08T00:00:00Z")), None, 0),
+            (
+                pb::Level::Gold,
+                Some(ts("2026-10-08T00:00:00Z")),
+                Some(ts("2026-11-08T00:00:00Z")),
+                200
+            ),
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn an_evaluation_runs_once_per_month_in_order_and_only_after_the_month(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    app.register("alice").await;
+    bonus(&app, "alice", "c", 300, "2026-10-01T00:00:00Z").await;
+
+    let first = evaluate(&app, 2026, 10).await.unwrap();
+    let again = evaluate(&app, 2026, 10).await.unwrap();
+    let earlier = evaluate(&app, 2026, 9).await.unwrap_err();
+    let current = evaluate(&app, 2026, 11).await.unwrap_err();
+
+    assert!(!first.replayed && again.replayed);
+    assert_eq!((first.level_changes, again.level_changes), (1, 1));
+    assert_eq!(reason(&earlier), "EVALUATION_OUT_OF_ORDER");
+    assert_eq!(reason(&current), "MONTH_NOT_OVER");
+    let history = app
+        .members
+        .clone()
+        .list_level_history(pb::ListLevelHistoryRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.periods.len(), 1);
+}
+
+#[sqlx::test]
+async fn two_concurrent_evaluations_do_the_work_once_and_reward_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    app.create_template(platform_template("gold-welcome", 500)).await;
+    set_rewards(&app, pb::RewardKind::LevelUp, pb::Level::Gold, &["gold-welcome"]).await;
+    for i in 0..20 {
+        let account = format!("m{i}");
+        app.register(&account).await;
+        bonus(&app, &account, "c", 120, "2026-10-05T00:00:00Z").await;
+    }
+
+    let (a, b) = tokio::join!(evaluate(&app, 2026, 10), evaluate(&app, 2026, 10));
+    let (a, b) = (a.unwrap(), b.unwrap());
+
+    assert_eq!([a.replayed, b.replayed].iter().filter(|r| **r).count(), 1);
+    assert_eq!((a.level_ups, b.level_ups), (20, 20));
+    for i in 0..20 {
+        let coupons = coupons_of(&app, &format!("m{i}")).await;
+        assert_eq!(coupons.len(), 1, "m{i} rewarded exactly once");
+        assert_eq!(coupons[0].template_id, "gold-welcome");
+    }
+    // A rerun issues nothing more.
+    evaluate(&app, 2026, 10).await.unwrap();
+    assert_eq!(coupons_of(&app, "m0").await.len(), 1);
+}
+
+#[sqlx::test]
+async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    for i in 0..10 {
+        let account = format!("m{i}");
+        app.register(&account).await;
+        bonus(&app, &account, "c", 600, "2026-10-05T00:00:00Z").await;
+    }
+    // Hold a lock the evaluation needs, so it is caught in the middle.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("lock table member_level in exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let members = app.members.clone();
+    let running = tokio::spawn(async move {
+        let mut members = members;
+        members
+            .evaluate_levels(pb::EvaluateLevelsRequest {
+                month: Some(pb::Date {
+                    year: 2026,
+                    month: 10,
+                    day: 1,
+                }),
+            })
+            .await
+    });
+    let mut victim = None;
+    for _ in 0..100 {
+        victim = sqlx::query_scalar::<_, i32>(
+            "select pid from pg_stat_activity where query like '%with window_points as%' \
+             and wait_event_type = 'Lock' and pid <> pg_backend_pid()",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if victim.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let victim = victim.expect("the evaluation is blocked mid-way");
+
+    sqlx::query("select pg_terminate_backend($1)")
+        .bind(victim)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let crashed = running.await.unwrap();
+    blocker.rollback().await.unwrap();
+
+    assert!(crashed.is_err(), "the killed evaluation fails");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from level_evaluation")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let periods: i64 = sqlx::query_scalar("select count(*) from member_level")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((recorded, periods), (0, 0), "nothing of it remains");
+    let rerun = evaluate(&app, 2026, 10).await.unwrap();
+    assert!(!rerun.replayed);
+    assert_eq!(rerun.level_changes, 10);
+    assert_eq!(
+        level_at(&app, "m3", "2026-11-08T00:00:00Z").await,
+        pb::Level::Platinum
+    );
+}
+
+#[sqlx::test]
+async fn points_recorded_after_an_evaluation_count_in_the_next_one(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-12-02T00:00:00Z"));
+    app.register("alice").await;
+    bonus(&app, "alice", "a", 60, "2026-10-05T00:00:00Z").await;
+    evaluate(&app, 2026, 10).await.unwrap();
+    bonus(&app, "alice", "b", 60, "2026-11-05T00:00:00Z").await;
+
+    evaluate(&app, 2026, 11).await.unwrap();
+
+    assert_eq!(
+        level_at(&app, "alice", "2026-11-08T00:00:00Z").await,
+        pb::Level::Silver
+    );
+    assert_eq!(
+        level_at(&app, "alice", "2026-12-08T00:00:00Z").await,
+        pb::Level::Gold
+    );
+}
+
+#[sqlx::test]
+async fn the_membership_view_projects_the_next_level_and_lists_benefits(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-10T00:00:00Z"));
+    app.register("alice").await;
+    bonus(&app, "alice", "oct", 520, "2026-10-05T00:00:00Z").await;
+    evaluate(&app, 2026, 10).await.unwrap();
+    bonus(&app, "alice", "nov", 1000, "2026-11-09T00:00:00Z").await;
+
+    let view = app
+        .members
+        .clone()
+        .get_membership(pb::GetMembershipRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(view.level(), pb::Level::Platinum);
+    assert_eq!(view.window_points, 1520);
+    assert_eq!(view.projected_level(), pb::Level::Diamond);
+    assert_eq!(view.points_to_next_level, None, "nothing above Diamond");
+    assert_eq!(
+        view.next_evaluation_date,
+        Some(pb::Date {
+            year: 2026,
+            month: 12,
+            day: 1
+        })
+    );
+    assert_eq!(view.next_effective_from, Some(ts("2026-12-08T00:00:00Z")));
+    let benefits = view.benefits.unwrap();
+    assert_eq!(benefits.member_discount_basis_points, 1000);
+    assert_eq!(benefits.fast_refund_limit.unwrap().amount_minor, 2400);
+    assert!(benefits.exclusive_event_benefits && !benefits.limited_daily_coupons);
+}
+
+#[sqlx::test]
+async fn the_fast_refund_check_follows_the_level_limit(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-10T00:00:00Z"));
+    app.register("plat").await;
+    app.register("silver").await;
+    bonus(&app, "plat", "c", 600, "2026-10-05T00:00:00Z").await;
+    evaluate(&app, 2026, 10).await.unwrap();
+    let check = |account: &str, minor: i64, currency: &str| {
+        let mut members = app.members.clone();
+        let request = pb::CheckFastRefundRequest {
+            account_id: account.into(),
+            amount: Some(pb::Money {
+                amount_minor: minor,
+                currency_code: currency.into(),
+            }),
+        };
+        async move { members.check_fast_refund(request).await.unwrap().into_inner() }
+    };
+
+    let within = check("plat", 2400, "USD").await;
+    let over = check("plat", 2401, "USD").await;
+    let other_currency = check("plat", 100, "EUR").await;
+    let silver = check("silver", 1, "USD").await;
+
+    assert!(within.eligible && !over.eligible && !other_currency.eligible);
+    assert_eq!(within.limit.unwrap().amount_minor, 2400);
+    assert!(!silver.eligible);
+    assert_eq!((silver.level(), silver.limit), (pb::Level::Silver, None));
+}
+
+async fn run_day(app: &TestApp, year: i32, month: i32, day: i32) -> pb::RunDailyRewardsResponse {
+    app.members
+        .clone()
+        .run_daily_rewards(pb::RunDailyRewardsRequest {
+            date: Some(pb::Date { year, month, day }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn register_at(app: &TestApp, account: &str, registered_at: &str, birthday: Option<(i32, i32)>) {
+    app.members
+        .clone()
+        .register_member(pb::RegisterMemberRequest {
+            account_id: account.into(),
+            registered_at: Some(ts(registered_at)),
+            birthday: birthday.map(|(month, day)| pb::Date { year: 0, month, day }),
+        })
+        .await
+        .unwrap();
+}
+
+#[sqlx::test]
+async fn a_birthday_set_at_least_two_days_before_is_rewarded_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_template(platform_template("bday", 1000)).await;
+    set_rewards(&app, pb::RewardKind::Birthday, pb::Level::Unspecified, &["bday"]).await;
+    register_at(&app, "early", "2020-01-01T00:00:00Z", None).await;
+    register_at(&app, "late", "2020-01-01T00:00:00Z", None).await;
+    let set_birthday = |account: &str| {
+        let mut members = app.members.clone();
+        let request = pb::UpdateBirthdayRequest {
+            account_id: account.into(),
+            birthday: Some(pb::Date {
+                year: 1990,
+                month: 3,
+                day: 10,
+            }),
+        };
+        async move { members.update_birthday(request).await.unwrap() }
+    };
+    app.clock.set(at("2026-03-08T23:59:00Z"));
+    set_birthday("early").await; // 8 March: 2 days before
+    app.clock.set(at("2026-03-09T00:00:00Z"));
+    set_birthday("late").await; // 9 March: 1 day before
+
+    app.clock.set(at("2026-03-10T06:00:00Z"));
+    let run = run_day(&app, 2026, 3, 10).await;
+    let rerun = run_day(&app, 2026, 3, 10).await;
+
+    assert_eq!((run.birthday_rewards, run.rewards_settled), (1, 1));
+    assert!(rerun.replayed);
+    assert_eq!(coupons_of(&app, "early").await.len(), 1);
+    assert!(coupons_of(&app, "late").await.is_empty());
+}
+
+#[sqlx::test]
+async fn a_29_february_birthday_falls_on_28_february_in_common_years(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // A yearly reward: the template must allow one coupon per member per year.
+    let mut yearly = platform_template("bday", 1000);
+    yearly.per_member_limit = 100;
+    app.create_template(yearly).await;
+    set_rewards(&app, pb::RewardKind::Birthday, pb::Level::Unspecified, &["bday"]).await;
+    register_at(&app, "leap", "2020-01-01T00:00:00Z", Some((2, 29))).await;
+
+    app.clock.set(at("2028-03-01T00:00:00Z"));
+    let common_year = run_day(&app, 2027, 2, 28).await;
+    let leap_year_28th = run_day(&app, 2028, 2, 28).await;
+    let leap_year_29th = run_day(&app, 2028, 2, 29).await;
+
+    assert_eq!(common_year.birthday_rewards, 1);
+    assert_eq!(leap_year_28th.birthday_rewards, 0);
+    assert_eq!(leap_year_29th.birthday_rewards, 1);
+    assert_eq!(coupons_of(&app, "leap").await.len(), 2, "one per year");
+}
+
+#[sqlx::test]
+async fn anniversaries_are_rewarded_but_not_the_registration_day(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_template(platform_template("anniv", 1000)).await;
+    set_rewards(
+        &app,
+        pb::RewardKind::Anniversary,
+        pb::Level::Unspecified,
+        &["anniv"],
+    )
+    .await;
+    register_at(&app, "veteran", "2024-02-29T10:00:00Z", None).await;
+    app.clock.set(at("2026-03-01T00:00:00Z"));
+    register_at(&app, "newcomer", "2026-02-28T10:00:00Z", None).await;
+
+    let run = run_day(&app, 2026, 2, 28).await;
+
+    assert_eq!(
+        run.anniversary_rewards, 1,
+        "29 February 2024 on 28 February 2026; not the day of registration"
+    );
+    assert_eq!(coupons_of(&app, "veteran").await.len(), 1);
+    assert!(coupons_of(&app, "newcomer").await.is_empty());
+}
+
+#[sqlx::test]
+async fn diamond_members_share_the_daily_coupon_stock_one_each_per_day(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-10T00:00:00Z"));
+    let mut daily = platform_template("diamond-daily", 2000);
+    daily.daily_stock = Some(3);
+    daily.per_member_limit = 365;
+    app.create_template(daily).await;
+    set_rewards(
+        &app,
+        pb::RewardKind::DiamondDaily,
+        pb::Level::Unspecified,
+        &["diamond-daily"],
+    )
+    .await;
+    for i in 0..5 {
+        let account = format!("d{i}");
+        app.register(&account).await;
+        bonus(&app, &account, "c", 2000, "2026-10-05T00:00:00Z").await;
+    }
+    app.register("silver").await;
+    evaluate(&app, 2026, 10).await.unwrap();
+    let claim = |account: String| {
+        let mut members = app.members.clone();
+        async move {
+            members
+                .claim_daily_coupon(pb::ClaimDailyCouponRequest { account_id: account })
+                .await
+        }
+    };
+
+    // Every Diamond member claims twice, all at once.
+    let results = join_all((0..10).map(|i| claim(format!("d{}", i % 5)))).await;
+
+    let fresh = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| !r.get_ref().replayed))
+        .count();
+    assert_eq!(fresh, 3, "the day's stock");
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason(error), "DAILY_STOCK_EXHAUSTED");
+    }
+    let refused = claim("silver".into()).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "LEVEL_NOT_ALLOWED")
+    );
+    app.clock.set(at("2026-11-11T00:00:00Z"));
+    assert!(claim("d0".into()).await.is_ok(), "a new day, a new stock");
+}
