@@ -3,8 +3,11 @@
 
 -- The level a member holds between two instants, as set by the monthly level
 -- evaluation. A member without a row for an instant is Silver.
+-- No foreign keys: the rows are derived by the evaluation from the ledger (whose
+-- entries already reference members) and written set-based, up to a million at
+-- once; row-by-row referential triggers would double the evaluation's time.
 create table member_level (
-    account_id text not null references member (account_id),
+    account_id text not null,
     effective_from timestamptz not null,
     -- Null while the level is current.
     effective_to timestamptz,

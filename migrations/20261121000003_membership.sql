@@ -14,8 +14,9 @@ create table level_evaluation (
     finished_at timestamptz not null
 );
 
--- A level period records the evaluation that started it.
-alter table member_level add column evaluation_month date references level_evaluation (month);
+-- A level period records the evaluation that started it (no foreign key, as for
+-- the rest of member_level: the same statement writes both).
+alter table member_level add column evaluation_month date;
 
 -- The coupon templates each reward issues, set by admins.
 create table reward_template (
@@ -47,6 +48,9 @@ create table member_reward (
     -- 'level-up:2026-10', 'birthday:2026', 'anniversary:2026'.
     reward_key text not null,
     template_id text not null references coupon_template (template_id),
+    -- The level a level-up reward is for (its template's allowed levels are
+    -- checked against it, not against the level at issuance); null otherwise.
+    level text,
     status text not null default 'pending',
     coupon_id bigint,
     -- Why a reward was skipped (member flagged, template paused, ...).

@@ -48,6 +48,10 @@ pub enum Error {
     /// `PERMISSION_DENIED`: the token lacks the scope the call needs.
     #[error("{message}")]
     PermissionDenied { reason: &'static str, message: String },
+    /// `ABORTED` (reason `CONCURRENT_UPDATE`): the database gave up the call's
+    /// transaction for a concurrent one (deadlock, serialization failure); retry.
+    #[error("the call conflicted with a concurrent one; retry it")]
+    Aborted(#[source] sqlx::Error),
     /// `UNAVAILABLE`: the database cannot be reached; the call may be retried.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -75,6 +79,7 @@ impl Error {
             | Error::AlreadyExists { reason, .. }
             | Error::Unauthenticated { reason, .. }
             | Error::PermissionDenied { reason, .. } => reason,
+            Error::Aborted(_) => "CONCURRENT_UPDATE",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -88,6 +93,7 @@ impl Error {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
@@ -109,6 +115,7 @@ impl From<sqlx::Error> for Error {
                     reason: "ALREADY_EXISTS",
                     message: "the resource already exists".to_owned(),
                 },
+                Some("40001" | "40P01") => Error::Aborted(error),
                 // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception*
                 Some(code) if code.starts_with("08") || code.starts_with("57P") => Error::Unavailable(error),
                 _ => Error::Internal(anyhow::Error::new(error).context("database query failed")),
@@ -143,8 +150,8 @@ impl From<Error> for Status {
                 tracing::error!(error = ?source, "internal error");
                 "internal error".to_owned()
             }
-            Error::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
+            Error::Unavailable(source) | Error::Aborted(source) => {
+                tracing::warn!(error = %source, reason, "call failed in the database");
                 error.to_string()
             }
             _ => error.to_string(),

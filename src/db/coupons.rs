@@ -334,17 +334,22 @@ pub async fn consume_code(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Whether the member is flagged, locking its row against a concurrent flag
-/// until the transaction ends; `None` when there is no such member.
+/// Whether the member is flagged, locking its row until the transaction ends:
+/// the member's issuances take turns (so a twin retry finds the first one's
+/// coupon) and a concurrent flag waits. `no key update` leaves the foreign-key
+/// checks of other writers (points, coupons) unblocked. `None` when there is no
+/// such member.
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
 pub async fn lock_member(
     conn: &mut PgConnection,
     account_id: &AccountId,
 ) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar("select fraud_flagged_at is not null from member where account_id = $1 for share")
-        .bind(account_id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_scalar(
+        "select fraud_flagged_at is not null from member where account_id = $1 for no key update",
+    )
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// The member's level at `at` (Silver until a first evaluation takes effect).
@@ -614,6 +619,48 @@ pub async fn usable_coupons(
     into_coupons(rows)
 }
 
+/// Takes the lock of one (member, order) until the transaction ends: the
+/// reservation, completion, cancellation and refunds of an order take turns.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+        .bind(account_id)
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks, in id order, the picked coupons and those the order holds INACTIVE,
+/// and returns them; one statement, so two reservations never lock in opposite
+/// orders.
+#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+pub async fn lock_for_reservation(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+    coupon_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+        "select {} from coupon where account_id = $1 \
+           and (coupon_id = any ($2) or (order_id = $3 and status = 'inactive')) \
+         order by coupon_id for update",
+        coupon_columns("", "$4")
+    ))
+    .bind(account_id)
+    .bind(coupon_ids)
+    .bind(order_id)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    into_coupons(rows)
+}
+
 /// The coupons an order holds INACTIVE, locked.
 #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
 pub async fn held_by_order(
@@ -704,7 +751,13 @@ pub async fn complete(
     Ok(())
 }
 
-/// INACTIVE -> VALID (EXPIRED when past expiry) for the order's coupons.
+/// A coupon coming back to a flagged member comes back REVOKED: flagging reclaims
+/// every coupon the member could use.
+const RESTORED_TO_REVOKED: &str =
+    "exists (select 1 from member m where m.account_id = $1 and m.fraud_flagged_at is not null)";
+
+/// INACTIVE -> VALID (EXPIRED when past expiry; REVOKED for a flagged member)
+/// for the order's coupons.
 #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
 pub async fn cancel(
     conn: &mut PgConnection,
@@ -712,10 +765,11 @@ pub async fn cancel(
     order_id: &OrderId,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(&format!(
         "with moved as ( \
              update coupon \
-             set status = case when expires_at <= $3 then 'expired' else 'valid' end, \
+             set status = case when {flagged} then 'revoked' \
+                               when expires_at <= $3 then 'expired' else 'valid' end, \
                  order_id = null, updated_at = $3 \
              where account_id = $1 and order_id = $2 and status = 'inactive' \
              returning coupon_id, status \
@@ -723,7 +777,8 @@ pub async fn cancel(
          insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
                                         order_id, occurred_at) \
          select $1, coupon_id, 'cancel', 'inactive', status, $2, $3 from moved",
-    )
+        flagged = RESTORED_TO_REVOKED
+    ))
     .bind(account_id)
     .bind(order_id)
     .bind(now)
@@ -743,10 +798,11 @@ pub async fn refund(
     full: bool,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query(&format!(
         "with restored as ( \
              update coupon \
-             set status = case when expires_at <= $4 then 'expired' else 'valid' end, \
+             set status = case when {flagged} then 'revoked' \
+                               when expires_at <= $4 then 'expired' else 'valid' end, \
                  order_id = null, updated_at = $4 \
              where account_id = $1 and order_id = $2 and status = 'used' and issuer = 'platform' and $3 \
              returning coupon_id, status \
@@ -765,7 +821,8 @@ pub async fn refund(
                      else 'a partial refund keeps the coupon used' end, $4 \
          from kept \
          on conflict do nothing",
-    )
+        flagged = RESTORED_TO_REVOKED
+    ))
     .bind(account_id)
     .bind(order_id)
     .bind(full)

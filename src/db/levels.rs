@@ -58,10 +58,11 @@ fn rank(column: &str) -> String {
 }
 
 /// Evaluates every member for `evaluation.month` in one statement: sums the
-/// window's points per member, computes the levels, closes the periods of the
-/// members whose level changes and opens their new ones from `effective_from`,
-/// queues the level-up rewards, and records the evaluation. Members whose level
-/// does not change are not written at all.
+/// window's points per member, computes the levels of the members with points or
+/// a recorded level (every other member is Silver and stays so), closes the
+/// periods of the members whose level changes and opens their new ones from
+/// `effective_from`, queues the level-up rewards, and records the evaluation.
+/// Members whose level does not change are not written at all.
 #[tracing::instrument(skip_all, fields(month = %evaluation.month), err)]
 pub async fn evaluate(
     conn: &mut PgConnection,
@@ -76,22 +77,25 @@ pub async fn evaluate(
              select account_id, sum(points)::bigint as points from point_entry \
              where local_date >= $1 and local_date < $2 \
              group by account_id \
+         ), current_level as ( \
+             select account_id, level from member_level where effective_to is null \
+         ), candidates as ( \
+             select coalesce(w.account_id, c.account_id) as account_id, coalesce(w.points, 0) as points, \
+                    coalesce(c.level, 'silver') as previous \
+             from window_points w full join current_level c on c.account_id = w.account_id \
          ), evaluated as ( \
-             select m.account_id, coalesce(w.points, 0) as points, \
-                    case when coalesce(w.points, 0) >= $5 then 'diamond' \
-                         when coalesce(w.points, 0) >= $4 then 'platinum' \
-                         when coalesce(w.points, 0) >= $3 then 'gold' \
+             select account_id, points, previous, \
+                    case when points >= $5 then 'diamond' \
+                         when points >= $4 then 'platinum' \
+                         when points >= $3 then 'gold' \
                          else 'silver' end as level \
-             from member m left join window_points w on w.account_id = m.account_id \
+             from candidates \
          ), changed as ( \
-             select e.account_id, e.level, e.points, coalesce(c.level, 'silver') as previous \
-             from evaluated e \
-             left join member_level c on c.account_id = e.account_id and c.effective_to is null \
-             where e.level <> coalesce(c.level, 'silver') \
+             select account_id, level, points, previous from evaluated where level <> previous \
          ), recorded as ( \
              insert into level_evaluation (month, effective_from, members_evaluated, level_changes, \
                                            level_ups, finished_at) \
-             select $7, $6, (select count(*) from evaluated), (select count(*) from changed), \
+             select $7, $6, (select count(*) from member), (select count(*) from changed), \
                     (select count(*) from changed where {up_plain}), $8 \
              returning * \
          ), closed as ( \
@@ -101,8 +105,8 @@ pub async fn evaluate(
              insert into member_level (account_id, effective_from, level, window_points, evaluation_month) \
              select account_id, $6, level, points, (select month from recorded) from changed \
          ), rewards as ( \
-             insert into member_reward (account_id, reward_key, template_id) \
-             select ch.account_id, 'level-up:' || to_char($7::date, 'YYYY-MM'), r.template_id \
+             insert into member_reward (account_id, reward_key, template_id, level) \
+             select ch.account_id, 'level-up:' || to_char($7::date, 'YYYY-MM'), r.template_id, ch.level \
              from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
              where {up_changed} \
              on conflict do nothing \
@@ -293,13 +297,15 @@ pub struct PendingReward {
     pub account_id: AccountId,
     pub reward_key: String,
     pub template_id: String,
+    /// The level a level-up reward is for.
+    pub level: Option<String>,
 }
 
 /// Some pending rewards, oldest first.
 #[tracing::instrument(skip_all, err)]
 pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingReward>, sqlx::Error> {
     sqlx::query_as(
-        "select account_id, reward_key, template_id from member_reward where status = 'pending' \
+        "select account_id, reward_key, template_id, level from member_reward where status = 'pending' \
          order by created_at, account_id, reward_key, template_id limit $1",
     )
     .bind(limit)

@@ -126,7 +126,9 @@ pub async fn set_birthday(
     let (year, month, day) = birthday_columns(birthday);
     let row: Option<MemberRow> = sqlx::query_as(&format!(
         "update member set birthday_year = $2, birthday_month = $3, birthday_day = $4, \
-                birthday_updated_at = $5 \
+                birthday_updated_at = case \
+                    when (birthday_year, birthday_month, birthday_day) is distinct from ($2, $3, $4) then $5 \
+                    else birthday_updated_at end \
          where account_id = $1 returning {MEMBER_COLUMNS}"
     ))
     .bind(account_id)

@@ -266,6 +266,18 @@ pub struct Reservation {
     pub replayed: bool,
 }
 
+/// How an issuance is limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuePolicy {
+    /// A caller's claim or issuance: the template's per-member limit applies, and
+    /// its levels are checked against the member's level now.
+    Caller,
+    /// A membership reward, given once per day, year or evaluation by its
+    /// issuance id: the template's per-member limit does not cap it, and its
+    /// levels are checked against `level` (the level the reward is for) when set.
+    Reward { level: Option<Level> },
+}
+
 /// A refund's extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefundKind {
@@ -482,7 +494,7 @@ impl Coupons {
             claim_code_hash: Some(&hash),
             issuance_id: None,
         };
-        self.issue_new(tx, &new, now).await
+        self.issue_new(tx, &new, IssuePolicy::Caller, now).await
     }
 
     /// Issues a coupon directly, idempotent by `issuance_id`.
@@ -492,6 +504,7 @@ impl Coupons {
         account_id: &AccountId,
         template_id: &TemplateId,
         issuance_id: &IssuanceId,
+        policy: IssuePolicy,
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
@@ -528,7 +541,7 @@ impl Coupons {
             claim_code_hash: None,
             issuance_id: Some(issuance_id),
         };
-        self.issue_new(tx, &new, now).await
+        self.issue_new(tx, &new, policy, now).await
     }
 
     /// Checks the template's rules, takes the member's, the day's and the
@@ -538,6 +551,7 @@ impl Coupons {
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
         new: &NewCoupon<'_>,
+        policy: IssuePolicy,
         now: DateTime<Utc>,
     ) -> Result<Issued, Error> {
         let template = db::coupons::get_template(&mut tx, new.template_id, false)
@@ -545,7 +559,10 @@ impl Coupons {
             .ok_or_else(|| template_not_found(new.template_id))?;
         check_issuable(&template, now)?;
         if !template.spec.allowed_levels.is_empty() {
-            let level = db::coupons::level_at(&mut tx, new.account_id, now).await?;
+            let level = match policy {
+                IssuePolicy::Reward { level: Some(level) } => level,
+                _ => db::coupons::level_at(&mut tx, new.account_id, now).await?,
+            };
             if !template.spec.allowed_levels.contains(&level) {
                 return Err(refused(
                     "LEVEL_NOT_ALLOWED",
@@ -553,14 +570,14 @@ impl Coupons {
                 ));
             }
         }
-        if !db::coupons::bump_member_template(
-            &mut tx,
-            new.account_id,
-            new.template_id,
-            template.spec.per_member_limit,
-        )
-        .await?
-        {
+        // A reward is capped by its own issuance id (once per day, year or
+        // evaluation), not by the template's lifetime per-member limit; it is
+        // still counted.
+        let limit = match policy {
+            IssuePolicy::Caller => template.spec.per_member_limit,
+            IssuePolicy::Reward { .. } => u32::MAX,
+        };
+        if !db::coupons::bump_member_template(&mut tx, new.account_id, new.template_id, limit).await? {
             return Err(refused(
                 "PER_MEMBER_LIMIT_REACHED",
                 format!(
@@ -646,11 +663,20 @@ impl Coupons {
         let now = self.clock.now();
         let account_id = &order.account_id;
         let mut tx = self.pool.begin().await?;
-        ensure_member(&mut tx, account_id).await?;
-        // Locks first (the order's held coupons, then the picked ones, in id
-        // order), then every read of state.
-        let held = db::coupons::held_by_order(&mut tx, account_id, &order.order_id).await?;
-        let coupons = db::coupons::coupons_by_ids(&mut tx, account_id, coupon_ids, now, true).await?;
+        // The order's operations take turns; then one statement locks the picked
+        // coupons and those the order holds, in id order; then every read.
+        db::coupons::lock_order(&mut tx, account_id, &order.order_id).await?;
+        if db::members::is_flagged(&mut tx, account_id)
+            .await?
+            .ok_or_else(|| member_not_found(account_id))?
+        {
+            return Err(refused(
+                "MEMBER_FLAGGED",
+                format!("member {account_id} is flagged as fraudulent"),
+            ));
+        }
+        let locked =
+            db::coupons::lock_for_reservation(&mut tx, account_id, &order.order_id, coupon_ids, now).await?;
         let actions = db::coupons::order_actions(&mut tx, account_id, &order.order_id).await?;
         if actions.iter().any(|a| a != "reserve") {
             return Err(refused(
@@ -659,14 +685,18 @@ impl Coupons {
             ));
         }
         let picked: BTreeSet<i64> = coupon_ids.iter().copied().collect();
-        let held_set: BTreeSet<i64> = held.iter().copied().collect();
-        if !held.is_empty() && held_set != picked {
+        let held: BTreeSet<i64> = locked
+            .iter()
+            .filter(|c| c.status == CouponStatus::Inactive && c.order_id.as_ref() == Some(&order.order_id))
+            .map(|c| c.coupon_id)
+            .collect();
+        if !held.is_empty() && held != picked {
             return Err(refused(
                 "ORDER_ALREADY_RESERVED",
                 format!("order {} holds other coupons; cancel it first", order.order_id),
             ));
         }
-        let pricing = price_picked(order, coupon_ids, &coupons, now);
+        let pricing = price_picked(order, coupon_ids, &locked, now);
         let refusals = pricing.refusals();
         if !refusals.is_empty() {
             return Err(Error::CouponsNotApplicable(
@@ -676,7 +706,7 @@ impl Coupons {
                     .collect(),
             ));
         }
-        let replayed = held_set == picked;
+        let replayed = held == picked;
         if !replayed {
             let moved = db::coupons::reserve(&mut tx, account_id, coupon_ids, &order.order_id, now).await?;
             if moved != u64::try_from(coupon_ids.len()).unwrap_or(u64::MAX) {
@@ -743,8 +773,8 @@ impl Coupons {
     ) -> Result<Vec<Coupon>, Error> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let held = db::coupons::held_by_order(&mut tx, account_id, order_id).await?;
         let actions = self.lock_order(&mut tx, account_id, order_id).await?;
+        let held = db::coupons::held_by_order(&mut tx, account_id, order_id).await?;
         if !held.is_empty() {
             return Err(refused(
                 "ORDER_NOT_COMPLETED",
@@ -767,7 +797,8 @@ impl Coupons {
         Ok(coupons)
     }
 
-    /// Locks the order's INACTIVE coupons, then reads what was done to the order.
+    /// Takes the order's lock (its operations take turns), then reads what was
+    /// done to the order.
     async fn lock_order(
         &self,
         conn: &mut PgConnection,
@@ -775,7 +806,7 @@ impl Coupons {
         order_id: &OrderId,
     ) -> Result<Vec<String>, Error> {
         ensure_member(conn, account_id).await?;
-        db::coupons::held_by_order(conn, account_id, order_id).await?;
+        db::coupons::lock_order(conn, account_id, order_id).await?;
         Ok(db::coupons::order_actions(conn, account_id, order_id).await?)
     }
 

@@ -166,7 +166,8 @@ impl Members {
             .ok_or_else(|| member_not_found(account_id))
     }
 
-    /// Sets, changes or clears the birthday, recording when.
+    /// Sets, changes or clears the birthday, recording when it changed (setting
+    /// the same birthday again keeps the time of the last real change).
     #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
     pub async fn update_birthday(
         &self,

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::db;
 use crate::db::levels::{EvaluationRow, LevelPeriodRow, PendingReward};
 use crate::domain::calendar::{Calendar, month_start};
-use crate::domain::coupons::{Coupons, Issued};
+use crate::domain::coupons::{Coupons, IssuePolicy, Issued};
 use crate::domain::ids::{AccountId, IssuanceId, TemplateId};
 use crate::domain::levels::{
     Benefits, BenefitsTable, EvaluationMonth, Level, Thresholds, local_midnight, yearly_date,
@@ -298,7 +298,18 @@ impl Membership {
         let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let issuance = IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
             .map_err(|e| anyhow::anyhow!("reward issuance id: {e}"))?;
-        self.coupons.issue(&reward.account_id, &template, &issuance).await
+        let level = match reward.level.as_deref() {
+            Some(name) => Some(Level::from_db(name).ok_or_else(|| anyhow::anyhow!("stored level {name:?}"))?),
+            None => None,
+        };
+        self.coupons
+            .issue(
+                &reward.account_id,
+                &template,
+                &issuance,
+                IssuePolicy::Reward { level },
+            )
+            .await
     }
 
     /// The member's level period at `at` (Silver when none is recorded).
@@ -345,7 +356,16 @@ impl Membership {
         let current = self.level_at(account_id, now).await?;
         let balance = self.points.balance(account_id).await?;
         let projected_level = self.rules.thresholds.level_for(balance.window_points);
-        let next = EvaluationMonth::of(self.calendar.local_date(now), &self.calendar);
+        // The next evaluation is the previous month's until it has run, then the
+        // current month's.
+        let mut conn = self.pool.acquire().await?;
+        let last = db::levels::last_evaluated_month(&mut conn).await?;
+        let previous = EvaluationMonth::of(self.previous_month(), &self.calendar);
+        let next = if last.is_none_or(|last| last < previous.month) {
+            previous
+        } else {
+            EvaluationMonth::of(self.calendar.local_date(now), &self.calendar)
+        };
         Ok(MembershipView {
             account_id: account_id.clone(),
             level: current.level,
@@ -440,7 +460,14 @@ impl Membership {
             })?;
         let today = self.calendar.local_date(now);
         let issuance = IssuanceId::parse(&format!("daily:{today}")).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.coupons.issue(account_id, &template, &issuance).await
+        self.coupons
+            .issue(
+                account_id,
+                &template,
+                &issuance,
+                IssuePolicy::Reward { level: Some(level) },
+            )
+            .await
     }
 
     /// The month an automatic evaluation would run now: the previous month.

@@ -441,6 +441,11 @@ fn apply(
     }
     let weights: Vec<i64> = lines.iter().map(|&l| bases[l]).collect();
     let eligible: i64 = weights.iter().sum();
+    // Nothing left to discount (free lines, or seller coupons took it all): the
+    // coupon would be spent for nothing.
+    if eligible == 0 {
+        return Err(Refusal::NoEligibleLines);
+    }
     if eligible < coupon.min_purchase {
         return Err(Refusal::MinPurchaseNotMet);
     }

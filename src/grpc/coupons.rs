@@ -3,7 +3,8 @@
 use tonic::{Request, Response, Status};
 
 use crate::domain::coupons::{
-    ClaimCode, Coupon, CouponSource, Coupons, RefundKind, Template, TemplateSpec, Transition, Validity,
+    ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, RefundKind, Template, TemplateSpec, Transition,
+    Validity,
 };
 use crate::domain::ids::{
     AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, SellerId, TemplateId,
@@ -460,7 +461,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         let issuance_id = IssuanceId::parse(&request.issuance_id).field("issuance_id")?;
         let issued = self
             .coupons
-            .issue(&account_id, &template_id, &issuance_id)
+            .issue(&account_id, &template_id, &issuance_id, IssuePolicy::Caller)
             .await?;
         Ok(Response::new(pb::IssueCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),

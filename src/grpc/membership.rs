@@ -325,6 +325,10 @@ impl pb::membership_server::Membership for MembershipService {
             .enumerate()
             .map(|(i, id)| TemplateId::parse(id).field(&format!("rewards.template_ids[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let distinct: std::collections::BTreeSet<&TemplateId> = templates.iter().collect();
+        if distinct.len() != templates.len() {
+            return Err(Error::invalid("rewards.template_ids", "must not repeat a template").into());
+        }
         self.membership.set_reward_templates(reward, &templates).await?;
         Ok(Response::new(pb::SetRewardTemplatesResponse {
             rewards: self.rewards_pb().await?,

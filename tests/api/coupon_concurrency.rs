@@ -195,3 +195,91 @@ async fn one_single_use_code_claimed_by_twenty_members_at_once_goes_to_one(
             .all(|e| reason(e) == "CODE_ALREADY_USED")
     );
 }
+
+#[sqlx::test]
+async fn concurrent_reserves_of_one_order_never_give_it_two_platform_coupons(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = spawn_app(pool(options, connect).await).await;
+    app.register("alice").await;
+    app.warm_up("alice").await;
+    for round in 0..10 {
+        let (p, q) = (format!("p{round}"), format!("q{round}"));
+        app.create_template(platform_template(&p, 100)).await;
+        app.create_template(platform_template(&q, 100)).await;
+        let a = app.issue("alice", &p).await.unwrap().coupon_id;
+        let b = app.issue("alice", &q).await.unwrap().coupon_id;
+        let order = || {
+            checkout(
+                "alice",
+                &format!("o-{round}"),
+                vec![checkout_line("l1", "s1", 1000, 1, false)],
+            )
+        };
+
+        // Two different platform coupons for one order, and a twin retry of each.
+        let results = join_all([
+            app.reserve(order(), vec![a]),
+            app.reserve(order(), vec![b]),
+            app.reserve(order(), vec![a]),
+            app.reserve(order(), vec![b]),
+        ])
+        .await;
+
+        let held: Vec<i64> = [a, b]
+            .into_iter()
+            .filter(|id| {
+                results
+                    .iter()
+                    .any(|r| r.as_ref().is_ok_and(|r| r.coupons[0].coupon_id == *id))
+            })
+            .collect();
+        assert_eq!(held.len(), 1, "round {round}: one platform coupon per order");
+        assert_eq!(
+            results
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|r| !r.replayed))
+                .count(),
+            1
+        );
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(
+                reason(error),
+                "ORDER_ALREADY_RESERVED",
+                "round {round}: {error:?}"
+            );
+        }
+    }
+}
+
+#[sqlx::test]
+async fn twin_retries_of_one_issuance_all_get_the_same_coupon(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = spawn_app(pool(options, connect).await).await;
+    app.register("alice").await;
+    app.create_template(platform_template("t", 100)).await;
+
+    let results = join_all((0..10).map(|_| {
+        let mut coupons = app.coupons.clone();
+        async move {
+            coupons
+                .issue_coupon(pb::IssueCouponRequest {
+                    account_id: "alice".into(),
+                    template_id: "t".into(),
+                    issuance_id: "job-1".into(),
+                })
+                .await
+        }
+    }))
+    .await;
+
+    let responses: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every twin succeeds").into_inner())
+        .collect();
+    assert_eq!(responses.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(responses.iter().all(|r| r.coupon == responses[0].coupon));
+}

@@ -460,6 +460,23 @@ async fn flagging_a_member_revokes_its_valid_coupons_and_stops_new_ones(pool: Pg
         reason(&app.issue("mallory", "c").await.unwrap_err()),
         "MEMBER_FLAGGED"
     );
+    // Its reserved coupon does not come back usable when the order is cancelled.
+    let cancelled = app
+        .coupons
+        .clone()
+        .cancel_order(pb::CancelOrderRequest {
+            account_id: "mallory".into(),
+            order_id: "o-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.coupons[0].status(), pb::CouponStatus::Revoked);
+    let reserve = app
+        .reserve(order_of("mallory", "o-2"), vec![valid.coupon_id])
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&reserve), "MEMBER_FLAGGED");
 }
 
 #[sqlx::test]

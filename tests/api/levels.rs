@@ -535,7 +535,8 @@ async fn diamond_members_share_the_daily_coupon_stock_one_each_per_day(pool: PgP
     app.clock.set(at("2026-11-10T00:00:00Z"));
     let mut daily = platform_template("diamond-daily", 2000);
     daily.daily_stock = Some(3);
-    daily.per_member_limit = 365;
+    daily.allowed_levels = vec![pb::Level::Diamond.into()];
+    // The per-member limit stays 1: the daily issuance id caps it, not the limit.
     app.create_template(daily).await;
     set_rewards(
         &app,
@@ -577,5 +578,36 @@ async fn diamond_members_share_the_daily_coupon_stock_one_each_per_day(pool: PgP
         (Code::FailedPrecondition, "LEVEL_NOT_ALLOWED")
     );
     app.clock.set(at("2026-11-11T00:00:00Z"));
-    assert!(claim("d0".into()).await.is_ok(), "a new day, a new stock");
+    let winner = results
+        .iter()
+        .find_map(|r| r.as_ref().ok())
+        .unwrap()
+        .get_ref()
+        .coupon
+        .clone()
+        .unwrap();
+    let tomorrow = claim(winner.account_id.clone())
+        .await
+        .expect("a new day, a new stock");
+    assert_ne!(
+        tomorrow.get_ref().coupon.as_ref().unwrap().coupon_id,
+        winner.coupon_id
+    );
+}
+
+#[sqlx::test]
+async fn a_level_up_reward_limited_to_the_new_level_is_issued_before_it_takes_effect(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.clock.set(at("2026-11-02T00:00:00Z")); // before the 8th: still Silver
+    let mut gold_only = platform_template("gold-only", 500);
+    gold_only.allowed_levels = vec![pb::Level::Gold.into()];
+    app.create_template(gold_only).await;
+    set_rewards(&app, pb::RewardKind::LevelUp, pb::Level::Gold, &["gold-only"]).await;
+    app.register("alice").await;
+    bonus(&app, "alice", "c", 150, "2026-10-05T00:00:00Z").await;
+
+    let run = evaluate(&app, 2026, 10).await.unwrap();
+
+    assert_eq!(run.rewards_settled, 1);
+    assert_eq!(coupons_of(&app, "alice").await.len(), 1);
 }

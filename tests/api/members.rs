@@ -174,7 +174,27 @@ async fn a_birthday_can_be_changed_and_cleared_and_the_change_time_is_kept(pool:
     );
     assert_eq!(changed.birthday_updated_at, Some(ts(&default_now().to_rfc3339())));
 
-    app.clock.advance(chrono::TimeDelta::days(3));
+    app.clock.advance(chrono::TimeDelta::days(1));
+    let same_again = members
+        .update_birthday(pb::UpdateBirthdayRequest {
+            account_id: "carol".into(),
+            birthday: Some(pb::Date {
+                year: 0,
+                month: 2,
+                day: 29,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(
+        same_again.birthday_updated_at, changed.birthday_updated_at,
+        "setting the same birthday again is not a change"
+    );
+
+    app.clock.advance(chrono::TimeDelta::days(2));
     let cleared = members
         .update_birthday(pb::UpdateBirthdayRequest {
             account_id: "carol".into(),

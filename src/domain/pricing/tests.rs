@@ -208,6 +208,27 @@ fn scope_and_minimum_refusals() {
 }
 
 #[test]
+fn a_coupon_with_nothing_left_to_discount_is_not_spent() {
+    let order = order(vec![
+        line("a", "A", 500, 1, false),
+        line("free", "B", 0, 1, false),
+    ]);
+    let seller_a = coupon(1, seller("A"), Discount::AmountOff(500));
+    let seller_b = coupon(2, seller("B"), Discount::AmountOff(100));
+    let platform = coupon(3, Issuer::Platform, Discount::AmountOff(100));
+
+    let pricing = run(&order, &[&seller_a, &seller_b, &platform]);
+
+    assert_eq!(applied(&pricing, 0).discount, 500);
+    assert_eq!(refusal(&pricing, 1), Refusal::NoEligibleLines, "a free line");
+    assert_eq!(
+        refusal(&pricing, 2),
+        Refusal::NoEligibleLines,
+        "the seller coupon took it all"
+    );
+}
+
+#[test]
 fn the_platform_minimum_counts_after_seller_discounts() {
     let order = order(vec![line("a", "A", 2000, 1, false)]);
     let seller_a = coupon(1, seller("A"), Discount::AmountOff(500));
