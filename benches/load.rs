@@ -37,8 +37,10 @@ struct Args {
     /// The server.
     #[arg(long, default_value = "http://127.0.0.1:50061")]
     addr: String,
+    /// What to call; without it (as when `cargo test --all-targets` runs the
+    /// bench target) the generator does nothing.
     #[arg(long, value_enum)]
-    scenario: Scenario,
+    scenario: Option<Scenario>,
     /// Concurrent callers.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -195,14 +197,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let Some(scenario) = args.scenario else {
+        eprintln!("no --scenario: nothing to load (scripts/bench runs the scenarios)");
+        return Ok(());
+    };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?
-        .block_on(run(args))
+        .block_on(run(args, scenario))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, scenario: Scenario) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(
@@ -213,7 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let shared = Arc::new(Shared {
-        scenario: args.scenario,
+        scenario,
         members: args.members,
         sequence: AtomicU64::new(0),
     });
@@ -256,16 +262,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let errors = errors.load(Ordering::Relaxed);
     if args.tsv {
         println!(
-            "{:?}\t{}\t{rate:.0}\t{:.2}\t{:.2}\t{errors}",
-            args.scenario,
+            "{scenario:?}\t{}\t{rate:.0}\t{:.2}\t{:.2}\t{errors}",
             latencies.len(),
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
     } else {
         println!(
-            "{:?}: {} calls in {elapsed:.1} s = {rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms, {errors} errors",
-            args.scenario,
+            "{scenario:?}: {} calls in {elapsed:.1} s = {rate:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms, {errors} errors",
             latencies.len(),
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
