@@ -161,6 +161,30 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Grants a campaign bonus counting at `granted_at`.
+    pub async fn bonus(
+        &self,
+        account_id: &str,
+        campaign_id: &str,
+        points: i32,
+        granted_at: &str,
+    ) -> pb::PointEntry {
+        self.points
+            .clone()
+            .grant_bonus(pb::GrantBonusRequest {
+                account_id: account_id.to_owned(),
+                campaign_id: campaign_id.to_owned(),
+                points,
+                description: String::new(),
+                granted_at: Some(ts(granted_at)),
+            })
+            .await
+            .expect("bonus granted")
+            .into_inner()
+            .entry
+            .unwrap()
+    }
+
     /// Reports a visit at `at`.
     pub async fn visit(&self, account_id: &str, at: &str) -> Result<pb::RecordVisitResponse, tonic::Status> {
         self.points

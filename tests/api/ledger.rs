@@ -6,24 +6,7 @@ use loyalty::pb;
 use sqlx::PgPool;
 use tonic::Code;
 
-use crate::helpers::{TestApp, bad_fields, spawn_app, ts};
-
-async fn bonus(app: &TestApp, account: &str, campaign: &str, points: i32, at: &str) -> pb::PointEntry {
-    app.points
-        .clone()
-        .grant_bonus(pb::GrantBonusRequest {
-            account_id: account.into(),
-            campaign_id: campaign.into(),
-            points,
-            description: String::new(),
-            granted_at: Some(ts(at)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entry
-        .unwrap()
-}
+use crate::helpers::{bad_fields, spawn_app, ts};
 
 fn list(account: &str, page_size: i32, page_token: &str) -> pb::ListPointEntriesRequest {
     pb::ListPointEntriesRequest {
@@ -38,10 +21,11 @@ fn list(account: &str, page_size: i32, page_token: &str) -> pb::ListPointEntries
 async fn the_balance_splits_window_month_lifetime_and_leaving_points(pool: PgPool) {
     let app = spawn_app(pool).await; // now: 2026-06-15, UTC
     app.register("alice").await;
-    bonus(&app, "alice", "ancient", 1000, "2024-01-01T00:00:00Z").await;
-    bonus(&app, "alice", "leaving", 100, "2025-06-30T23:59:59Z").await;
-    bonus(&app, "alice", "window-start", 10, "2025-07-01T00:00:00Z").await;
-    bonus(&app, "alice", "this-month", 7, "2026-06-01T00:00:00Z").await;
+    app.bonus("alice", "ancient", 1000, "2024-01-01T00:00:00Z").await;
+    app.bonus("alice", "leaving", 100, "2025-06-30T23:59:59Z").await;
+    app.bonus("alice", "window-start", 10, "2025-07-01T00:00:00Z")
+        .await;
+    app.bonus("alice", "this-month", 7, "2026-06-01T00:00:00Z").await;
 
     let balance = app.balance("alice").await;
 
@@ -106,7 +90,7 @@ async fn history_pages_have_no_gaps_or_duplicates_while_entries_arrive(pool: PgP
     let mut expected = Vec::new();
     for i in 0..45 {
         expected.push(
-            bonus(&app, "alice", &format!("c{i}"), 1, "2026-06-01T00:00:00Z")
+            app.bonus("alice", &format!("c{i}"), 1, "2026-06-01T00:00:00Z")
                 .await
                 .entry_id,
         );
@@ -126,8 +110,7 @@ async fn history_pages_have_no_gaps_or_duplicates_while_entries_arrive(pool: PgP
         pages.push(page.entries.len());
         seen.extend(page.entries.iter().map(|e| e.entry_id));
         // New entries arrive between pages.
-        bonus(
-            &app,
+        app.bonus(
             "alice",
             &format!("late-{}", pages.len()),
             1,
@@ -196,7 +179,8 @@ async fn page_size_defaults_to_20_and_is_coerced_to_100(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.register("alice").await;
     for i in 0..105 {
-        bonus(&app, "alice", &format!("c{i}"), 1, "2026-06-01T00:00:00Z").await;
+        app.bonus("alice", &format!("c{i}"), 1, "2026-06-01T00:00:00Z")
+            .await;
     }
     let mut points = app.points.clone();
 

@@ -12,20 +12,6 @@ fn at(rfc3339: &str) -> DateTime<Utc> {
     rfc3339.parse().unwrap()
 }
 
-async fn bonus(app: &TestApp, account: &str, campaign: &str, points: i32, granted_at: &str) {
-    app.points
-        .clone()
-        .grant_bonus(pb::GrantBonusRequest {
-            account_id: account.into(),
-            campaign_id: campaign.into(),
-            points,
-            description: String::new(),
-            granted_at: Some(ts(granted_at)),
-        })
-        .await
-        .unwrap();
-}
-
 async fn evaluate(app: &TestApp, year: i32, month: i32) -> Result<pb::EvaluateLevelsResponse, tonic::Status> {
     app.members
         .clone()
@@ -93,7 +79,7 @@ async fn levels_change_exactly_at_the_thresholds(pool: PgPool) {
     ];
     for (account, points, _) in cases {
         app.register(account).await;
-        bonus(&app, account, "c", points, "2026-10-15T00:00:00Z").await;
+        app.bonus(account, "c", points, "2026-10-15T00:00:00Z").await;
     }
 
     let run = evaluate(&app, 2026, 10).await.unwrap();
@@ -122,7 +108,7 @@ async fn a_level_takes_effect_on_the_8th_at_local_midnight(pool: PgPool) {
     let app = spawn_app_with(pool, &["--time-zone", "Europe/Berlin"]).await;
     app.clock.set(at("2026-11-02T00:00:00Z"));
     app.register("alice").await;
-    bonus(&app, "alice", "c", 150, "2026-10-20T00:00:00Z").await;
+    app.bonus("alice", "c", 150, "2026-10-20T00:00:00Z").await;
 
     evaluate(&app, 2026, 10).await.unwrap();
 
@@ -164,7 +150,7 @@ async fn the_rolling_window_drops_points_older_than_twelve_months(pool: PgPool) 
     let app = spawn_app(pool).await;
     app.clock.set(at("2026-11-15T00:00:00Z"));
     app.register("alice").await;
-    bonus(&app, "alice", "old", 200, "2025-10-31T12:00:00Z").await;
+    app.bonus("alice", "old", 200, "2025-10-31T12:00:00Z").await;
 
     evaluate(&app, 2026, 9).await.unwrap(); // window Oct 2025 - Sep 2026
     evaluate(&app, 2026, 10).await.unwrap(); // window Nov 2025 - Oct 2026
@@ -215,7 +201,7 @@ async fn an_evaluation_runs_once_per_month_in_order_and_only_after_the_month(poo
     let app = spawn_app(pool).await;
     app.clock.set(at("2026-11-15T00:00:00Z"));
     app.register("alice").await;
-    bonus(&app, "alice", "c", 300, "2026-10-01T00:00:00Z").await;
+    app.bonus("alice", "c", 300, "2026-10-01T00:00:00Z").await;
 
     let first = evaluate(&app, 2026, 10).await.unwrap();
     let again = evaluate(&app, 2026, 10).await.unwrap();
@@ -247,7 +233,7 @@ async fn two_concurrent_evaluations_do_the_work_once_and_reward_once(pool: PgPoo
     for i in 0..20 {
         let account = format!("m{i}");
         app.register(&account).await;
-        bonus(&app, &account, "c", 120, "2026-10-05T00:00:00Z").await;
+        app.bonus(&account, "c", 120, "2026-10-05T00:00:00Z").await;
     }
 
     let (a, b) = tokio::join!(evaluate(&app, 2026, 10), evaluate(&app, 2026, 10));
@@ -272,7 +258,7 @@ async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(po
     for i in 0..10 {
         let account = format!("m{i}");
         app.register(&account).await;
-        bonus(&app, &account, "c", 600, "2026-10-05T00:00:00Z").await;
+        app.bonus(&account, "c", 600, "2026-10-05T00:00:00Z").await;
     }
     // Hold a lock the evaluation needs, so it is caught in the middle.
     let mut blocker = pool.begin().await.unwrap();
@@ -341,9 +327,9 @@ async fn points_recorded_after_an_evaluation_count_in_the_next_one(pool: PgPool)
     let app = spawn_app(pool).await;
     app.clock.set(at("2026-12-02T00:00:00Z"));
     app.register("alice").await;
-    bonus(&app, "alice", "a", 60, "2026-10-05T00:00:00Z").await;
+    app.bonus("alice", "a", 60, "2026-10-05T00:00:00Z").await;
     evaluate(&app, 2026, 10).await.unwrap();
-    bonus(&app, "alice", "b", 60, "2026-11-05T00:00:00Z").await;
+    app.bonus("alice", "b", 60, "2026-11-05T00:00:00Z").await;
 
     evaluate(&app, 2026, 11).await.unwrap();
 
@@ -362,9 +348,9 @@ async fn the_membership_view_projects_the_next_level_and_lists_benefits(pool: Pg
     let app = spawn_app(pool).await;
     app.clock.set(at("2026-11-10T00:00:00Z"));
     app.register("alice").await;
-    bonus(&app, "alice", "oct", 520, "2026-10-05T00:00:00Z").await;
+    app.bonus("alice", "oct", 520, "2026-10-05T00:00:00Z").await;
     evaluate(&app, 2026, 10).await.unwrap();
-    bonus(&app, "alice", "nov", 1000, "2026-11-09T00:00:00Z").await;
+    app.bonus("alice", "nov", 1000, "2026-11-09T00:00:00Z").await;
 
     let view = app
         .members
@@ -401,7 +387,7 @@ async fn the_fast_refund_check_follows_the_level_limit(pool: PgPool) {
     app.clock.set(at("2026-11-10T00:00:00Z"));
     app.register("plat").await;
     app.register("silver").await;
-    bonus(&app, "plat", "c", 600, "2026-10-05T00:00:00Z").await;
+    app.bonus("plat", "c", 600, "2026-10-05T00:00:00Z").await;
     evaluate(&app, 2026, 10).await.unwrap();
     let check = |account: &str, minor: i64, currency: &str| {
         let mut members = app.members.clone();
@@ -548,7 +534,7 @@ async fn diamond_members_share_the_daily_coupon_stock_one_each_per_day(pool: PgP
     for i in 0..5 {
         let account = format!("d{i}");
         app.register(&account).await;
-        bonus(&app, &account, "c", 2000, "2026-10-05T00:00:00Z").await;
+        app.bonus(&account, "c", 2000, "2026-10-05T00:00:00Z").await;
     }
     app.register("silver").await;
     evaluate(&app, 2026, 10).await.unwrap();
@@ -604,7 +590,7 @@ async fn a_level_up_reward_limited_to_the_new_level_is_issued_before_it_takes_ef
     app.create_template(gold_only).await;
     set_rewards(&app, pb::RewardKind::LevelUp, pb::Level::Gold, &["gold-only"]).await;
     app.register("alice").await;
-    bonus(&app, "alice", "c", 150, "2026-10-05T00:00:00Z").await;
+    app.bonus("alice", "c", 150, "2026-10-05T00:00:00Z").await;
 
     let run = evaluate(&app, 2026, 10).await.unwrap();
 
