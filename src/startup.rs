@@ -66,6 +66,8 @@ pub struct Application {
     port: u16,
     metrics_listener: Option<TcpListener>,
     config: Config,
+    /// Checked at build, so a bad threshold or benefits file fails the start.
+    level_rules: LevelRules,
     pool: PgPool,
     clock: Arc<dyn Clock>,
     tokens: Option<Tokens>,
@@ -82,6 +84,11 @@ impl Application {
         if tokens.is_none() {
             tracing::warn!("no tokens file: authentication is off, every caller may call everything");
         }
+        let level_rules = LevelRules {
+            thresholds: config.levels.thresholds()?,
+            benefits: config.levels.benefits()?,
+            program_currency: config.program_currency,
+        };
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("failed to bind {}", config.listen_addr))?;
@@ -102,6 +109,7 @@ impl Application {
             port,
             metrics_listener,
             config,
+            level_rules,
             pool,
             clock,
             tokens,
@@ -129,6 +137,7 @@ impl Application {
             port,
             metrics_listener,
             config,
+            level_rules,
             pool,
             clock,
             tokens,
@@ -154,14 +163,9 @@ impl Application {
         let members = Members::new(pool.clone(), clock.clone());
         let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
         let coupons = Coupons::new(pool.clone(), calendar, clock.clone());
-        let rules = LevelRules {
-            thresholds: config.levels.thresholds()?,
-            benefits: config.levels.benefits()?,
-            program_currency: config.program_currency,
-        };
         let membership = Membership::new(
             pool.clone(),
-            rules,
+            level_rules,
             calendar,
             clock.clone(),
             points.clone(),

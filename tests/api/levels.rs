@@ -597,3 +597,41 @@ async fn a_level_up_reward_limited_to_the_new_level_is_issued_before_it_takes_ef
     assert_eq!(run.rewards_settled, 1);
     assert_eq!(coupons_of(&app, "alice").await.len(), 1);
 }
+
+#[sqlx::test]
+async fn the_built_in_scheduler_evaluates_the_last_month_and_runs_the_day(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--scheduler", "--scheduler-interval-secs", "1"]).await;
+    app.clock.set(at("2026-11-02T09:00:00Z"));
+    app.register("alice").await;
+    app.bonus("alice", "c", 600, "2026-10-05T00:00:00Z").await;
+
+    let mut done = (false, false);
+    for _ in 0..100 {
+        let evaluated: bool =
+            sqlx::query_scalar("select exists (select 1 from level_evaluation where month = '2026-10-01')")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let daily: bool = sqlx::query_scalar(
+            "select exists (select 1 from daily_reward_run where local_date = '2026-11-02')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        done = (evaluated, daily);
+        if evaluated && daily {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(
+        done,
+        (true, true),
+        "October evaluated and 2 November's rewards run"
+    );
+    assert_eq!(
+        level_at(&app, "alice", "2026-11-08T00:00:00Z").await,
+        pb::Level::Platinum
+    );
+}

@@ -376,3 +376,25 @@ async fn health_follows_the_database_going_away_and_coming_back(
         .await;
     assert!(member.is_ok(), "calls work again: {member:?}");
 }
+
+#[tokio::test]
+async fn bad_level_settings_fail_the_start() {
+    use clap::Parser;
+    let lazy = PgPoolOptions::new()
+        .connect_lazy("postgres://postgres@127.0.0.1:1/loyalty")
+        .unwrap();
+    let clock = std::sync::Arc::new(loyalty::clock::ManualClock::new(crate::helpers::default_now()));
+    let config = loyalty::config::Config::try_parse_from([
+        "loyalty",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--gold-min-points",
+        "600",
+    ])
+    .unwrap();
+
+    let built = loyalty::startup::Application::build(config, lazy, clock).await;
+
+    let error = built.err().expect("thresholds must increase");
+    assert!(error.to_string().contains("thresholds"), "{error}");
+}
