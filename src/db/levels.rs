@@ -62,12 +62,14 @@ fn rank(column: &str) -> String {
 /// a recorded level (every other member is Silver and stays so), closes the
 /// periods of the members whose level changes and opens their new ones from
 /// `effective_from`, queues the level-up rewards, and records the evaluation.
-/// Members whose level does not change are not written at all.
+/// Members whose level does not change are not written at all. Level-up rewards
+/// are queued for the levels in `level_up_levels` (those with the benefit).
 #[tracing::instrument(skip_all, fields(month = %evaluation.month), err)]
 pub async fn evaluate(
     conn: &mut PgConnection,
     evaluation: &EvaluationMonth,
     thresholds: &Thresholds,
+    level_up_levels: &[&str],
     now: DateTime<Utc>,
 ) -> Result<EvaluationRow, sqlx::Error> {
     let up_plain = format!("{} > {}", rank("level"), rank("previous"));
@@ -108,7 +110,7 @@ pub async fn evaluate(
              insert into member_reward (account_id, reward_key, template_id, level) \
              select ch.account_id, 'level-up:' || to_char($7::date, 'YYYY-MM'), r.template_id, ch.level \
              from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
-             where {up_changed} \
+             where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
          ) \
          select * from recorded"
@@ -122,6 +124,7 @@ pub async fn evaluate(
         .bind(evaluation.effective_from)
         .bind(evaluation.month)
         .bind(now)
+        .bind(level_up_levels)
         .fetch_one(conn)
         .await
 }
@@ -242,6 +245,15 @@ pub async fn find_daily_run(
         .await
 }
 
+/// Which members a daily run rewards: the levels (held at the day's start) with
+/// each benefit.
+#[derive(Debug)]
+pub struct DailyRewardLevels<'a> {
+    pub day_start: DateTime<Utc>,
+    pub birthday: &'a [&'a str],
+    pub anniversary: &'a [&'a str],
+}
+
 /// Queues the birthday and anniversary rewards of `day` and records the run.
 /// `birthday_cutoff`: a birthday counts only if set before this instant (00:00 of
 /// the day before `day`); `leap_day_too`: `day` is 28 February of a common year,
@@ -253,9 +265,13 @@ pub async fn queue_daily_rewards(
     time_zone: &str,
     birthday_cutoff: DateTime<Utc>,
     leap_day_too: bool,
+    levels: &DailyRewardLevels<'_>,
     now: DateTime<Utc>,
 ) -> Result<DailyRunRow, sqlx::Error> {
-    sqlx::query_as(
+    // The member's level at the day's start (Silver without a period).
+    let level_of_m = "coalesce((select ml.level from member_level ml where ml.account_id = m.account_id \
+         and ml.effective_from <= $6 and (ml.effective_to is null or ml.effective_to > $6)), 'silver')";
+    sqlx::query_as(&format!(
         "with birthdays as ( \
              insert into member_reward (account_id, reward_key, template_id) \
              select m.account_id, 'birthday:' || extract(year from $1::date), r.template_id \
@@ -264,6 +280,7 @@ pub async fn queue_daily_rewards(
                      and m.birthday_day = extract(day from $1::date)) \
                     or ($4 and m.birthday_month = 2 and m.birthday_day = 29)) \
                and m.birthday_updated_at < $3 \
+               and {level_of_m} = any ($7) \
              on conflict do nothing \
              returning 1 \
          ), anniversaries as ( \
@@ -275,18 +292,22 @@ pub async fn queue_daily_rewards(
                and ((extract(month from l.registered) = extract(month from $1::date) \
                      and extract(day from l.registered) = extract(day from $1::date)) \
                     or ($4 and extract(month from l.registered) = 2 and extract(day from l.registered) = 29)) \
+               and {level_of_m} = any ($8) \
              on conflict do nothing \
              returning 1 \
          ) \
          insert into daily_reward_run (local_date, birthday_rewards, anniversary_rewards, finished_at) \
          select $1, (select count(*) from birthdays), (select count(*) from anniversaries), $5 \
-         returning *",
-    )
+         returning *"
+    ))
     .bind(day)
     .bind(time_zone)
     .bind(birthday_cutoff)
     .bind(leap_day_too)
     .bind(now)
+    .bind(levels.day_start)
+    .bind(levels.birthday)
+    .bind(levels.anniversary)
     .fetch_one(conn)
     .await
 }

@@ -195,7 +195,9 @@ impl Membership {
                     });
                 }
                 let started = std::time::Instant::now();
-                let row = db::levels::evaluate(&mut tx, &evaluation, &self.rules.thresholds, now).await?;
+                let level_up = self.levels_with(|b| b.level_up_reward);
+                let row = db::levels::evaluate(&mut tx, &evaluation, &self.rules.thresholds, &level_up, now)
+                    .await?;
                 tracing::info!(
                     month = %row.month,
                     members = row.members_evaluated,
@@ -239,12 +241,22 @@ impl Membership {
                 let cutoff = local_midnight(&self.calendar, day - TimeDelta::days(1));
                 let leap_day_too =
                     day.month() == 2 && day.day() == 28 && yearly_date(day.year(), 2, 29) == Some(day);
+                let (birthday, anniversary) = (
+                    self.levels_with(|b| b.birthday_reward),
+                    self.levels_with(|b| b.anniversary_reward),
+                );
+                let levels = db::levels::DailyRewardLevels {
+                    day_start: local_midnight(&self.calendar, day),
+                    birthday: &birthday,
+                    anniversary: &anniversary,
+                };
                 let row = db::levels::queue_daily_rewards(
                     &mut tx,
                     day,
                     self.calendar.time_zone().name(),
                     cutoff,
                     leap_day_too,
+                    &levels,
                     now,
                 )
                 .await?;
@@ -258,6 +270,15 @@ impl Membership {
             replayed,
             rewards_settled,
         })
+    }
+
+    /// The levels whose benefits pass `has`.
+    fn levels_with(&self, has: impl Fn(&Benefits) -> bool) -> Vec<&'static str> {
+        Level::ALL
+            .into_iter()
+            .filter(|level| has(self.rules.benefits.of(*level)))
+            .map(Level::as_str)
+            .collect()
     }
 
     /// Issues every pending reward; returns how many were settled. Each issuance

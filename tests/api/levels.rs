@@ -635,3 +635,29 @@ async fn the_built_in_scheduler_evaluates_the_last_month_and_runs_the_day(pool: 
         pb::Level::Platinum
     );
 }
+
+#[sqlx::test]
+async fn a_benefits_file_decides_which_levels_get_birthday_rewards(pool: PgPool) {
+    let mut table = loyalty::domain::levels::BenefitsTable::default();
+    table.silver.birthday_reward = false;
+    let file = std::env::temp_dir().join(format!("loyalty-benefits-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_string(&table).unwrap()).unwrap();
+    let app = spawn_app_with(pool, &["--benefits-file", file.to_str().unwrap()]).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    app.create_template(platform_template("bday", 1000)).await;
+    set_rewards(&app, pb::RewardKind::Birthday, pb::Level::Unspecified, &["bday"]).await;
+    register_at(&app, "silver", "2020-01-01T00:00:00Z", Some((11, 12))).await;
+    register_at(&app, "gold", "2020-01-01T00:00:00Z", Some((11, 12))).await;
+    app.bonus("gold", "c", 150, "2026-10-05T00:00:00Z").await;
+    evaluate(&app, 2026, 10).await.unwrap(); // Gold from 8 November
+
+    let run = run_day(&app, 2026, 11, 12).await;
+
+    assert_eq!(run.birthday_rewards, 1);
+    assert!(
+        coupons_of(&app, "silver").await.is_empty(),
+        "Silver has no birthday reward in this table"
+    );
+    assert_eq!(coupons_of(&app, "gold").await.len(), 1);
+    std::fs::remove_file(file).ok();
+}
