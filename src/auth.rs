@@ -46,6 +46,7 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
             "loyalty.v1.Coupons",
             "CreateCouponTemplate"
             | "GetCouponTemplate"
+            | "ListCouponTemplates"
             | "UpdateCouponTemplate"
             | "SetCouponTemplatePaused"
             | "CreatePublicCode"

@@ -217,6 +217,24 @@ pub async fn get_template(
     row.map(Template::try_from).transpose()
 }
 
+/// Templates by id after `after`, at most `limit`.
+#[tracing::instrument(skip_all, err)]
+pub async fn list_templates(
+    conn: &mut PgConnection,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Template>, sqlx::Error> {
+    let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
+        "select {TEMPLATE_COLUMNS} from coupon_template \
+         where $1::text is null or template_id > $1 order by template_id limit $2"
+    ))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Template::try_from).collect()
+}
+
 /// Replaces a template's terms.
 #[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
 pub async fn update_template(

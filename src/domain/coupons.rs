@@ -346,6 +346,24 @@ impl Coupons {
             .ok_or_else(|| template_not_found(template_id))
     }
 
+    /// A page of templates by id, and the key of the next page.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn templates(
+        &self,
+        after: Option<&str>,
+        page_size: u32,
+    ) -> Result<(Vec<Template>, Option<String>), Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut templates = db::coupons::list_templates(&mut conn, after, page_size + 1).await?;
+        let next = if templates.len() > page_size as usize {
+            templates.truncate(page_size as usize);
+            templates.last().map(|t| t.spec.template_id.to_string())
+        } else {
+            None
+        };
+        Ok((templates, next))
+    }
+
     /// Replaces a template's terms for coupons issued from now on.
     #[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
     pub async fn update_template(&self, spec: &TemplateSpec) -> Result<Template, Error> {

@@ -135,6 +135,25 @@ pub fn page_token(kind: &str, last_id: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("{kind}:{last_id}"))
 }
 
+/// An opaque page token carrying the last text key of a page.
+pub fn text_page_token(kind: &str, last_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{last_key}"))
+}
+
+/// The last text key of the previous page; `None` for the first page.
+pub fn parse_text_page_token(kind: &str, token: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| Some(text.strip_prefix(kind)?.strip_prefix(':')?.to_owned()))
+        .map(Some)
+        .ok_or_else(|| Error::invalid("page_token", "is not a token this service issued"))
+}
+
 /// The last id of the previous page; `None` for the first page.
 pub fn parse_page_token(kind: &str, token: &str) -> Result<Option<i64>, Error> {
     if token.is_empty() {

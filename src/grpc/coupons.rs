@@ -16,7 +16,8 @@ use crate::domain::pricing::{
 };
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    page_size, page_token, parse_page_token, required_enum, required_instant, timestamp,
+    page_size, page_token, parse_page_token, parse_text_page_token, required_enum, required_instant,
+    text_page_token, timestamp,
 };
 use crate::pb;
 
@@ -358,6 +359,9 @@ fn pricing_pb(order: &CheckoutOrder, pricing: Pricing) -> pb::Pricing {
     }
 }
 
+/// Keeps template page tokens apart from other listings' tokens.
+const TEMPLATE_PAGE_KIND: &str = "templates.v1";
+
 /// Keeps coupon page tokens apart from other listings' tokens.
 const PAGE_KIND: &str = "coupons.v1";
 
@@ -383,6 +387,22 @@ impl pb::coupons_server::Coupons for CouponsService {
         let template = self.coupons.template(&template_id).await?;
         Ok(Response::new(pb::GetCouponTemplateResponse {
             template: Some(template_pb(template)),
+        }))
+    }
+
+    async fn list_coupon_templates(
+        &self,
+        request: Request<pb::ListCouponTemplatesRequest>,
+    ) -> Result<Response<pb::ListCouponTemplatesResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = page_size(request.page_size)?;
+        let after = parse_text_page_token(TEMPLATE_PAGE_KIND, &request.page_token)?;
+        let (templates, next) = self.coupons.templates(after.as_deref(), page_size).await?;
+        Ok(Response::new(pb::ListCouponTemplatesResponse {
+            templates: templates.into_iter().map(template_pb).collect(),
+            next_page_token: next
+                .map(|key| text_page_token(TEMPLATE_PAGE_KIND, &key))
+                .unwrap_or_default(),
         }))
     }
 

@@ -884,3 +884,40 @@ async fn my_coupons_lists_newest_first_by_status_with_stable_pages(pool: PgPool)
     );
     assert_eq!(inactive.coupons[0].name, "t name", "with the template's name");
 }
+
+#[sqlx::test]
+async fn templates_are_listed_by_id_in_stable_pages(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for id in ["c", "a", "e", "b", "d"] {
+        app.create_template(platform_template(id, 100)).await;
+    }
+    let mut coupons = app.coupons.clone();
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = coupons
+            .list_coupon_templates(pb::ListCouponTemplatesRequest {
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.templates.into_iter().map(|t| t.template_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let bad = coupons
+        .list_coupon_templates(pb::ListCouponTemplatesRequest {
+            page_size: 2,
+            page_token: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+
+    assert_eq!(seen, vec!["a", "b", "c", "d", "e"]);
+    assert_eq!(crate::helpers::bad_fields(&bad), vec!["page_token".to_owned()]);
+}
