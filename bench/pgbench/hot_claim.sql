@@ -2,7 +2,7 @@
 -- (src/domain/coupons.rs claim and issue_new, src/db/coupons.rs).
 select nextval('bench_seq') as m \gset
 begin;
-select fraud_flagged_at is not null from member where account_id = 'm' || :m for share;
+select fraud_flagged_at is not null from member where account_id = 'm' || :m for no key update;
 select template_id, kind, consumed_by from claim_code where code_hash = sha256('BENCHHOT'::bytea);
 select coupon_id, account_id, template_id,
        case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,

@@ -3,15 +3,16 @@
 select nextval('bench_seq') as c \gset
 \set m (:c - 1) % :members + 1
 begin;
+select pg_advisory_xact_lock(hashtextextended('m' || :m || '/' || 'b-' || :c, 0));
 select fraud_flagged_at is not null from member where account_id = 'm' || :m;
-select coupon_id from coupon where account_id = 'm' || :m and order_id = 'b-' || :c and status = 'inactive'
-  order by coupon_id for update;
 select coupon_id, account_id, template_id,
        case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,
        order_id, name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points,
        max_discount_minor, currency, min_purchase_minor, regular_price_only, valid_from, expires_at,
        source, issued_at
-from coupon where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) order by coupon_id for update;
+from coupon where account_id = 'm' || :m
+  and (coupon_id = any (array[:c]::bigint[]) or (order_id = 'b-' || :c and status = 'inactive'))
+order by coupon_id for update;
 select distinct action from coupon_transition where account_id = 'm' || :m and order_id = 'b-' || :c;
 with moved as (
     update coupon set status = 'inactive', order_id = 'b-' || :c, updated_at = now()
@@ -32,8 +33,7 @@ from coupon where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[
 commit;
 begin;
 select fraud_flagged_at is not null from member where account_id = 'm' || :m;
-select coupon_id from coupon where account_id = 'm' || :m and order_id = 'b-' || :c and status = 'inactive'
-  order by coupon_id for update;
+select pg_advisory_xact_lock(hashtextextended('m' || :m || '/' || 'b-' || :c, 0));
 select distinct action from coupon_transition where account_id = 'm' || :m and order_id = 'b-' || :c;
 with moved as (
     update coupon set status = 'used', updated_at = now()
