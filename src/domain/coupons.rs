@@ -763,7 +763,8 @@ impl Coupons {
         Ok(coupons)
     }
 
-    /// The order was cancelled: INACTIVE -> VALID (or EXPIRED).
+    /// The order was cancelled: INACTIVE -> VALID (EXPIRED when past expiry,
+    /// REVOKED for a flagged member).
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
     pub async fn cancel(&self, account_id: &AccountId, order_id: &OrderId) -> Result<Vec<Coupon>, Error> {
         let now = self.clock.now();
