@@ -352,24 +352,6 @@ pub async fn consume_code(
     Ok(updated.rows_affected() == 1)
 }
 
-/// Whether the member is flagged, locking its row until the transaction ends:
-/// the member's issuances take turns (so a twin retry finds the first one's
-/// coupon) and a concurrent flag waits. `no key update` leaves the foreign-key
-/// checks of other writers (points, coupons) unblocked. `None` when there is no
-/// such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
-pub async fn lock_member(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select fraud_flagged_at is not null from member where account_id = $1 for no key update",
-    )
-    .bind(account_id)
-    .fetch_optional(conn)
-    .await
-}
-
 /// The member's level at `at` (Silver until a first evaluation takes effect).
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
 pub async fn level_at(
@@ -592,19 +574,16 @@ pub async fn find_issued(
     row.map(Coupon::try_from).transpose()
 }
 
-/// Reads some of a member's coupons, locking them (in id order, so two
-/// reservations never deadlock) when `for_update`.
+/// Reads some of a member's coupons, in id order.
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
 pub async fn coupons_by_ids(
     conn: &mut PgConnection,
     account_id: &AccountId,
     coupon_ids: &[i64],
     now: DateTime<Utc>,
-    for_update: bool,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let lock = if for_update { "for update" } else { "" };
     let rows: Vec<CouponRow> = sqlx::query_as(&format!(
-        "select {} from coupon where account_id = $1 and coupon_id = any ($2) order by coupon_id {lock}",
+        "select {} from coupon where account_id = $1 and coupon_id = any ($2) order by coupon_id",
         coupon_columns("", "$3")
     ))
     .bind(account_id)
@@ -679,20 +658,21 @@ pub async fn lock_for_reservation(
     into_coupons(rows)
 }
 
-/// The coupons an order holds INACTIVE, locked.
+/// Whether the order holds INACTIVE coupons (reserved, not completed). Call it
+/// under the order's lock ([`lock_order`]).
 #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
-pub async fn held_by_order(
+pub async fn order_holds_coupons(
     conn: &mut PgConnection,
     account_id: &AccountId,
     order_id: &OrderId,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "select coupon_id from coupon where account_id = $1 and order_id = $2 and status = 'inactive' \
-         order by coupon_id for update",
+        "select exists (select 1 from coupon \
+                        where account_id = $1 and order_id = $2 and status = 'inactive')",
     )
     .bind(account_id)
     .bind(order_id)
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await
 }
 
@@ -712,7 +692,8 @@ pub async fn order_actions(
     .await
 }
 
-/// VALID -> INACTIVE for `order_id`, with transitions; returns how many moved.
+/// VALID -> INACTIVE for `order_id`, with transitions; returns the coupons that
+/// moved, in id order.
 #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
 pub async fn reserve(
     conn: &mut PgConnection,
@@ -720,27 +701,28 @@ pub async fn reserve(
     coupon_ids: &[i64],
     order_id: &OrderId,
     now: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
-    let moved: i64 = sqlx::query_scalar(
+) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
         "with moved as ( \
              update coupon set status = 'inactive', order_id = $3, updated_at = $4 \
              where account_id = $1 and coupon_id = any ($2) and status = 'valid' \
                and valid_from <= $4 and expires_at > $4 \
-             returning coupon_id \
+             returning * \
          ), transition as ( \
              insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
                                             order_id, occurred_at) \
              select $1, coupon_id, 'reserve', 'valid', 'inactive', $3, $4 from moved \
          ) \
-         select count(*) from moved",
-    )
+         select {} from moved order by coupon_id",
+        coupon_columns("", "$4")
+    ))
     .bind(account_id)
     .bind(coupon_ids)
     .bind(order_id)
     .bind(now)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(u64::try_from(moved).unwrap_or(0))
+    into_coupons(rows)
 }
 
 /// INACTIVE -> USED for the order's coupons, with transitions.

@@ -115,6 +115,24 @@ pub async fn is_flagged(
         .await
 }
 
+/// Whether the member is flagged, locking its row until the transaction ends:
+/// the member's issuances take turns (so a twin retry finds the first one's
+/// coupon) and a concurrent flag waits. `no key update` leaves the foreign-key
+/// checks of other writers (points, coupons) unblocked. `None` when there is no
+/// such member.
+#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+pub async fn lock_for_issuance(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select fraud_flagged_at is not null from member where account_id = $1 for no key update",
+    )
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Sets or clears the birthday; `None` when there is no such member.
 #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
 pub async fn set_birthday(

@@ -471,7 +471,7 @@ impl Coupons {
         let hash = code.hash();
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let flagged = db::coupons::lock_member(&mut tx, account_id)
+        let flagged = db::members::lock_for_issuance(&mut tx, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
         let found = db::coupons::find_code(&mut tx, &hash)
@@ -526,7 +526,7 @@ impl Coupons {
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let flagged = db::coupons::lock_member(&mut tx, account_id)
+        let flagged = db::members::lock_for_issuance(&mut tx, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
         if let Some(coupon) =
@@ -658,9 +658,11 @@ impl Coupons {
     pub async fn validate(&self, order: &CheckoutOrder, coupon_ids: &[i64]) -> Result<Pricing, Error> {
         let now = self.clock.now();
         let mut conn = self.pool.acquire().await?;
-        ensure_member(&mut conn, &order.account_id).await?;
-        let coupons =
-            db::coupons::coupons_by_ids(&mut conn, &order.account_id, coupon_ids, now, false).await?;
+        let coupons = db::coupons::coupons_by_ids(&mut conn, &order.account_id, coupon_ids, now).await?;
+        // A coupon found under the account proves the member exists; otherwise ask.
+        if coupons.len() < coupon_ids.len() || coupon_ids.is_empty() {
+            ensure_member(&mut conn, &order.account_id).await?;
+        }
         Ok(price_picked(order, coupon_ids, &coupons, now))
     }
 
@@ -725,17 +727,24 @@ impl Coupons {
             ));
         }
         let replayed = held == picked;
-        if !replayed {
+        let coupons = if replayed {
+            // The locked rows are the order's coupons as they stand.
+            locked
+                .into_iter()
+                .filter(|c| picked.contains(&c.coupon_id))
+                .collect()
+        } else {
             let moved = db::coupons::reserve(&mut tx, account_id, coupon_ids, &order.order_id, now).await?;
-            if moved != u64::try_from(coupon_ids.len()).unwrap_or(u64::MAX) {
+            if moved.len() != coupon_ids.len() {
                 return Err(anyhow::anyhow!(
-                    "reserved {moved} of {} locked, applicable coupons",
+                    "reserved {} of {} locked, applicable coupons",
+                    moved.len(),
                     coupon_ids.len()
                 )
                 .into());
             }
-        }
-        let coupons = db::coupons::coupons_by_ids(&mut tx, account_id, coupon_ids, now, false).await?;
+            moved
+        };
         tx.commit().await?;
         Ok(Reservation {
             pricing,
@@ -793,8 +802,7 @@ impl Coupons {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
         let actions = self.lock_order(&mut tx, account_id, order_id).await?;
-        let held = db::coupons::held_by_order(&mut tx, account_id, order_id).await?;
-        if !held.is_empty() {
+        if db::coupons::order_holds_coupons(&mut tx, account_id, order_id).await? {
             return Err(refused(
                 "ORDER_NOT_COMPLETED",
                 format!("order {order_id} is not completed yet"),
@@ -870,7 +878,7 @@ impl Coupons {
     ) -> Result<(Coupon, Vec<Transition>), Error> {
         let now = self.clock.now();
         let mut conn = self.pool.acquire().await?;
-        let coupon = db::coupons::coupons_by_ids(&mut conn, account_id, &[coupon_id], now, false)
+        let coupon = db::coupons::coupons_by_ids(&mut conn, account_id, &[coupon_id], now)
             .await?
             .pop()
             .ok_or_else(|| Error::NotFound {

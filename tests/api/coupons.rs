@@ -317,6 +317,91 @@ async fn single_use_codes_are_returned_once_stored_hashed_and_claimed_once(pool:
     .await
     .unwrap();
     assert_eq!(stored_text, 0, "no single-use code is stored as text");
+    // What is stored is the sha256 of the code without its dashes, and nothing else.
+    let (single_use, hashed_as_documented): (i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where code_hash = any ( \
+             select sha256(convert_to(replace(c, '-', ''), 'UTF8')) from unnest($1::text[]) c)) \
+         from claim_code where kind = 'single_use'",
+    )
+    .bind(&codes)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((single_use, hashed_as_documented), (50, 50));
+}
+
+#[sqlx::test]
+async fn coupon_calls_on_an_unknown_account_are_not_found(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    app.create_template(platform_template("t", 100)).await;
+    let alices = app.issue("alice", "t").await.unwrap().coupon_id;
+    let mut coupons = app.coupons.clone();
+    let ghost_order = || order_of("ghost", "o-1");
+
+    let results = vec![
+        (
+            "ValidateCoupons",
+            coupons
+                .validate_coupons(pb::ValidateCouponsRequest {
+                    order: Some(ghost_order()),
+                    coupon_ids: vec![alices],
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "ValidateCoupons without coupons",
+            coupons
+                .validate_coupons(pb::ValidateCouponsRequest {
+                    order: Some(ghost_order()),
+                    coupon_ids: vec![],
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "BestCoupons",
+            coupons
+                .best_coupons(pb::BestCouponsRequest {
+                    order: Some(ghost_order()),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "ReserveCoupons",
+            app.reserve(ghost_order(), vec![alices]).await.unwrap_err(),
+        ),
+        (
+            "CompleteOrder",
+            coupons
+                .complete_order(pb::CompleteOrderRequest {
+                    account_id: "ghost".into(),
+                    order_id: "o-1".into(),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        ("IssueCoupon", app.issue("ghost", "t").await.unwrap_err()),
+        (
+            "ListCoupons",
+            coupons
+                .list_coupons(pb::ListCouponsRequest {
+                    account_id: "ghost".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (call, error) in results {
+        assert_eq!(
+            (error.code(), reason(&error).as_str()),
+            (Code::NotFound, "MEMBER_NOT_FOUND"),
+            "{call}"
+        );
+    }
 }
 
 #[sqlx::test]
