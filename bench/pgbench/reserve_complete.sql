@@ -18,18 +18,17 @@ with moved as (
     update coupon set status = 'inactive', order_id = 'b-' || :c, updated_at = now()
     where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) and status = 'valid'
       and valid_from <= now() and expires_at > now()
-    returning coupon_id
+    returning *
 ), transition as (
     insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, occurred_at)
     select 'm' || :m, coupon_id, 'reserve', 'valid', 'inactive', 'b-' || :c, now() from moved
 )
-select count(*) from moved;
 select coupon_id, account_id, template_id,
        case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,
        order_id, name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points,
        max_discount_minor, currency, min_purchase_minor, regular_price_only, valid_from, expires_at,
        source, issued_at
-from coupon where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) order by coupon_id;
+from moved order by coupon_id;
 commit;
 begin;
 select fraud_flagged_at is not null from member where account_id = 'm' || :m;

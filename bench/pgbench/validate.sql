@@ -1,7 +1,7 @@
--- The SQL of one ValidateCoupons call (src/db/members.rs is_flagged,
--- src/db/coupons.rs coupons_by_ids without lock), autocommit like the service.
+-- The SQL of one ValidateCoupons call whose coupon is found (src/db/coupons.rs
+-- coupons_by_ids; the member is looked up only when a coupon is missing),
+-- autocommit like the service.
 \set m random(1, :members)
-select fraud_flagged_at is not null from member where account_id = 'm' || :m;
 select coupon_id, account_id, template_id,
        case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,
        order_id, name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points,
