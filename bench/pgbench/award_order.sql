@@ -5,15 +5,20 @@ select nextval('bench_seq') as n \gset
 \set c1 :n % 20
 \set c2 (:n + 7) % 20
 begin;
-select fraud_flagged_at is not null from member where account_id = 'm' || :m;
-insert into earning_event (account_id, kind, natural_key, content, occurred_at)
-values ('m' || :m, 'order', 'ord-' || :n,
-        jsonb_build_object('amount_minor', 2590, 'currency', 'USD', 'confirmed_at', '2026-05-28T20:26:40Z',
-                           'products', jsonb_build_array(jsonb_build_array('sku-1', 'cat' || :c1),
-                                                         jsonb_build_array('sku-2', 'cat' || :c2))),
-        '2026-05-28T20:26:40Z')
-on conflict (account_id, kind, natural_key) do nothing
-returning earning_event_id \gset event_
+with m as (
+    select fraud_flagged_at is not null as flagged from member where account_id = 'm' || :m
+), inserted as (
+    insert into earning_event (account_id, kind, natural_key, content, occurred_at)
+    select 'm' || :m, 'order', 'ord-' || :n,
+           jsonb_build_object('amount_minor', 2590, 'currency', 'USD', 'confirmed_at', '2026-05-28T20:26:40Z',
+                              'products', jsonb_build_array(jsonb_build_array('sku-1', 'cat' || :c1),
+                                                            jsonb_build_array('sku-2', 'cat' || :c2))),
+           '2026-05-28T20:26:40Z'
+    from m
+    on conflict (account_id, kind, natural_key) do nothing
+    returning earning_event_id
+)
+select m.flagged, (select earning_event_id from inserted) as earning_event_id from m \gset event_
 insert into order_product (account_id, order_id, product_id, category_id)
 select 'm' || :m, 'ord-' || :n, p, c
 from unnest(array['sku-1', 'sku-2']::text[], array['cat' || :c1, 'cat' || :c2]::text[]) as t (p, c);

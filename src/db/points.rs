@@ -49,15 +49,32 @@ impl Counter {
     }
 }
 
-/// Inserts an event; `None` when its natural key is taken. A concurrent insert of
-/// the same key waits here until the first commits (or rolls back).
+/// What inserting an event found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The account is not a member.
+    NoMember,
+    /// The natural key is taken: the call is a retry (or a conflict).
+    Taken,
+    /// A new event, and whether the member is flagged as fraudulent.
+    New { event_id: i64, flagged: bool },
+}
+
+/// Reads the member's fraud flag and inserts the event under its natural key, in
+/// one statement. A concurrent insert of the same key waits here until the first
+/// commits (or rolls back).
 #[tracing::instrument(skip_all, fields(account_id = %event.account_id, kind = %event.kind), err)]
-pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "insert into earning_event (account_id, kind, natural_key, content, occurred_at) \
-         values ($1, $2, $3, $4, $5) \
-         on conflict (account_id, kind, natural_key) do nothing \
-         returning earning_event_id",
+pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Inserted, sqlx::Error> {
+    let row: Option<(bool, Option<i64>)> = sqlx::query_as(
+        "with m as ( \
+             select fraud_flagged_at is not null as flagged from member where account_id = $1 \
+         ), inserted as ( \
+             insert into earning_event (account_id, kind, natural_key, content, occurred_at) \
+             select $1, $2, $3, $4, $5 from m \
+             on conflict (account_id, kind, natural_key) do nothing \
+             returning earning_event_id \
+         ) \
+         select m.flagged, (select earning_event_id from inserted) from m",
     )
     .bind(event.account_id)
     .bind(event.kind.as_str())
@@ -65,7 +82,12 @@ pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Resu
     .bind(Json(&event.content))
     .bind(event.occurred_at)
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(match row {
+        None => Inserted::NoMember,
+        Some((_, None)) => Inserted::Taken,
+        Some((flagged, Some(event_id))) => Inserted::New { event_id, flagged },
+    })
 }
 
 /// Finds an event by its natural key.

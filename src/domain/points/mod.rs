@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::clock::Clock;
 use crate::db;
-use crate::db::points::{Counter, NewEvent};
+use crate::db::points::{Counter, Inserted, NewEvent};
 use crate::domain::calendar::{self, Calendar};
 use crate::domain::ids::{AccountId, CampaignId, CategoryId, OrderId, PostId, ProductId, ReviewId};
 use crate::domain::members::member_not_found;
@@ -735,11 +735,10 @@ impl Points {
 
     /// Inserts the event under its natural key, or finds the original.
     async fn begin_event(&self, conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Begun, Error> {
-        let flagged = db::members::is_flagged(conn, event.account_id)
-            .await?
-            .ok_or_else(|| member_not_found(event.account_id))?;
-        if let Some(event_id) = db::points::insert_event(conn, event).await? {
-            return Ok(Begun::New { event_id, flagged });
+        match db::points::insert_event(conn, event).await? {
+            Inserted::NoMember => return Err(member_not_found(event.account_id)),
+            Inserted::New { event_id, flagged } => return Ok(Begun::New { event_id, flagged }),
+            Inserted::Taken => {}
         }
         let existing = db::points::find_event(conn, event.account_id, event.kind, event.natural_key)
             .await?
