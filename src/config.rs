@@ -48,15 +48,52 @@ pub struct DatabaseConfig {
     /// Most connections the pool opens.
     #[arg(long, env = "LOYALTY_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
-    /// How long a call waits for a connection before failing with UNAVAILABLE (ms).
-    #[arg(long, env = "LOYALTY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    /// How long a call waits for a connection before failing with UNAVAILABLE (ms);
+    /// never longer than the call's own deadline.
+    #[arg(long, env = "LOYALTY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub db_acquire_timeout_ms: u64,
+    /// Longest a statement may run (ms), on every connection (`statement_timeout`);
+    /// within a call, the call's remaining deadline when that is shorter.
+    #[arg(long, env = "LOYALTY_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_statement_timeout_ms: u64,
+    /// Longest a statement waits for a lock (ms), on every connection
+    /// (`lock_timeout`); within a call, its remaining deadline when that is shorter.
+    #[arg(long, env = "LOYALTY_DB_LOCK_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_lock_timeout_ms: u64,
+    /// Longest a connection may sit idle inside a transaction before PostgreSQL
+    /// ends its session (ms, `idle_in_transaction_session_timeout`).
+    #[arg(
+        long,
+        env = "LOYALTY_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub db_idle_in_transaction_timeout_ms: u64,
 }
 
 impl DatabaseConfig {
     /// The pool's connection wait.
     pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
+        Duration::from_millis(self.db_acquire_timeout_ms.max(1))
+    }
+
+    /// The session settings every connection starts with, sent in the startup
+    /// packet (no round trip): the bounds of a statement, a lock wait and an idle
+    /// transaction. Zero would turn a bound off, so each is at least 1 ms.
+    pub fn session_settings(&self) -> [(&'static str, String); 3] {
+        let ms = |value: u64| format!("{}ms", value.max(1));
+        [
+            ("statement_timeout", ms(self.db_statement_timeout_ms)),
+            ("lock_timeout", ms(self.db_lock_timeout_ms)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(self.db_idle_in_transaction_timeout_ms),
+            ),
+        ]
+    }
+
+    /// The lock wait of a statement within a call.
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms.max(1))
     }
 }
 
@@ -88,9 +125,80 @@ pub struct Config {
     #[arg(long, env = "LOYALTY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
     #[command(flatten)]
+    pub limits: LimitsConfig,
+    #[command(flatten)]
     pub earning: EarningConfig,
     #[command(flatten)]
     pub levels: LevelConfig,
+}
+
+/// The bounds of every call and connection (SPEC §5, "Bounded everything").
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Longest a call may run (ms): the deadline of a call whose caller sends none,
+    /// and the cap of a caller's `grpc-timeout`.
+    #[arg(long, env = "LOYALTY_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub call_timeout_ms: u64,
+    /// Longest an admin job call may run (ms): `EvaluateLevels` and
+    /// `RunDailyRewards` (and the built-in scheduler's runs), which work on every
+    /// member at once.
+    #[arg(long, env = "LOYALTY_JOB_TIMEOUT_MS", default_value_t = 600_000)]
+    pub job_timeout_ms: u64,
+    /// Calls running at once; one more is refused with RESOURCE_EXHAUSTED (and a
+    /// RetryInfo) instead of queueing. Health and reflection are not counted.
+    #[arg(long, env = "LOYALTY_MAX_CONCURRENT_CALLS", default_value_t = 256)]
+    pub max_concurrent_calls: usize,
+    /// Largest request message (bytes); a larger one is refused with
+    /// RESOURCE_EXHAUSTED (reason `REQUEST_TOO_LARGE`).
+    #[arg(long, env = "LOYALTY_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Client connections open at once; one more is closed at once (and logged).
+    /// Lowered at start to what the process's file descriptor limit allows.
+    #[arg(long, env = "LOYALTY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[arg(long, env = "LOYALTY_MAX_STREAMS_PER_CONNECTION", default_value_t = 128)]
+    pub max_streams_per_connection: u32,
+    /// A connection with no call open for this long is closed (ms); the client
+    /// reconnects on its next call.
+    #[arg(long, env = "LOYALTY_IDLE_CONNECTION_TIMEOUT_MS", default_value_t = 300_000)]
+    pub idle_connection_timeout_ms: u64,
+    /// How often an HTTP/2 PING checks that a client still answers (ms).
+    #[arg(long, env = "LOYALTY_HTTP2_KEEPALIVE_INTERVAL_MS", default_value_t = 30_000)]
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed (ms).
+    #[arg(long, env = "LOYALTY_HTTP2_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http2_keepalive_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight calls may take to finish (ms); then the
+    /// process exits whatever its peers do.
+    #[arg(long, env = "LOYALTY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Attempts of a call whose transaction the database aborted for a concurrent
+    /// one (serialization failure, deadlock, lock timeout) before it answers ABORTED.
+    #[arg(long, env = "LOYALTY_CONFLICT_ATTEMPTS", default_value_t = 3)]
+    pub conflict_attempts: u32,
+}
+
+impl LimitsConfig {
+    /// The cap of an ordinary call's deadline.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms.max(1))
+    }
+
+    /// The cap of a job call's deadline.
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_millis(self.job_timeout_ms.max(1))
+    }
+
+    /// The idle time after which a connection is closed.
+    pub fn idle_connection_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_connection_timeout_ms.max(1))
+    }
+
+    /// The drain time on shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
 }
 
 /// Level thresholds, benefits and the built-in scheduler (SPEC §3).

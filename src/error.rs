@@ -4,9 +4,16 @@
 //! machine-readable reason (`google.rpc.ErrorInfo`) or field violations
 //! (`google.rpc.BadRequest`); internal failures are logged with their source chain
 //! and shown to the caller as a generic message, so no database text leaks.
+//! Errors a caller may retry (`ABORTED`, `UNAVAILABLE`, `RESOURCE_EXHAUSTED`)
+//! carry a `google.rpc.RetryInfo`.
+//!
+//! Each failed call is logged once, here, at the level its cause deserves: a
+//! caller's mistake or a refused rule at INFO, an outage or overload at WARN, a
+//! bug at ERROR.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -48,13 +55,36 @@ pub enum Error {
     /// `PERMISSION_DENIED`: the token lacks the scope the call needs.
     #[error("{message}")]
     PermissionDenied { reason: &'static str, message: String },
-    /// `ABORTED` (reason `CONCURRENT_UPDATE`): the database gave up the call's
-    /// transaction for a concurrent one (deadlock, serialization failure); retry.
+    /// `ABORTED`: the database gave up the call's transaction for a concurrent
+    /// one (reason `CONCURRENT_UPDATE`: deadlock, serialization failure;
+    /// `LOCK_TIMEOUT`: a lock held too long by another call); retry.
     #[error("the call conflicted with a concurrent one; retry it")]
-    Aborted(#[source] sqlx::Error),
-    /// `UNAVAILABLE`: the database cannot be reached; the call may be retried.
+    Aborted {
+        reason: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// `UNAVAILABLE` (reason `DATABASE_UNAVAILABLE`): the database cannot be
+    /// reached; the call may be retried.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// `UNAVAILABLE` (reason `SHUTTING_DOWN`): the server is draining; retry on
+    /// another replica.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// `DEADLINE_EXCEEDED`: the call's deadline passed (reason
+    /// `DEADLINE_EXCEEDED`), or a statement ran past its bound (`STATEMENT_TIMEOUT`).
+    #[error("the call did not finish within its deadline")]
+    DeadlineExceeded { reason: &'static str },
+    /// `RESOURCE_EXHAUSTED`: the server sheds the call (reason `OVERLOADED`) or the
+    /// request is too large (`REQUEST_TOO_LARGE`).
+    #[error("{message}")]
+    ResourceExhausted {
+        reason: &'static str,
+        message: String,
+        /// When to try again; `None` where retrying the same request cannot help.
+        retry_after: Option<Duration>,
+    },
     /// `INTERNAL`: a bug or an unexpected database failure.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -78,9 +108,12 @@ impl Error {
             | Error::FailedPrecondition { reason, .. }
             | Error::AlreadyExists { reason, .. }
             | Error::Unauthenticated { reason, .. }
-            | Error::PermissionDenied { reason, .. } => reason,
-            Error::Aborted(_) => "CONCURRENT_UPDATE",
+            | Error::PermissionDenied { reason, .. }
+            | Error::Aborted { reason, .. }
+            | Error::DeadlineExceeded { reason }
+            | Error::ResourceExhausted { reason, .. } => reason,
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
+            Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -93,9 +126,48 @@ impl Error {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
-            Error::Aborted(_) => Code::Aborted,
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Aborted { .. } => Code::Aborted,
+            Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// When a caller should retry, for the errors a retry can cure.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Aborted { .. } => Some(Duration::from_millis(50)),
+            Error::Unavailable(_) | Error::ShuttingDown => Some(Duration::from_secs(1)),
+            Error::ResourceExhausted { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The level a failure is logged at: a caller's mistake or a refused rule
+    /// is INFO (it must page nobody), an outage or overload WARN, a bug ERROR.
+    fn log_level(&self) -> tracing::Level {
+        match self {
+            Error::Internal(_) => tracing::Level::ERROR,
+            Error::Unavailable(_)
+            | Error::Aborted { .. }
+            | Error::ShuttingDown
+            | Error::DeadlineExceeded { .. }
+            | Error::ResourceExhausted { .. } => tracing::Level::WARN,
+            _ => tracing::Level::INFO,
+        }
+    }
+
+    /// Logs the failure once, at [`Error::log_level`].
+    fn log(&self) {
+        let reason = self.reason();
+        match (self.log_level(), self) {
+            (_, Error::Internal(source)) => tracing::error!(error = ?source, "internal error"),
+            (_, Error::Unavailable(source) | Error::Aborted { source, .. }) => {
+                tracing::warn!(error = %source, reason, "call failed in the database");
+            }
+            (tracing::Level::WARN, _) => tracing::warn!(reason, "call not served"),
+            _ => tracing::info!(code = ?self.code(), reason, "call refused"),
         }
     }
 }
@@ -115,9 +187,31 @@ impl From<sqlx::Error> for Error {
                     reason: "ALREADY_EXISTS",
                     message: "the resource already exists".to_owned(),
                 },
-                Some("40001" | "40P01") => Error::Aborted(error),
-                // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception*
-                Some(code) if code.starts_with("08") || code.starts_with("57P") => Error::Unavailable(error),
+                Some("40001" | "40P01") => Error::Aborted {
+                    reason: "CONCURRENT_UPDATE",
+                    source: error,
+                },
+                // lock_timeout: another call holds the row for too long.
+                Some("55P03") => Error::Aborted {
+                    reason: "LOCK_TIMEOUT",
+                    source: error,
+                },
+                // statement_timeout, or the call's deadline set as one.
+                Some("57014") => Error::DeadlineExceeded {
+                    reason: "STATEMENT_TIMEOUT",
+                },
+                // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception*,
+                // idle_in_transaction_session_timeout
+                Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "25P03" => {
+                    Error::Unavailable(error)
+                }
+                // A value PostgreSQL cannot store (a NUL byte, a date out of its
+                // range): validation should have refused it, so it is logged, but
+                // it is the caller's value, not a bug of the call.
+                Some(code @ ("22021" | "22P05" | "22008" | "22003")) => {
+                    tracing::warn!(sqlstate = code, error = %db.message(), "a value passed validation but not the database");
+                    Error::invalid("request", "a value is outside what the service can store")
+                }
                 _ => Error::Internal(anyhow::Error::new(error).context("database query failed")),
             },
             _ => Error::Internal(anyhow::Error::new(error).context("database query failed")),
@@ -125,16 +219,32 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// The longest text of a caller's value echoed in a message: a 1 MB field must
+/// not come back as 1 MB of trailers.
+const MAX_ECHO_CHARS: usize = 200;
+
+/// `text`, cut to [`MAX_ECHO_CHARS`] characters with a note of how much was cut.
+pub fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
+        error.log();
         let code = error.code();
         let reason = error.reason();
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        if let Some(delay) = error.retry_after() {
+            details.set_retry_info(Some(delay));
+        }
         let message = match &error {
             Error::InvalidArgument(violation) => {
-                details.add_bad_request_violation(&violation.field, &violation.description);
-                error.to_string()
+                details.add_bad_request_violation(cut(&violation.field), cut(&violation.description));
+                cut(&error.to_string())
             }
             Error::CouponsNotApplicable(refusals) => {
                 for (coupon_id, reason) in refusals {
@@ -146,15 +256,8 @@ impl From<Error> for Status {
                 }
                 error.to_string()
             }
-            Error::Internal(source) => {
-                tracing::error!(error = ?source, "internal error");
-                "internal error".to_owned()
-            }
-            Error::Unavailable(source) | Error::Aborted(source) => {
-                tracing::warn!(error = %source, reason, "call failed in the database");
-                error.to_string()
-            }
-            _ => error.to_string(),
+            Error::Internal(_) => "internal error".to_owned(),
+            _ => cut(&error.to_string()),
         };
         Status::with_error_details(code, message, details)
     }
@@ -175,5 +278,45 @@ pub trait FieldContext<T> {
 impl<T, E: fmt::Display> FieldContext<T> for Result<T, E> {
     fn field(self, field: &str) -> Result<T, Error> {
         self.map_err(|e| Error::invalid(field, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_mistakes_are_info_outages_warn_and_bugs_error() {
+        let not_found = Error::NotFound {
+            reason: "MEMBER_NOT_FOUND",
+            message: "no such member".into(),
+        };
+        let refused = Error::FailedPrecondition {
+            reason: "ORDER_CLOSED",
+            message: "closed".into(),
+        };
+        let taken = Error::from(sqlx::Error::Protocol("x".into()));
+        assert_eq!(not_found.log_level(), tracing::Level::INFO);
+        assert_eq!(refused.log_level(), tracing::Level::INFO);
+        assert_eq!(Error::invalid("field", "bad").log_level(), tracing::Level::INFO);
+        assert_eq!(Error::ShuttingDown.log_level(), tracing::Level::WARN);
+        assert_eq!(taken.log_level(), tracing::Level::ERROR);
+    }
+
+    #[test]
+    fn retryable_errors_carry_retry_info_and_echoes_are_cut() {
+        let status = Status::from(Error::ResourceExhausted {
+            reason: "OVERLOADED",
+            message: "busy".into(),
+            retry_after: Some(Duration::from_millis(100)),
+        });
+        assert!(status.get_details_retry_info().is_some());
+        let status = Status::from(Error::invalid("currency_code", "x".repeat(100_000)));
+        assert!(status.message().len() < 1_000);
+        assert!(
+            Status::from(Error::ShuttingDown)
+                .get_details_retry_info()
+                .is_some()
+        );
     }
 }

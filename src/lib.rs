@@ -7,6 +7,10 @@
 //! - [`domain`]: the rules (earning, caps, members).
 //! - [`db`]: SQL, one module per area; the caller owns the transaction.
 //! - [`error`]: the one error enum and its mapping to `tonic::Status`.
+//! - [`call`]: what every call goes through: deadline, load shedding, size and
+//!   framing checks, request id, retries of aborted transactions.
+//! - [`connections`]: client connections, bounded in number and idle time.
+//! - [`codec`]: the protobuf codec; malformed bodies are bad input.
 //! - [`auth`]: bearer tokens and scopes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`clock`]: the injected source of "now".
@@ -14,8 +18,11 @@
 //! Data flows one way: `grpc` -> `domain` -> `db`.
 
 pub mod auth;
+pub mod call;
 pub mod clock;
+pub mod codec;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod domain;
 pub mod error;

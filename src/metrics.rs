@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -36,6 +36,8 @@ pub struct Metrics {
     calls: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     database_up: AtomicBool,
+    connections_open: AtomicI64,
+    connections_refused: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,6 +86,21 @@ impl Metrics {
         }
         histogram.count += 1;
         histogram.sum += seconds;
+    }
+
+    /// Counts a client connection accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection closed at once because too many were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records whether the database answers (the health monitor calls this).
@@ -135,9 +152,15 @@ impl Metrics {
              # HELP loyalty_db_pool_connections Open database connections.\n\
              # TYPE loyalty_db_pool_connections gauge\nloyalty_db_pool_connections {}\n\
              # HELP loyalty_db_pool_idle_connections Idle database connections.\n\
-             # TYPE loyalty_db_pool_idle_connections gauge\nloyalty_db_pool_idle_connections {}\n",
+             # TYPE loyalty_db_pool_idle_connections gauge\nloyalty_db_pool_idle_connections {}\n\
+             # HELP loyalty_connections_open Open client connections.\n\
+             # TYPE loyalty_connections_open gauge\nloyalty_connections_open {}\n\
+             # HELP loyalty_connections_refused_total Client connections closed at once: too many were open.\n\
+             # TYPE loyalty_connections_refused_total counter\nloyalty_connections_refused_total {}\n",
             pool.size(),
-            pool.num_idle()
+            pool.num_idle(),
+            self.connections_open.load(Ordering::Relaxed),
+            self.connections_refused.load(Ordering::Relaxed),
         );
         out
     }

@@ -5,24 +5,36 @@
 //! resolves, then stops accepting, finishes in-flight calls and returns.
 //!
 //! Health follows reality: every service starts `NOT_SERVING`; a monitor applies
-//! the migrations, then pings the database and keeps the statuses true to it.
+//! the migrations, then pings the database over a connection of its own (so a
+//! busy pool does not look like an outage) and keeps the statuses true to it,
+//! within one check interval.
+//!
+//! Every call passes the [`CallLayer`] (deadline, load shedding, size and
+//! framing checks, request id) and arrives on a bounded connection
+//! ([`connections`]). On shutdown the server stops accepting, tells clients
+//! (HTTP/2 GOAWAY), ends streams, lets in-flight calls finish, and returns
+//! within the drain timeout whatever its peers do.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthLayer, Tokens};
+use crate::call::budget::Budget;
+use crate::call::{CallLayer, CallLimits};
 use crate::clock::Clock;
 use crate::config::{Config, DatabaseConfig};
+use crate::connections;
 use crate::db::MIGRATOR;
 use crate::domain::calendar::Calendar;
 use crate::domain::coupons::Coupons;
@@ -50,6 +62,7 @@ pub fn connect_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .database_url
         .parse()
         .context("failed to parse DATABASE_URL")?;
+    let options = options.options(config.session_settings());
     Ok(PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(config.acquire_timeout())
@@ -71,6 +84,8 @@ pub struct Application {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     tokens: Option<Tokens>,
+    /// `max_connections`, lowered to what the file descriptor limit allows.
+    max_connections: usize,
 }
 
 impl Application {
@@ -104,7 +119,20 @@ impl Application {
             ),
             None => None,
         };
+        let mut max_connections = config.limits.max_connections;
+        match connections::connection_capacity(config.database.db_max_connections) {
+            Some(capacity) if capacity < max_connections => {
+                tracing::warn!(
+                    max_connections,
+                    capacity,
+                    "the open-file limit cannot hold --max-connections: lowered"
+                );
+                max_connections = capacity.max(1);
+            }
+            _ => {}
+        }
         Ok(Self {
+            max_connections,
             listener,
             port,
             metrics_listener,
@@ -130,7 +158,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains in-flight calls.
     pub async fn run_until_stopped(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -141,6 +169,7 @@ impl Application {
             pool,
             clock,
             tokens,
+            max_connections,
         } = self;
         let metrics = Arc::new(Metrics::default());
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -151,6 +180,28 @@ impl Application {
             metrics.clone(),
             config.health_check_interval(),
         ));
+        let limits = &config.limits;
+        let shutdown = CancellationToken::new();
+        let calls = CallLayer::new(
+            CallLimits {
+                call_timeout: limits.call_timeout(),
+                job_timeout: limits.job_timeout(),
+                statement_timeout: Duration::from_millis(config.database.db_statement_timeout_ms.max(1)),
+                lock_timeout: config.database.lock_timeout(),
+                max_concurrent_calls: limits.max_concurrent_calls,
+                max_request_bytes: limits.max_request_bytes,
+                conflict_attempts: limits.conflict_attempts,
+            },
+            shutdown.clone(),
+        );
+        let in_flight = calls.tasks();
+        let incoming = connections::incoming(
+            listener,
+            max_connections,
+            limits.idle_connection_timeout(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
         let metrics_server = metrics_listener
             .map(|listener| tokio::spawn(metrics::serve(listener, metrics.clone(), pool.clone())));
 
@@ -175,40 +226,95 @@ impl Application {
             tokio::spawn(run_scheduler(
                 membership.clone(),
                 Duration::from_secs(config.levels.scheduler_interval_secs.max(1)),
+                limits.job_timeout(),
             ))
         });
 
-        let stopping = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new calls, finishing in-flight ones");
-            monitor.abort();
-            set_health(&health, ServingStatus::NotServing).await;
+        // The signal starts the drain: health turns NOT_SERVING, the server stops
+        // accepting and sends GOAWAY, streams end, idle connections close.
+        let draining = {
+            let shutdown = shutdown.clone();
+            async move {
+                signal.await;
+                tracing::info!("shutting down: no new calls, finishing in-flight ones");
+                monitor.abort();
+                set_health(&health, ServingStatus::NotServing).await;
+                shutdown.cancel();
+            }
         };
-        tracing::info!(port, time_zone = %config.time_zone, "serving gRPC");
-        Server::builder()
-            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        let drain_timeout = limits.drain_timeout();
+        let max_request_bytes = limits.max_request_bytes;
+        tracing::info!(port, time_zone = %config.time_zone, max_connections, "serving gRPC");
+        let server = Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(Duration::from_millis(
+                limits.http2_keepalive_interval_ms.max(1),
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                limits.http2_keepalive_timeout_ms.max(1),
+            )))
             // The first layer is the outermost: metrics count refused calls too.
             .layer(MetricsLayer::new(metrics))
+            .layer(calls)
             .layer(AuthLayer::new(tokens))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::membership_server::MembershipServer::new(
-                MembershipService::new(members, membership, config.program_currency, clock.clone()),
-            ))
-            .add_service(pb::points_server::PointsServer::new(PointsService::new(
-                points, clock,
-            )))
-            .add_service(pb::coupons_server::CouponsServer::new(CouponsService::new(
-                coupons,
-            )))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
-            .await
-            .context("the gRPC server failed")?;
+            .add_service(
+                pb::membership_server::MembershipServer::new(MembershipService::new(
+                    members,
+                    membership,
+                    config.program_currency,
+                    clock.clone(),
+                ))
+                .max_decoding_message_size(max_request_bytes),
+            )
+            .add_service(
+                pb::points_server::PointsServer::new(PointsService::new(points, clock))
+                    .max_decoding_message_size(max_request_bytes),
+            )
+            .add_service(
+                pb::coupons_server::CouponsServer::new(CouponsService::new(coupons))
+                    .max_decoding_message_size(max_request_bytes),
+            )
+            .serve_with_incoming_shutdown(incoming, draining);
+        let drain_deadline = async {
+            shutdown.cancelled().await;
+            let deadline = Instant::now() + drain_timeout;
+            tokio::time::sleep_until(deadline).await;
+            deadline
+        };
+        let deadline = tokio::select! {
+            served = server => {
+                served.context("the gRPC server failed")?;
+                Instant::now() + drain_timeout
+            }
+            deadline = drain_deadline => {
+                tracing::warn!("the drain timeout passed: closing the remaining connections");
+                deadline
+            }
+        };
+        // Calls already running finish their database work (bounded by their
+        // deadlines) before the pool closes, as far as the drain time allows.
+        in_flight.close();
+        if tokio::time::timeout_at(deadline, in_flight.wait()).await.is_err() {
+            tracing::warn!(
+                calls = in_flight.len(),
+                "calls still running at the drain timeout"
+            );
+        }
         for task in [metrics_server, scheduler].into_iter().flatten() {
             task.abort();
         }
-        pool.close().await;
+        if tokio::time::timeout_at(
+            deadline.max(Instant::now() + Duration::from_secs(1)),
+            pool.close(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("database connections still busy at exit");
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -230,16 +336,28 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Applies the migrations once the database answers, then keeps the health
-/// statuses true to whether it still answers.
+/// statuses true to whether it still answers: a ping over the monitor's own
+/// connection, given one check interval to answer (a database that refuses
+/// connections or drops packets turns health `NOT_SERVING` within about one
+/// interval, not after the pool's acquire timeout or the OS's TCP timeout).
 async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metrics>, interval: Duration) {
     while let Err(error) = MIGRATOR.run(&pool).await {
         tracing::warn!(error = %error, "cannot migrate the database yet; retrying");
         tokio::time::sleep(interval).await;
     }
     tracing::info!("database migrated");
+    let options = pool.connect_options();
+    let mut connection: Option<PgConnection> = None;
     let mut serving = None;
     loop {
-        let up = sqlx::query("select 1").execute(&pool).await.is_ok();
+        let tick = Instant::now() + interval;
+        let up = tokio::time::timeout_at(tick, ping(&mut connection, &options))
+            .await
+            .unwrap_or(false);
+        if !up {
+            // Broken or cut off halfway through the ping: start afresh next time.
+            connection = None;
+        }
         metrics.set_database_up(up);
         if serving != Some(up) {
             let status = if up {
@@ -251,7 +369,18 @@ async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metri
             set_health(&health, status).await;
             serving = Some(up);
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep_until(tick).await;
+    }
+}
+
+/// `select 1` over `connection`, connecting it first when there is none.
+async fn ping(connection: &mut Option<PgConnection>, options: &PgConnectOptions) -> bool {
+    if connection.is_none() {
+        *connection = PgConnection::connect_with(options).await.ok();
+    }
+    match connection {
+        Some(connection) => sqlx::query("select 1").execute(connection).await.is_ok(),
+        None => false,
     }
 }
 
@@ -259,12 +388,16 @@ async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metri
 /// previous month's evaluation. Both are idempotent and take turns across
 /// replicas, so every replica may run it; a failure is logged and retried at the
 /// next tick.
-async fn run_scheduler(membership: Membership, interval: Duration) {
+async fn run_scheduler(membership: Membership, interval: Duration, job_timeout: Duration) {
+    // Each run is bounded like an admin job call.
+    let budget = || Budget::new(Instant::now() + job_timeout, job_timeout, job_timeout);
     loop {
-        if let Err(error) = membership.run_daily_rewards(membership.today()).await {
+        let rewards = budget().scope(membership.run_daily_rewards(membership.today()));
+        if let Err(error) = rewards.await {
             tracing::warn!(error = %error, "scheduled daily rewards failed");
         }
-        match membership.evaluate(membership.previous_month()).await {
+        let evaluation = budget().scope(membership.evaluate(membership.previous_month()));
+        match evaluation.await {
             Ok(_)
             | Err(crate::error::Error::FailedPrecondition {
                 reason: "EVALUATION_OUT_OF_ORDER",

@@ -179,7 +179,7 @@ macro_rules! bind_spec {
 }
 
 /// Inserts a template; `None` when the id is taken.
-#[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %spec.template_id))]
 pub async fn insert_template(
     conn: &mut PgConnection,
     spec: &TemplateSpec,
@@ -201,7 +201,7 @@ pub async fn insert_template(
 }
 
 /// Reads a template, locking it when `for_update`.
-#[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn get_template(
     conn: &mut PgConnection,
     template_id: &TemplateId,
@@ -218,7 +218,7 @@ pub async fn get_template(
 }
 
 /// Templates by id after `after`, at most `limit`.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_templates(
     conn: &mut PgConnection,
     after: Option<&str>,
@@ -236,7 +236,7 @@ pub async fn list_templates(
 }
 
 /// Replaces a template's terms.
-#[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %spec.template_id))]
 pub async fn update_template(
     conn: &mut PgConnection,
     spec: &TemplateSpec,
@@ -258,7 +258,7 @@ pub async fn update_template(
 }
 
 /// Pauses or resumes a template.
-#[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn set_paused(
     conn: &mut PgConnection,
     template_id: &TemplateId,
@@ -285,7 +285,7 @@ pub struct CodeRow {
 }
 
 /// Inserts a public code; `false` when the code exists.
-#[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn insert_public_code(
     conn: &mut PgConnection,
     code_hash: &[u8],
@@ -305,7 +305,7 @@ pub async fn insert_public_code(
 }
 
 /// Inserts single-use codes by their hashes; returns how many were inserted.
-#[tracing::instrument(skip_all, fields(template_id = %template_id, codes = hashes.len()), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id, codes = hashes.len()))]
 pub async fn insert_single_use_codes(
     conn: &mut PgConnection,
     template_id: &TemplateId,
@@ -324,7 +324,7 @@ pub async fn insert_single_use_codes(
 }
 
 /// Finds a claim code by its hash.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_code(conn: &mut PgConnection, code_hash: &[u8]) -> Result<Option<CodeRow>, sqlx::Error> {
     sqlx::query_as("select template_id, kind, consumed_by from claim_code where code_hash = $1")
         .bind(code_hash)
@@ -333,7 +333,7 @@ pub async fn find_code(conn: &mut PgConnection, code_hash: &[u8]) -> Result<Opti
 }
 
 /// Consumes a single-use code for `account_id`; `false` when already consumed.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn consume_code(
     conn: &mut PgConnection,
     code_hash: &[u8],
@@ -353,7 +353,7 @@ pub async fn consume_code(
 }
 
 /// The member's level at `at` (Silver until a first evaluation takes effect).
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn level_at(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -374,7 +374,7 @@ pub async fn level_at(
 
 /// Counts one more coupon of the template for the member, within `limit`;
 /// `false` when the member already has `limit`.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn bump_member_template(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -397,7 +397,7 @@ pub async fn bump_member_template(
 
 /// Counts one more coupon of the template on `local_date`, within `daily_stock`;
 /// `false` when the day's stock is gone.
-#[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn bump_template_day(
     conn: &mut PgConnection,
     template_id: &TemplateId,
@@ -507,7 +507,7 @@ fn into_coupons(rows: Vec<CouponRow>) -> Result<Vec<Coupon>, sqlx::Error> {
 /// template's current terms, in one statement. The template row is the hot lock
 /// of a popular template, so this runs last before the commit. `None` when the
 /// template is paused, out of stock or past its window.
-#[tracing::instrument(skip_all, fields(account_id = %new.account_id, template_id = %new.template_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %new.account_id, template_id = %new.template_id))]
 pub async fn issue_coupon(
     conn: &mut PgConnection,
     new: &NewCoupon<'_>,
@@ -552,7 +552,7 @@ pub async fn issue_coupon(
 }
 
 /// The coupon a member got from a claim code or an issuance id, if any.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn find_issued(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -575,7 +575,7 @@ pub async fn find_issued(
 }
 
 /// Reads some of a member's coupons, in id order.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn coupons_by_ids(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -595,7 +595,7 @@ pub async fn coupons_by_ids(
 }
 
 /// A member's coupons usable now (VALID, not expired), for the best choice.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn usable_coupons(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -618,7 +618,7 @@ pub async fn usable_coupons(
 
 /// Takes the lock of one (member, order) until the transaction ends: the
 /// reservation, completion, cancellation and refunds of an order take turns.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn lock_order(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -635,7 +635,7 @@ pub async fn lock_order(
 /// Locks, in id order, the picked coupons and those the order holds INACTIVE,
 /// and returns them; one statement, so two reservations never lock in opposite
 /// orders.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn lock_for_reservation(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -660,7 +660,7 @@ pub async fn lock_for_reservation(
 
 /// Whether the order holds INACTIVE coupons (reserved, not completed). Call it
 /// under the order's lock ([`lock_order`]).
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn order_holds_coupons(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -677,7 +677,7 @@ pub async fn order_holds_coupons(
 }
 
 /// The order actions already recorded for an order.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn order_actions(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -694,7 +694,7 @@ pub async fn order_actions(
 
 /// VALID -> INACTIVE for `order_id`, with transitions; returns the coupons that
 /// moved, in id order.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn reserve(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -726,7 +726,7 @@ pub async fn reserve(
 }
 
 /// INACTIVE -> USED for the order's coupons, with transitions.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn complete(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -758,7 +758,7 @@ const RESTORED_TO_REVOKED: &str =
 
 /// INACTIVE -> VALID (EXPIRED when past expiry; REVOKED for a flagged member)
 /// for the order's coupons.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn cancel(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -790,7 +790,7 @@ pub async fn cancel(
 /// A refund of a completed order: on a full refund, platform coupons go USED ->
 /// VALID (EXPIRED when past expiry); every other coupon of the order stays USED
 /// and the refund is recorded on it. Recorded once per coupon and kind.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn refund(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -834,7 +834,7 @@ pub async fn refund(
 }
 
 /// The coupons an action was recorded on for an order, as they are now.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn coupons_of_action(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -860,7 +860,7 @@ pub async fn coupons_of_action(
 }
 
 /// VALID (not yet expired) -> REVOKED for every coupon of a member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn revoke_valid(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -887,7 +887,7 @@ pub async fn revoke_valid(
 }
 
 /// A page of a member's coupons, newest first, optionally by status as of `now`.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn list_coupons(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -926,7 +926,7 @@ struct TransitionRow {
 }
 
 /// A coupon's transitions, oldest first.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn transitions(
     conn: &mut PgConnection,
     account_id: &AccountId,

@@ -12,7 +12,7 @@ use crate::domain::levels::{EvaluationMonth, Level, Thresholds};
 const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
 
 /// Waits for the level jobs lock until the transaction ends.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(LEVEL_JOBS_LOCK)
@@ -33,7 +33,7 @@ pub struct EvaluationRow {
 }
 
 /// The evaluation of a month, if it ran.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_evaluation(
     conn: &mut PgConnection,
     month: NaiveDate,
@@ -45,7 +45,7 @@ pub async fn find_evaluation(
 }
 
 /// The latest evaluated month.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn last_evaluated_month(conn: &mut PgConnection) -> Result<Option<NaiveDate>, sqlx::Error> {
     sqlx::query_scalar("select max(month) from level_evaluation")
         .fetch_one(conn)
@@ -64,7 +64,7 @@ fn rank(column: &str) -> String {
 /// `effective_from`, queues the level-up rewards, and records the evaluation.
 /// Members whose level does not change are not written at all. Level-up rewards
 /// are queued for the levels in `level_up_levels` (those with the benefit).
-#[tracing::instrument(skip_all, fields(month = %evaluation.month), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month))]
 pub async fn evaluate(
     conn: &mut PgConnection,
     evaluation: &EvaluationMonth,
@@ -140,7 +140,7 @@ pub struct LevelPeriodRow {
 }
 
 /// The member's level period containing `at`, if any (none means Silver).
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn period_at(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -158,7 +158,7 @@ pub async fn period_at(
 
 /// When the member's latest period before `at` ended (the start of an implicit
 /// Silver period), if any.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn last_period_end(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -174,7 +174,7 @@ pub async fn last_period_end(
 }
 
 /// Every level period of a member, newest first.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn history(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -189,7 +189,7 @@ pub async fn history(
 }
 
 /// Replaces the templates of a reward (and level, for level-up rewards).
-#[tracing::instrument(skip_all, fields(reward), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(reward))]
 pub async fn set_reward_templates(
     conn: &mut PgConnection,
     reward: &str,
@@ -215,7 +215,7 @@ pub async fn set_reward_templates(
 }
 
 /// Every reward's templates: (reward, level, template id).
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn reward_templates(conn: &mut PgConnection) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     sqlx::query_as(
         "select reward, level, template_id from reward_template order by reward, level, template_id",
@@ -234,7 +234,7 @@ pub struct DailyRunRow {
 }
 
 /// The daily rewards run of a date, if it ran.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_daily_run(
     conn: &mut PgConnection,
     day: NaiveDate,
@@ -258,7 +258,7 @@ pub struct DailyRewardLevels<'a> {
 /// `birthday_cutoff`: a birthday counts only if set before this instant (00:00 of
 /// the day before `day`); `leap_day_too`: `day` is 28 February of a common year,
 /// which also celebrates 29 February.
-#[tracing::instrument(skip_all, fields(day = %day), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(day = %day))]
 pub async fn queue_daily_rewards(
     conn: &mut PgConnection,
     day: NaiveDate,
@@ -323,7 +323,7 @@ pub struct PendingReward {
 }
 
 /// Some pending rewards, oldest first.
-#[tracing::instrument(skip_all, err)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingReward>, sqlx::Error> {
     sqlx::query_as(
         "select account_id, reward_key, template_id, level from member_reward where status = 'pending' \
@@ -335,7 +335,7 @@ pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<
 }
 
 /// Records a reward's outcome.
-#[tracing::instrument(skip_all, fields(account_id = %reward.account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %reward.account_id))]
 pub async fn settle_reward(
     conn: &mut PgConnection,
     reward: &PendingReward,

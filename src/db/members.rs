@@ -64,7 +64,7 @@ fn birthday_columns(birthday: Option<Birthday>) -> (Option<i16>, Option<i16>, Op
 }
 
 /// Inserts a member; `None` when the account is already registered.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -92,7 +92,7 @@ pub async fn insert(
 }
 
 /// Reads a member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn get(conn: &mut PgConnection, account_id: &AccountId) -> Result<Option<Member>, sqlx::Error> {
     let row: Option<MemberRow> = sqlx::query_as(&format!(
         "select {MEMBER_COLUMNS} from member where account_id = $1"
@@ -104,7 +104,7 @@ pub async fn get(conn: &mut PgConnection, account_id: &AccountId) -> Result<Opti
 }
 
 /// Whether the member is flagged; `None` when there is no such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn is_flagged(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -120,7 +120,7 @@ pub async fn is_flagged(
 /// coupon) and a concurrent flag waits. `no key update` leaves the foreign-key
 /// checks of other writers (points, coupons) unblocked. `None` when there is no
 /// such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn lock_for_issuance(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -134,7 +134,7 @@ pub async fn lock_for_issuance(
 }
 
 /// Sets or clears the birthday; `None` when there is no such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn set_birthday(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -160,7 +160,7 @@ pub async fn set_birthday(
 }
 
 /// Flags a member, keeping an existing flag; `None` when there is no such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn flag(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -181,7 +181,7 @@ pub async fn flag(
 }
 
 /// Clears the fraud flag; `None` when there is no such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn unflag(conn: &mut PgConnection, account_id: &AccountId) -> Result<Option<Member>, sqlx::Error> {
     let row: Option<MemberRow> = sqlx::query_as(&format!(
         "update member set fraud_flagged_at = null, fraud_reason = null \

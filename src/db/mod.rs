@@ -1,11 +1,48 @@
 //! Queries and row types. Functions take `&mut PgConnection`, so the domain
 //! operation that calls them owns the transaction. No rules live here, except
 //! where a rule is a constraint (a unique key, a guarded counter).
+//!
+//! Domain operations take their connection or transaction through [`acquire`]
+//! and [`begin`], which bound them by the call's [`Budget`]: the wait for a
+//! connection ends at the deadline, and PostgreSQL itself stops a statement or
+//! a lock wait that would outlive it.
 
 pub mod coupons;
 pub mod levels;
 pub mod members;
 pub mod points;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::call::budget::Budget;
+use crate::error::Error;
+
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A connection for the current call, waiting for one no longer than its deadline.
+pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, Error> {
+    let Some(budget) = Budget::current() else {
+        return Ok(pool.acquire().await?);
+    };
+    match tokio::time::timeout(budget.remaining()?, pool.acquire()).await {
+        Ok(connection) => Ok(connection?),
+        Err(_) => Err(Error::DeadlineExceeded {
+            reason: "DEADLINE_EXCEEDED",
+        }),
+    }
+}
+
+/// A transaction for the current call, its statements and lock waits bounded by
+/// the time the call has left (set in the same round trip as `BEGIN`).
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, Error> {
+    let Some(budget) = Budget::current() else {
+        return Ok(pool.begin().await?);
+    };
+    let connection = acquire(pool).await?;
+    let statement = budget.begin_statement()?;
+    // `Transaction::begin` with a custom statement is what `Pool::begin_with`
+    // runs; called here on a connection taken within the deadline.
+    Ok(Transaction::begin(connection, Some(statement.into())).await?)
+}

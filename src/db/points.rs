@@ -63,7 +63,7 @@ pub enum Inserted {
 /// Reads the member's fraud flag and inserts the event under its natural key, in
 /// one statement. A concurrent insert of the same key waits here until the first
 /// commits (or rolls back).
-#[tracing::instrument(skip_all, fields(account_id = %event.account_id, kind = %event.kind), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %event.account_id, kind = %event.kind))]
 pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Inserted, sqlx::Error> {
     let row: Option<(bool, Option<i64>)> = sqlx::query_as(
         "with m as ( \
@@ -91,7 +91,7 @@ pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Resu
 }
 
 /// Finds an event by its natural key.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, kind = %kind), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, kind = %kind))]
 pub async fn find_event(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -112,7 +112,7 @@ pub async fn find_event(
 /// Adds `delta` to a counter (creating it at 0) and returns its value before and
 /// after. The upsert locks the counter's row until the transaction ends, so
 /// concurrent bumps of one counter are serialized and each sees the previous one.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, counter = ?counter), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, counter = ?counter))]
 pub async fn bump_counter(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -137,7 +137,7 @@ pub async fn bump_counter(
 }
 
 /// Records the products of a confirmed order (reviews need them).
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn insert_order_products(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -160,7 +160,7 @@ pub async fn insert_order_products(
 }
 
 /// Whether the member confirmed `order_id` with `product_id` in it.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn order_has_product(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -180,7 +180,7 @@ pub async fn order_has_product(
 
 /// Records categories bought on a local day; returns how many were new that day.
 /// Pass them sorted, so concurrent orders take the key locks in one order.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert_day_categories(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -255,7 +255,7 @@ fn into_entries(rows: Vec<EntryRow>) -> Result<Vec<PointEntry>, sqlx::Error> {
 }
 
 /// Appends entries of one event, in one statement.
-#[tracing::instrument(skip_all, fields(account_id = %account_id, entries = entries.len()), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, entries = entries.len()))]
 pub async fn insert_entries(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -295,7 +295,7 @@ pub async fn insert_entries(
 
 /// Appends the compensating entries of every positive entry of `order_event_id`.
 /// Each keeps the local date of the entry it reverses.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert_reversals(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -322,7 +322,7 @@ pub async fn insert_reversals(
 }
 
 /// The entries an event created, in ledger order.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn entries_of_event(
     conn: &mut PgConnection,
     account_id: &AccountId,
@@ -340,7 +340,7 @@ pub async fn entries_of_event(
 }
 
 /// A page of entries, newest first, at most `limit`.
-#[tracing::instrument(skip_all, fields(account_id = %query.account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %query.account_id))]
 pub async fn list_entries(
     conn: &mut PgConnection,
     query: &EntryQuery,
@@ -378,7 +378,7 @@ pub struct BalanceSums {
 }
 
 /// Sums a member's entries by local date; `None` when there is no such member.
-#[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn balance_sums(
     conn: &mut PgConnection,
     account_id: &AccountId,

@@ -26,7 +26,8 @@ use crate::domain::levels::Level;
 use crate::domain::members::member_not_found;
 use crate::domain::money::Currency;
 use crate::domain::pricing::{self, CheckoutOrder, CouponStatus, CouponTerms, Discount, Issuer, Pricing};
-use crate::error::Error;
+use crate::domain::text;
+use crate::error::{Error, FieldContext};
 
 /// When coupons of a template can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +64,11 @@ impl TemplateSpec {
     /// Checks the terms; errors name the request field (`template.*`).
     pub fn check(&self) -> Result<(), Error> {
         let bad = |field: &str, why: &str| Err(Error::invalid(format!("template.{field}"), why));
-        if self.name.trim().is_empty() || self.name.chars().count() > 200 {
-            return bad("name", "must be 1 to 200 characters");
+        if self.name.trim().is_empty() {
+            return bad("name", "must not be empty");
         }
-        if self.description.chars().count() > 2000 {
-            return bad("description", "must be at most 2000 characters");
-        }
+        text::check(&self.name, 200).field("template.name")?;
+        text::check(&self.description, 2000).field("template.description")?;
         match self.discount {
             Discount::AmountOff(amount) if amount <= 0 => {
                 return bad("discount.amount_off_minor", "must be positive");
@@ -318,10 +318,10 @@ impl Coupons {
     }
 
     /// Creates a template; idempotent on its id and content.
-    #[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %spec.template_id))]
     pub async fn create_template(&self, spec: &TemplateSpec) -> Result<(Template, bool), Error> {
         spec.check()?;
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         if let Some(created) = db::coupons::insert_template(&mut conn, spec, self.clock.now()).await? {
             return Ok((created, false));
         }
@@ -338,22 +338,22 @@ impl Coupons {
     }
 
     /// Reads a template.
-    #[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn template(&self, template_id: &TemplateId) -> Result<Template, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::coupons::get_template(&mut conn, template_id, false)
             .await?
             .ok_or_else(|| template_not_found(template_id))
     }
 
     /// A page of templates by id, and the key of the next page.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all)]
     pub async fn templates(
         &self,
         after: Option<&str>,
         page_size: u32,
     ) -> Result<(Vec<Template>, Option<String>), Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let mut templates = db::coupons::list_templates(&mut conn, after, page_size + 1).await?;
         let next = if templates.len() > page_size as usize {
             templates.truncate(page_size as usize);
@@ -365,10 +365,10 @@ impl Coupons {
     }
 
     /// Replaces a template's terms for coupons issued from now on.
-    #[tracing::instrument(skip_all, fields(template_id = %spec.template_id), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %spec.template_id))]
     pub async fn update_template(&self, spec: &TemplateSpec) -> Result<Template, Error> {
         spec.check()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let current = db::coupons::get_template(&mut tx, &spec.template_id, true)
             .await?
             .ok_or_else(|| template_not_found(&spec.template_id))?;
@@ -398,22 +398,22 @@ impl Coupons {
     }
 
     /// Pauses or resumes a template.
-    #[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn set_paused(&self, template_id: &TemplateId, paused: bool) -> Result<Template, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::coupons::set_paused(&mut conn, template_id, paused, self.clock.now())
             .await?
             .ok_or_else(|| template_not_found(template_id))
     }
 
     /// Creates a public code; idempotent when the code already claims this template.
-    #[tracing::instrument(skip_all, fields(template_id = %template_id), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn create_public_code(
         &self,
         template_id: &TemplateId,
         code: &ClaimCode,
     ) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         db::coupons::get_template(&mut tx, template_id, false)
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
@@ -434,7 +434,7 @@ impl Coupons {
     }
 
     /// Generates `count` single-use codes for a template, in one transaction.
-    #[tracing::instrument(skip_all, fields(template_id = %template_id, count), err)]
+    #[tracing::instrument(skip_all, fields(template_id = %template_id, count))]
     pub async fn generate_codes(
         &self,
         template_id: &TemplateId,
@@ -448,7 +448,7 @@ impl Coupons {
         }
         let codes: Vec<ClaimCode> = (0..count).map(|_| ClaimCode::generate()).collect();
         let hashes: Vec<Vec<u8>> = codes.iter().map(ClaimCode::hash).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         db::coupons::get_template(&mut tx, template_id, false)
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
@@ -466,11 +466,11 @@ impl Coupons {
     }
 
     /// A member claims a coupon with a code.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn claim(&self, account_id: &AccountId, code: &ClaimCode) -> Result<Issued, Error> {
         let hash = code.hash();
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let flagged = db::members::lock_for_issuance(&mut tx, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -516,7 +516,7 @@ impl Coupons {
     }
 
     /// Issues a coupon directly, idempotent by `issuance_id`.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id, template_id = %template_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id, template_id = %template_id))]
     pub async fn issue(
         &self,
         account_id: &AccountId,
@@ -525,7 +525,7 @@ impl Coupons {
         policy: IssuePolicy,
     ) -> Result<Issued, Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let flagged = db::members::lock_for_issuance(&mut tx, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -634,7 +634,7 @@ impl Coupons {
             }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 tx.rollback().await?;
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = db::acquire(&self.pool).await?;
                 let coupon = db::coupons::find_issued(
                     &mut conn,
                     new.account_id,
@@ -654,10 +654,10 @@ impl Coupons {
     }
 
     /// Prices an order with the picked coupons; changes nothing.
-    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id))]
     pub async fn validate(&self, order: &CheckoutOrder, coupon_ids: &[i64]) -> Result<Pricing, Error> {
         let now = self.clock.now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let coupons = db::coupons::coupons_by_ids(&mut conn, &order.account_id, coupon_ids, now).await?;
         // A coupon found under the account proves the member exists; otherwise ask.
         if coupons.len() < coupon_ids.len() || coupon_ids.is_empty() {
@@ -667,10 +667,10 @@ impl Coupons {
     }
 
     /// The member's best combination of coupons for the order.
-    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id))]
     pub async fn best(&self, order: &CheckoutOrder) -> Result<(Vec<i64>, Pricing), Error> {
         let now = self.clock.now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         ensure_member(&mut conn, &order.account_id).await?;
         let coupons = db::coupons::usable_coupons(&mut conn, &order.account_id, order.currency, now).await?;
         let terms: Vec<CouponTerms> = coupons.iter().map(Coupon::terms).collect();
@@ -678,11 +678,11 @@ impl Coupons {
     }
 
     /// Moves every picked coupon to INACTIVE for the order, all or nothing.
-    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id))]
     pub async fn reserve(&self, order: &CheckoutOrder, coupon_ids: &[i64]) -> Result<Reservation, Error> {
         let now = self.clock.now();
         let account_id = &order.account_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         // The order's operations take turns; then one statement locks the picked
         // coupons and those the order holds, in id order; then every read.
         db::coupons::lock_order(&mut tx, account_id, &order.order_id).await?;
@@ -754,10 +754,10 @@ impl Coupons {
     }
 
     /// The order closed: INACTIVE -> USED.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
     pub async fn complete(&self, account_id: &AccountId, order_id: &OrderId) -> Result<Vec<Coupon>, Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let actions = self.lock_order(&mut tx, account_id, order_id).await?;
         if actions.iter().any(|a| a == "cancel") {
             return Err(refused(
@@ -774,10 +774,10 @@ impl Coupons {
 
     /// The order was cancelled: INACTIVE -> VALID (EXPIRED when past expiry,
     /// REVOKED for a flagged member).
-    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
     pub async fn cancel(&self, account_id: &AccountId, order_id: &OrderId) -> Result<Vec<Coupon>, Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let actions = self.lock_order(&mut tx, account_id, order_id).await?;
         if actions.iter().any(|a| a == "complete") {
             return Err(refused(
@@ -792,7 +792,7 @@ impl Coupons {
     }
 
     /// The order was refunded.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
     pub async fn refund(
         &self,
         account_id: &AccountId,
@@ -800,7 +800,7 @@ impl Coupons {
         kind: RefundKind,
     ) -> Result<Vec<Coupon>, Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let actions = self.lock_order(&mut tx, account_id, order_id).await?;
         if db::coupons::order_holds_coupons(&mut tx, account_id, order_id).await? {
             return Err(refused(
@@ -838,7 +838,7 @@ impl Coupons {
     }
 
     /// A page of a member's coupons, newest first.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn list(
         &self,
         account_id: &AccountId,
@@ -847,7 +847,7 @@ impl Coupons {
         page_size: u32,
     ) -> Result<(Vec<Coupon>, Option<i64>), Error> {
         let now = self.clock.now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let mut coupons = db::coupons::list_coupons(
             &mut conn,
             account_id,
@@ -870,14 +870,14 @@ impl Coupons {
     }
 
     /// One coupon and its transitions.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id, coupon_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id, coupon_id))]
     pub async fn get(
         &self,
         account_id: &AccountId,
         coupon_id: i64,
     ) -> Result<(Coupon, Vec<Transition>), Error> {
         let now = self.clock.now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let coupon = db::coupons::coupons_by_ids(&mut conn, account_id, &[coupon_id], now)
             .await?
             .pop()

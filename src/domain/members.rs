@@ -63,9 +63,7 @@ impl FraudReason {
         if trimmed.is_empty() {
             return Err("must not be empty".to_owned());
         }
-        if trimmed.chars().count() > 500 {
-            return Err("must be at most 500 characters".to_owned());
-        }
+        super::text::check(trimmed, 500)?;
         Ok(Self(trimmed.to_owned()))
     }
 
@@ -125,14 +123,14 @@ impl Members {
     }
 
     /// Registers a member; idempotent on the account and its registration instant.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn register(
         &self,
         account_id: AccountId,
         registered_at: DateTime<Utc>,
         birthday: Option<Birthday>,
     ) -> Result<Registration, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         if let Some(member) = db::members::insert(&mut conn, &account_id, registered_at, birthday).await? {
             return Ok(Registration {
                 member,
@@ -158,9 +156,9 @@ impl Members {
     }
 
     /// Reads a member.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn get(&self, account_id: &AccountId) -> Result<Member, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::members::get(&mut conn, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))
@@ -168,13 +166,13 @@ impl Members {
 
     /// Sets, changes or clears the birthday, recording when it changed (setting
     /// the same birthday again keeps the time of the last real change).
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn update_birthday(
         &self,
         account_id: &AccountId,
         birthday: Option<Birthday>,
     ) -> Result<Member, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::members::set_birthday(&mut conn, account_id, birthday, self.clock.now())
             .await?
             .ok_or_else(|| member_not_found(account_id))
@@ -183,10 +181,10 @@ impl Members {
     /// Flags a member as fraudulent (a flagged member keeps its first flag) and
     /// reclaims its VALID coupons (REVOKED), in one transaction. The member row's
     /// lock makes a concurrent claim or issuance wait, so none slips past it.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn flag(&self, account_id: &AccountId, reason: &FraudReason) -> Result<Member, Error> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let member = db::members::flag(&mut tx, account_id, reason, now)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -197,9 +195,9 @@ impl Members {
     }
 
     /// Clears the fraud flag (future activity only).
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn unflag(&self, account_id: &AccountId) -> Result<Member, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::members::unflag(&mut conn, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))

@@ -171,7 +171,7 @@ impl Membership {
 
     /// Evaluates every member for the month containing `month`, which must be
     /// over; then issues the level-up rewards it queued.
-    #[tracing::instrument(skip_all, fields(month = %month), err)]
+    #[tracing::instrument(skip_all, fields(month = %month))]
     pub async fn evaluate(&self, month: NaiveDate) -> Result<JobOutcome<EvaluationRow>, Error> {
         let evaluation = EvaluationMonth::of(month, &self.calendar);
         let now = self.clock.now();
@@ -181,7 +181,7 @@ impl Membership {
                 message: format!("{} is not over yet", evaluation.month.format("%Y-%m")),
             });
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         db::levels::lock_level_jobs(&mut tx).await?;
         let (result, replayed) = match db::levels::find_evaluation(&mut tx, evaluation.month).await? {
             Some(done) => (done, true),
@@ -220,7 +220,7 @@ impl Membership {
 
     /// Queues the birthday and anniversary rewards of `day` (once per date) and
     /// issues them.
-    #[tracing::instrument(skip_all, fields(day = %day), err)]
+    #[tracing::instrument(skip_all, fields(day = %day))]
     pub async fn run_daily_rewards(
         &self,
         day: NaiveDate,
@@ -232,7 +232,7 @@ impl Membership {
                 message: format!("{day} has not started yet"),
             });
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         db::levels::lock_level_jobs(&mut tx).await?;
         let (result, replayed) = match db::levels::find_daily_run(&mut tx, day).await? {
             Some(done) => (done, true),
@@ -287,7 +287,7 @@ impl Membership {
     pub async fn settle_rewards(&self) -> Result<u64, Error> {
         let mut settled = 0;
         loop {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = db::acquire(&self.pool).await?;
             let batch = db::levels::pending_rewards(&mut conn, REWARD_BATCH).await?;
             drop(conn);
             if batch.is_empty() {
@@ -304,7 +304,7 @@ impl Membership {
                     }
                     Err(other) => return Err(other),
                 };
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = db::acquire(&self.pool).await?;
                 db::levels::settle_reward(&mut conn, reward, coupon, &note).await?;
                 settled += 1;
             }
@@ -334,9 +334,9 @@ impl Membership {
     }
 
     /// The member's level period at `at` (Silver when none is recorded).
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn level_at(&self, account_id: &AccountId, at: DateTime<Utc>) -> Result<LevelPeriod, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let member = db::members::get(&mut conn, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -357,9 +357,9 @@ impl Membership {
     }
 
     /// The member's level periods, newest first.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn history(&self, account_id: &AccountId) -> Result<Vec<LevelPeriod>, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::members::get(&mut conn, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -371,7 +371,7 @@ impl Membership {
     }
 
     /// The membership view now.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn view(&self, account_id: &AccountId) -> Result<MembershipView, Error> {
         let now = self.clock.now();
         let current = self.level_at(account_id, now).await?;
@@ -379,7 +379,7 @@ impl Membership {
         let projected_level = self.rules.thresholds.level_for(balance.window_points);
         // The next evaluation is the previous month's until it has run, then the
         // current month's.
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let last = db::levels::last_evaluated_month(&mut conn).await?;
         let previous = EvaluationMonth::of(self.previous_month(), &self.calendar);
         let next = if last.is_none_or(|last| last < previous.month) {
@@ -405,7 +405,7 @@ impl Membership {
     }
 
     /// Whether a refund of `amount` qualifies for the member's fast refund.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn fast_refund(&self, account_id: &AccountId, amount: Money) -> Result<FastRefund, Error> {
         let level = self.level_at(account_id, self.clock.now()).await?.level;
         let limit = self.rules.benefits.of(level).fast_refund_limit_minor;
@@ -419,7 +419,7 @@ impl Membership {
     }
 
     /// Replaces the templates a reward issues.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all)]
     pub async fn set_reward_templates(&self, reward: Reward, templates: &[TemplateId]) -> Result<(), Error> {
         if let Reward::LevelUp(Level::Silver) = reward {
             return Err(Error::invalid(
@@ -427,7 +427,7 @@ impl Membership {
                 "a level-up reaches Gold, Platinum or Diamond",
             ));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         for template in templates {
             db::coupons::get_template(&mut tx, template, false)
                 .await?
@@ -444,7 +444,7 @@ impl Membership {
 
     /// Every reward's templates.
     pub async fn reward_templates(&self) -> Result<Vec<(Reward, TemplateId)>, Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         db::levels::reward_templates(&mut conn)
             .await?
             .into_iter()
@@ -460,7 +460,7 @@ impl Membership {
 
     /// A Diamond member claims today's limited daily coupon: one per member and
     /// local day, while the template's daily stock lasts.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn claim_daily_coupon(&self, account_id: &AccountId) -> Result<Issued, Error> {
         let now = self.clock.now();
         let level = self.level_at(account_id, now).await?.level;

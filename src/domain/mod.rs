@@ -9,3 +9,4 @@ pub mod membership;
 pub mod money;
 pub mod points;
 pub mod pricing;
+pub mod text;

@@ -10,12 +10,26 @@ use crate::domain::money::{Currency, Money};
 use crate::error::{Error, FieldContext};
 use crate::pb;
 
-/// A `Timestamp` as an instant; a malformed one is refused.
+/// The first second of the supported range of instants: 1970-01-01T00:00:00Z.
+pub const MIN_SECONDS: i64 = 0;
+/// The last second of the supported range: 9999-12-31T23:59:59Z. Every instant
+/// of the range, and its local date in any time zone, is one PostgreSQL and the
+/// proto `Date` (whose year 0 means "no year") can hold.
+pub const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// A `Timestamp` as an instant; a malformed one, or one outside 1970 to 9999,
+/// is refused.
 fn to_instant(timestamp: &prost_types::Timestamp) -> Result<DateTime<Utc>, String> {
     let nanos = u32::try_from(timestamp.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
         .ok_or_else(|| format!("nanos must be 0 to 999999999 (got {})", timestamp.nanos))?;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds) {
+        return Err(format!(
+            "must be from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z (seconds {MIN_SECONDS} to {MAX_SECONDS}, got {})",
+            timestamp.seconds
+        ));
+    }
     DateTime::from_timestamp(timestamp.seconds, nanos)
         .ok_or_else(|| format!("seconds out of range (got {})", timestamp.seconds))
 }
@@ -181,6 +195,24 @@ mod tests {
         assert_eq!(parse_page_token("entries.v1", "").ok(), Some(None));
         assert!(parse_page_token("entries.v1", "42").is_err());
         assert!(parse_page_token("entries.v1", &page_token("coupons.v1", 42)).is_err());
+    }
+
+    #[test]
+    fn instants_outside_1970_to_9999_are_refused() {
+        let at = |seconds| to_instant(&prost_types::Timestamp { seconds, nanos: 0 });
+        assert!(at(0).is_ok());
+        assert!(at(MAX_SECONDS).is_ok());
+        assert_eq!(at(MAX_SECONDS).unwrap().to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        for seconds in [
+            -1,
+            MAX_SECONDS + 1,
+            -210_866_803_201,
+            -62_135_596_800,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            assert!(at(seconds).is_err(), "{seconds}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::domain::points::{
     Award, Bonus, CapReason, ConfirmedOrder, EntryQuery, OrderReversal, PointEntry, Points, PointsSource,
     Post, ReversalReason, Review, Visit, VisitChannel,
 };
+use crate::domain::text;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
     date, event_instant, money, optional_instant, optional_instant_not_future, page_size, page_token,
@@ -205,9 +206,7 @@ impl pb::points_server::Points for PointsService {
     ) -> Result<Response<pb::GrantBonusResponse>, Status> {
         let request = request.into_inner();
         let now = self.clock.now();
-        if request.description.chars().count() > 500 {
-            return Err(Error::invalid("description", "must be at most 500 characters").into());
-        }
+        text::check(&request.description, 500).field("description")?;
         let bonus = Bonus {
             account_id: AccountId::parse(&request.account_id).field("account_id")?,
             campaign_id: CampaignId::parse(&request.campaign_id).field("campaign_id")?,

@@ -458,3 +458,155 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 }
+
+/// A TCP proxy to PostgreSQL that a test can cut (connections refused and
+/// broken), stall (packets dropped: connections stay open and nothing passes)
+/// and restore.
+pub struct DatabaseProxy {
+    pub port: u16,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+const PROXY_OPEN: u8 = 0;
+const PROXY_CUT: u8 = 1;
+const PROXY_STALLED: u8 = 2;
+
+impl DatabaseProxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(PROXY_OPEN));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (accept_mode, accept_links) = (mode.clone(), links.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((client, _)) = listener.accept().await {
+                match accept_mode.load(Ordering::SeqCst) {
+                    PROXY_CUT => continue, // closed at once: refused
+                    PROXY_STALLED => {
+                        held.push(client); // accepted, never answered
+                        continue;
+                    }
+                    _ => held.clear(),
+                }
+                let mode = accept_mode.clone();
+                let link = tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        () = pump(client_read, server_write, mode.clone()) => {}
+                        () = pump(server_read, client_write, mode) => {}
+                    }
+                });
+                accept_links.lock().unwrap().push(link);
+            }
+        });
+        Self { port, mode, links }
+    }
+
+    /// Refuses new connections and breaks the open ones.
+    pub fn cut(&self) {
+        self.mode.store(PROXY_CUT, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Lets nothing through, and closes nothing.
+    pub fn stall(&self) {
+        self.mode
+            .store(PROXY_STALLED, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.mode.store(PROXY_OPEN, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding the bytes while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        while mode.load(std::sync::atomic::Ordering::SeqCst) == PROXY_STALLED {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A pass-through codec: the test sends and receives raw message bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut bytes = vec![0u8; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
+}
+
+/// Calls `path` (`/loyalty.v1.Points/GetBalance`) with `message` as raw bytes.
+pub async fn raw_unary(
+    channel: Channel,
+    path: &'static str,
+    message: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{reason, spawn_app, spawn_app_with, start_app, ts};
+use crate::helpers::{DatabaseProxy, reason, spawn_app, spawn_app_with, start_app, ts};
 
 async fn health_of(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
     HealthClient::new(channel)
@@ -23,7 +23,7 @@ async fn health_of(channel: Channel, service: &str) -> Result<i32, tonic::Status
         .map(|r| r.into_inner().status)
 }
 
-async fn status_of(channel: Channel, service: &str) -> i32 {
+pub async fn status_of(channel: Channel, service: &str) -> i32 {
     health_of(channel, service).await.expect("health answers")
 }
 
@@ -245,7 +245,7 @@ async fn shutdown_finishes_in_flight_calls_then_refuses_new_ones(pool: PgPool) {
     assert!(refused.is_err(), "a stopped server accepts no connections");
 }
 
-async fn scrape(port: u16) -> String {
+pub async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     socket
@@ -286,51 +286,7 @@ async fn metrics_count_calls_by_method_and_code(pool: PgPool) {
     }
 }
 
-/// A TCP proxy to PostgreSQL that a test can cut and restore.
-struct DatabaseProxy {
-    port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl DatabaseProxy {
-    async fn start(upstream_port: u16) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (accept_up, accept_links) = (up.clone(), links.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !accept_up.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused by closing
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                accept_links.lock().unwrap().push(link);
-            }
-        });
-        Self { port, up, links }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-async fn wait_for_status(channel: Channel, wanted: ServingStatus) {
+pub async fn wait_for_status(channel: Channel, wanted: ServingStatus) {
     for _ in 0..100 {
         if status_of(channel.clone(), "").await == wanted as i32 {
             return;

@@ -386,12 +386,12 @@ impl Points {
     }
 
     /// Records a confirmed order: order points and category-variety points.
-    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %order.account_id, order_id = %order.order_id))]
     pub async fn record_order(&self, order: &ConfirmedOrder) -> Result<Award, Error> {
         let rules = &self.rules;
         let account = &order.account_id;
         let local_date = self.calendar.local_date(order.confirmed_at);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::Order,
@@ -467,10 +467,10 @@ impl Points {
     }
 
     /// Reverses every point a confirmed order earned, once.
-    #[tracing::instrument(skip_all, fields(account_id = %reversal.account_id, order_id = %reversal.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %reversal.account_id, order_id = %reversal.order_id))]
     pub async fn reverse_order(&self, reversal: &OrderReversal) -> Result<Award, Error> {
         let account = &reversal.account_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::OrderReversal,
@@ -510,11 +510,11 @@ impl Points {
     }
 
     /// Records a review of a product of an order the member confirmed.
-    #[tracing::instrument(skip_all, fields(account_id = %review.account_id, order_id = %review.order_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %review.account_id, order_id = %review.order_id))]
     pub async fn record_review(&self, review: &Review) -> Result<Award, Error> {
         let account = &review.account_id;
         let reference = format!("{}/{}", review.order_id, review.product_id);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::Review,
@@ -555,12 +555,12 @@ impl Points {
     }
 
     /// Records a visit; the first of its local day earns, within the monthly cap.
-    #[tracing::instrument(skip_all, fields(account_id = %visit.account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %visit.account_id))]
     pub async fn record_visit(&self, visit: &Visit) -> Result<Award, Error> {
         let account = &visit.account_id;
         let local_date = self.calendar.local_date(visit.visited_at);
         let day = local_date.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::Visit,
@@ -603,11 +603,11 @@ impl Points {
     }
 
     /// Records a community post, within the monthly cap.
-    #[tracing::instrument(skip_all, fields(account_id = %post.account_id, post_id = %post.post_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %post.account_id, post_id = %post.post_id))]
     pub async fn record_post(&self, post: &Post) -> Result<Award, Error> {
         let account = &post.account_id;
         let local_date = self.calendar.local_date(post.published_at);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::Post,
@@ -644,7 +644,7 @@ impl Points {
     }
 
     /// Grants a campaign bonus, once per (campaign, account).
-    #[tracing::instrument(skip_all, fields(account_id = %bonus.account_id, campaign_id = %bonus.campaign_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %bonus.account_id, campaign_id = %bonus.campaign_id))]
     pub async fn grant_bonus(&self, bonus: &Bonus) -> Result<Award, Error> {
         if !(1..=self.rules.bonus_max).contains(&bonus.points) {
             return Err(Error::invalid(
@@ -653,7 +653,7 @@ impl Points {
             ));
         }
         let account = &bonus.account_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = db::begin(&self.pool).await?;
         let event = NewEvent {
             account_id: account,
             kind: EventKind::Bonus,
@@ -682,13 +682,13 @@ impl Points {
     }
 
     /// The member's balance now.
-    #[tracing::instrument(skip_all, fields(account_id = %account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn balance(&self, account_id: &AccountId) -> Result<Balance, Error> {
         let today = self.calendar.local_date(self.clock.now());
         let window_start = calendar::months_before(today, 11);
         let leaving_month = calendar::months_before(today, 12);
         let month_start = calendar::month_start(today);
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let sums = db::points::balance_sums(&mut conn, account_id, window_start, month_start, leaving_month)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
@@ -705,14 +705,14 @@ impl Points {
     }
 
     /// One page of the member's history, newest first.
-    #[tracing::instrument(skip_all, fields(account_id = %query.account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = %query.account_id))]
     pub async fn list_entries(&self, query: &EntryQuery) -> Result<EntryPage, Error> {
         if let (Some(start), Some(end)) = (query.start_time, query.end_time)
             && end <= start
         {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = db::acquire(&self.pool).await?;
         let mut entries = db::points::list_entries(&mut conn, query, query.page_size + 1).await?;
         if entries.is_empty()
             && db::members::is_flagged(&mut conn, &query.account_id)

@@ -1,0 +1,691 @@
+//! Bounded everything (SPEC §5): deadlines, lock waits, cancelled calls,
+//! shutdown with misbehaving peers, connection and stream limits, load
+//! shedding, oversized and malformed requests, health during outages.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loyalty::pb;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_types::StatusExt;
+
+use crate::helpers::{DatabaseProxy, TestApp, bad_fields, raw_unary, reason, spawn_app_with, start_app, ts};
+use crate::server::{status_of, wait_for_status};
+
+fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn flag(account_id: &str, reason: &str) -> pb::FlagMemberRequest {
+    pb::FlagMemberRequest {
+        account_id: account_id.into(),
+        reason: reason.into(),
+    }
+}
+
+async fn is_flagged(app: &TestApp, account_id: &str) -> bool {
+    app.members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: account_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap()
+        .fraud_flagged
+}
+
+/// Backends of this database (other than the asking one) in `state`.
+async fn backends_in(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where datname = current_database() and pid <> pg_backend_pid() and state = $1",
+    )
+    .bind(state)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Backends of this database waiting for a lock.
+async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Holds `account_id`'s member row locked until the returned transaction ends.
+async fn lock_member(pool: &PgPool, account_id: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from member where account_id = $1 for update")
+        .bind(account_id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+#[sqlx::test]
+async fn a_call_blocked_on_a_row_lock_ends_at_its_deadline_and_changes_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--db-lock-timeout-ms", "30000"]).await;
+    app.register("alice").await;
+    let blocker = lock_member(&pool, "alice").await;
+
+    let started = Instant::now();
+    let error = app
+        .members
+        .clone()
+        .flag_member(with_timeout(
+            flag("alice", "chargebacks"),
+            Duration::from_millis(500),
+        ))
+        .await
+        .unwrap_err();
+    // The client's own timer and the server's answer race: either code.
+    assert!(
+        matches!(error.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The database stopped waiting too: no backend still queues for the lock.
+    let mut waiters = lock_waiters(&pool).await;
+    for _ in 0..20 {
+        if waiters == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiters = lock_waiters(&pool).await;
+    }
+    assert_eq!(waiters, 0, "the abandoned call still waits on the lock");
+    blocker.rollback().await.unwrap();
+
+    // Once the lock is gone, the abandoned flag did not sneak in, and the
+    // connections serve cleanly, outside any transaction.
+    assert!(!is_flagged(&app, "alice").await);
+    for _ in 0..10 {
+        app.members
+            .clone()
+            .get_member(pb::GetMemberRequest {
+                account_id: "alice".into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(backends_in(&pool, "idle in transaction").await, 0);
+}
+
+#[sqlx::test]
+async fn a_lock_timeout_is_retried_within_the_deadline(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--db-lock-timeout-ms", "200"]).await;
+    app.register("alice").await;
+    let blocker = lock_member(&pool, "alice").await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.commit().await.unwrap();
+    });
+
+    // Two attempts time out on the lock; the third gets it.
+    let flagged = app
+        .members
+        .clone()
+        .flag_member(with_timeout(flag("alice", "chargebacks"), Duration::from_secs(5)))
+        .await;
+    release.await.unwrap();
+    assert!(flagged.unwrap().into_inner().member.unwrap().fraud_flagged);
+}
+
+#[sqlx::test]
+async fn a_lock_timeout_past_the_attempts_is_aborted_with_retry_info(pool: PgPool) {
+    let app = spawn_app_with(
+        pool.clone(),
+        &["--db-lock-timeout-ms", "100", "--conflict-attempts", "1"],
+    )
+    .await;
+    app.register("alice").await;
+    let blocker = lock_member(&pool, "alice").await;
+
+    let error = app
+        .members
+        .clone()
+        .flag_member(flag("alice", "chargebacks"))
+        .await
+        .unwrap_err();
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(error.code(), Code::Aborted);
+    assert_eq!(reason(&error), "LOCK_TIMEOUT");
+    assert!(
+        error.get_details_retry_info().is_some(),
+        "ABORTED carries RetryInfo"
+    );
+    assert!(!is_flagged(&app, "alice").await);
+}
+
+#[sqlx::test]
+async fn cancelled_calls_leave_no_connection_inside_a_transaction(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &[]).await;
+    app.register("alice").await;
+
+    // 300 bonus grants whose callers give up after 1 to 30 ms, 30 at a time.
+    let mut acknowledged = Vec::new();
+    for round in 0..10 {
+        let calls: Vec<_> = (0..30)
+            .map(|i| {
+                let mut points = app.points.clone();
+                let campaign = format!("c-{round}-{i}");
+                tokio::spawn(async move {
+                    let request = pb::GrantBonusRequest {
+                        account_id: "alice".into(),
+                        campaign_id: campaign.clone(),
+                        points: 1,
+                        description: String::new(),
+                        granted_at: Some(ts("2026-06-01T00:00:00Z")),
+                    };
+                    let timeout = Duration::from_millis(1 + (i as u64 * 7 + round) % 30);
+                    let answered = points.grant_bonus(with_timeout(request, timeout)).await.is_ok();
+                    (campaign, answered)
+                })
+            })
+            .collect();
+        for call in calls {
+            let (campaign, answered) = call.await.unwrap();
+            if answered {
+                acknowledged.push(campaign);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(
+        backends_in(&pool, "idle in transaction").await,
+        0,
+        "a pooled connection was left inside a transaction"
+    );
+    // Every acknowledged grant is in the ledger, once; later calls work.
+    let entries = app.all_entries("alice").await;
+    for campaign in &acknowledged {
+        let found = entries.iter().filter(|e| &e.reference == campaign).count();
+        assert_eq!(found, 1, "acknowledged grant {campaign}");
+    }
+    app.bonus("alice", "after-the-storm", 1, "2026-06-01T00:00:00Z")
+        .await;
+}
+
+/// Opens an HTTP/2 connection to the server.
+async fn h2_connection(port: u16) -> h2::client::SendRequest<Bytes> {
+    let socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn grpc_request(path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://127.0.0.1{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// Starts a call whose body never completes: the prefix announces 10 bytes,
+/// one is sent.
+async fn stalled_call(
+    client: &mut h2::client::SendRequest<Bytes>,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let mut ready = client.clone().ready().await.unwrap();
+    let (response, mut body) = ready
+        .send_request(grpc_request("/loyalty.v1.Points/GetBalance"), false)
+        .unwrap();
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 10, 0x0a]), false)
+        .unwrap();
+    (response, body)
+}
+
+#[sqlx::test]
+async fn shutdown_finishes_within_the_drain_timeout_whatever_the_peers_do(pool: PgPool) {
+    let mut app = spawn_app_with(pool, &["--drain-timeout-ms", "1500"]).await;
+    // 10 idle TCP connections, 3 calls whose body never completes, 1 health watch.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(("127.0.0.1", app.port)).await.unwrap());
+    }
+    let mut client = h2_connection(app.port).await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_call(&mut client).await);
+    }
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    app.signal_stop();
+    while !app.has_stopped() {
+        assert!(
+            started.elapsed() < Duration::from_millis(3000),
+            "the server did not stop within its drain timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The watch saw NOT_SERVING, then its stream ended.
+    let mut statuses = Vec::new();
+    while let Ok(Some(message)) = watch.message().await {
+        statuses.push(message.status);
+    }
+    assert_eq!(statuses.last(), Some(&(ServingStatus::NotServing as i32)));
+    // The idle connections were closed.
+    for socket in idle {
+        assert!(
+            closed_within(socket, Duration::from_secs(1)).await,
+            "an idle connection stayed open"
+        );
+    }
+}
+
+/// Whether the server closes `socket` within `limit` (after its HTTP/2 preface).
+async fn closed_within(mut socket: TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 256];
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[sqlx::test]
+async fn one_connection_cannot_open_more_streams_than_the_limit(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--max-streams-per-connection", "4"]).await;
+    let mut client = h2_connection(app.port).await;
+    // The first call lets the server's SETTINGS arrive.
+    let _ = stalled_call(&mut client).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client.current_max_send_streams(), 4);
+}
+
+#[sqlx::test]
+async fn connections_beyond_the_limit_are_closed_and_counted(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--max-connections", "3", "--metrics-addr", "127.0.0.1:0"]).await;
+    // The test's own channel holds one connection; two more fill the limit.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(("127.0.0.1", app.port)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    assert!(
+        closed_within(refused, Duration::from_secs(2)).await,
+        "the connection over the limit stayed open"
+    );
+
+    // The connections within the limit still work, and the refusal is counted.
+    assert_eq!(
+        status_of(app.channel.clone(), "").await,
+        ServingStatus::Serving as i32
+    );
+    let metrics = crate::server::scrape(app.metrics_port.unwrap()).await;
+    assert!(
+        metrics.contains("loyalty_connections_refused_total 1"),
+        "{metrics}"
+    );
+    drop(held);
+}
+
+#[sqlx::test]
+async fn a_connection_with_no_call_is_closed_after_the_idle_timeout(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--idle-connection-timeout-ms", "300"]).await;
+    let silent = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(silent, Duration::from_secs(3)).await,
+        "the idle connection stayed open"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // A client whose connection was idled out reconnects on its next call.
+    let again = Channel::from_shared(format!("http://127.0.0.1:{}", app.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(status_of(again, "").await, ServingStatus::Serving as i32);
+}
+
+#[sqlx::test]
+async fn calls_beyond_the_concurrency_limit_are_shed_while_health_answers(pool: PgPool) {
+    let app = spawn_app_with(
+        pool.clone(),
+        &["--max-concurrent-calls", "2", "--db-lock-timeout-ms", "10000"],
+    )
+    .await;
+    app.register("alice").await;
+    let blocker = lock_member(&pool, "alice").await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let mut members = app.members.clone();
+            tokio::spawn(async move { members.flag_member(flag("alice", "chargebacks")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let error = app
+        .members
+        .clone()
+        .get_member(pb::GetMemberRequest {
+            account_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&error), "OVERLOADED");
+    assert!(error.get_details_retry_info().is_some());
+    assert_eq!(
+        status_of(app.channel.clone(), "").await,
+        ServingStatus::Serving as i32
+    );
+
+    blocker.commit().await.unwrap();
+    for call in held {
+        assert!(call.await.unwrap().is_ok());
+    }
+}
+
+#[sqlx::test]
+async fn an_oversized_request_is_resource_exhausted_with_a_reason(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--max-request-bytes", "1000"]).await;
+    let error = app
+        .members
+        .clone()
+        .flag_member(flag("alice", &"x".repeat(2000)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&error), "REQUEST_TOO_LARGE");
+
+    // Past tonic's own 4 MiB limit too (which would say OUT_OF_RANGE).
+    let huge = vec![0x0a; 5 * 1024 * 1024];
+    let error = raw_unary(app.channel.clone(), "/loyalty.v1.Points/GetBalance", huge)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&error), "REQUEST_TOO_LARGE");
+}
+
+#[sqlx::test]
+async fn an_undecodable_body_is_invalid_argument_naming_the_field(pool: PgPool) {
+    let app = spawn_app_with(pool, &[]).await;
+    // account_id (field 1, a string) holding bytes that are not UTF-8.
+    let error = raw_unary(
+        app.channel.clone(),
+        "/loyalty.v1.Points/GetBalance",
+        vec![0x0a, 0x02, 0xff, 0xfe],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert_eq!(bad_fields(&error), ["account_id"]);
+    // A truncated varint, and a wrong wire type.
+    for body in [vec![0x08, 0xff], vec![0xff], vec![0x0d, 0x01]] {
+        let error = raw_unary(
+            app.channel.clone(),
+            "/loyalty.v1.Membership/GetMember",
+            body.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{body:?}: {error:?}");
+        assert_eq!(reason(&error), "INVALID_ARGUMENT");
+    }
+}
+
+#[sqlx::test]
+async fn nul_bytes_in_text_fields_are_invalid_argument(pool: PgPool) {
+    let app = spawn_app_with(pool, &[]).await;
+    app.register("alice").await;
+
+    let error = app
+        .members
+        .clone()
+        .flag_member(flag("alice", "bad\0reason"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), bad_fields(&error)),
+        (Code::InvalidArgument, vec!["reason".to_owned()])
+    );
+
+    let error = app
+        .points
+        .clone()
+        .grant_bonus(pb::GrantBonusRequest {
+            account_id: "alice".into(),
+            campaign_id: "c-1".into(),
+            points: 5,
+            description: "eleven\0eleven".into(),
+            granted_at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), bad_fields(&error)),
+        (Code::InvalidArgument, vec!["description".to_owned()])
+    );
+
+    for (name, description) in [("t\0", ""), ("fine", "d\0")] {
+        let mut template = crate::helpers::platform_template("t-nul", 100);
+        template.name = name.into();
+        template.description = description.into();
+        let error = app
+            .coupons
+            .clone()
+            .create_coupon_template(pb::CreateCouponTemplateRequest {
+                template: Some(template),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+        assert!(bad_fields(&error)[0].starts_with("template."), "{error:?}");
+    }
+    assert!(!is_flagged(&app, "alice").await);
+}
+
+#[sqlx::test]
+async fn instants_outside_1970_to_9999_are_invalid_argument(pool: PgPool) {
+    let app = spawn_app_with(pool, &[]).await;
+    for seconds in [-210_866_803_201, -62_135_596_800, -1] {
+        let error = app
+            .members
+            .clone()
+            .register_member(pb::RegisterMemberRequest {
+                account_id: "alice".into(),
+                registered_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+                birthday: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{seconds}");
+        assert_eq!(bad_fields(&error), ["registered_at"]);
+    }
+}
+
+#[sqlx::test]
+async fn a_huge_bad_value_is_cut_in_the_error(pool: PgPool) {
+    let app = spawn_app_with(pool, &[]).await;
+    app.register("alice").await;
+    let error = app
+        .points
+        .clone()
+        .record_confirmed_order(pb::RecordConfirmedOrderRequest {
+            account_id: "alice".into(),
+            order_id: "o-1".into(),
+            amount: Some(pb::Money {
+                amount_minor: 500,
+                currency_code: "X".repeat(900_000),
+            }),
+            confirmed_at: Some(ts("2026-06-01T00:00:00Z")),
+            products: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().len() < 1000,
+        "{} bytes of message",
+        error.message().len()
+    );
+    let details = error.get_details_bad_request().unwrap();
+    assert!(details.field_violations[0].description.len() < 1000);
+}
+
+#[sqlx::test]
+async fn every_call_gets_a_request_id_and_keeps_the_callers_own(pool: PgPool) {
+    let app = spawn_app_with(pool, &[]).await;
+    let mut request = tonic::Request::new(pb::GetMemberRequest {
+        account_id: "ghost".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-request-id", "checkout-7f3a".parse().unwrap());
+    let error = app.members.clone().get_member(request).await.unwrap_err();
+    assert_eq!(error.metadata().get("x-request-id").unwrap(), "checkout-7f3a");
+
+    let response = app
+        .points
+        .clone()
+        .get_balance(pb::GetBalanceRequest {
+            account_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    let id = response.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+async fn proxied_app(connect: PgConnectOptions) -> (TestApp, DatabaseProxy) {
+    let proxy = DatabaseProxy::start(connect.get_port()).await;
+    // The pool waits 5 s for a connection: health must not wait for it.
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect.port(proxy.port));
+    // Health is checked every 100 ms (the test default).
+    let app = start_app(pool, &[]).await;
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
+    app.register("alice").await;
+    (app, proxy)
+}
+
+async fn time_to_not_serving(app: &TestApp) -> Duration {
+    let started = Instant::now();
+    while status_of(app.channel.clone(), "").await != ServingStatus::NotServing as i32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "health stayed SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[sqlx::test]
+async fn health_is_not_serving_within_an_interval_when_the_database_refuses(
+    _options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (app, proxy) = proxied_app(connect).await;
+    proxy.cut();
+    let elapsed = time_to_not_serving(&app).await;
+    assert!(elapsed < Duration::from_millis(900), "{elapsed:?}");
+    proxy.restore();
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
+}
+
+#[sqlx::test]
+async fn a_database_that_drops_packets_fails_calls_within_their_deadline(
+    _options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let (app, proxy) = proxied_app(connect).await;
+    proxy.stall();
+    let started = Instant::now();
+    let error = app
+        .members
+        .clone()
+        .flag_member(with_timeout(
+            flag("alice", "chargebacks"),
+            Duration::from_millis(500),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            Code::DeadlineExceeded | Code::Cancelled | Code::Unavailable
+        ),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let elapsed = time_to_not_serving(&app).await;
+    assert!(elapsed < Duration::from_millis(900), "{elapsed:?}");
+
+    proxy.restore();
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
+    // Calls work again once the network does.
+    let mut answered = false;
+    for _ in 0..50 {
+        let member = app
+            .members
+            .clone()
+            .get_member(with_timeout(
+                pb::GetMemberRequest {
+                    account_id: "alice".into(),
+                },
+                Duration::from_secs(2),
+            ))
+            .await;
+        if member.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "calls never recovered after the stall");
+}
