@@ -7,6 +7,7 @@ mod concurrency;
 mod coupon_concurrency;
 mod coupons;
 mod engagement;
+mod fuzz;
 mod helpers;
 mod ledger;
 mod levels;

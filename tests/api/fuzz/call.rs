@@ -1,0 +1,118 @@
+//! Calls with raw message bytes (a pass-through codec) or a raw HTTP/2 body.
+
+use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
+use http_body_util::{BodyExt, Full};
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tower::ServiceExt;
+
+use super::CALL_TIMEOUT;
+
+/// How a call ended.
+pub(super) enum Answer {
+    /// The server's answer.
+    Status(Code, String),
+    /// The client got no answer: the connection failed (the server reset it, or
+    /// answered with more than an HTTP/2 client accepts).
+    Transport(String),
+    /// No answer within [`CALL_TIMEOUT`].
+    Timeout,
+}
+
+impl From<tonic::Status> for Answer {
+    fn from(status: tonic::Status) -> Self {
+        // Only the client's own errors carry a source; the server's come from trailers.
+        if std::error::Error::source(&status).is_some() {
+            Answer::Transport(format!("{:?}: {}", status.code(), status.message()))
+        } else {
+            Answer::Status(status.code(), status.message().to_owned())
+        }
+    }
+}
+
+/// Sends `body` as the request message of `path`, as is.
+pub(super) async fn call(channel: Channel, path: &str, body: Bytes) -> Answer {
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
+    let path = PathAndQuery::try_from(path).expect("a method path");
+    let call = async {
+        if let Err(e) = grpc.ready().await {
+            return Answer::Transport(format!("the channel is not ready: {e}"));
+        }
+        match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
+            Ok(_) => Answer::Status(Code::Ok, String::new()),
+            Err(status) => status.into(),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Answer::Timeout)
+}
+
+/// Sends `body` as the whole HTTP/2 request body, without gRPC framing.
+pub(super) async fn call_raw(channel: Channel, path: &str, body: Bytes) -> Answer {
+    let request = http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Full::new(body)))
+        .expect("a valid request");
+    let call = async {
+        let response = match channel.oneshot(request).await {
+            Ok(response) => response,
+            Err(e) => return Answer::Transport(e.to_string()),
+        };
+        let status = match tonic::Status::from_header_map(response.headers()) {
+            Some(status) => status,
+            None => match response.into_body().collect().await {
+                Ok(body) => body
+                    .trailers()
+                    .and_then(tonic::Status::from_header_map)
+                    .unwrap_or_else(|| tonic::Status::unknown("no grpc-status in the response")),
+                Err(status) => return status.into(),
+            },
+        };
+        Answer::Status(status.code(), status.message().to_owned())
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Answer::Timeout)
+}
+
+/// A codec that sends and receives message bytes untouched.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
