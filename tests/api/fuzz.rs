@@ -25,9 +25,9 @@
 //!   `INVALID_ARGUMENT`).
 //! - `framing/<how>`: broken gRPC framing sent as a plain HTTP/2 request (empty
 //!   body, compression flag 1 without `grpc-encoding` or 2, a frame shorter than
-//!   announced, a partial header, two messages). Tonic refuses these itself, with
-//!   `INTERNAL` (which the gRPC spec prescribes for a bad compression flag), so for
-//!   them the test only requires a gRPC status, not `UNKNOWN`, within the timeout.
+//!   announced, a partial header, two messages). The service checks the framing
+//!   before tonic does (tonic would say `INTERNAL`), so these must be
+//!   `INVALID_ARGUMENT`.
 //!
 //! Every other call must answer within the timeout with a code other than
 //! `INTERNAL` and `UNKNOWN`; the server must not panic and must still report

@@ -78,7 +78,7 @@ impl Report {
         };
         self.framing
             .push(format!("{path} {how}: {code} {:?}", truncate(&message, 100)));
-        if !matches!(answer, Answer::Status(code, _) if *code != Code::Unknown) {
+        if !matches!(answer, Answer::Status(code, _) if *code == Code::InvalidArgument) {
             self.offend(code, message, path, &kind, None);
         }
     }
