@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -674,7 +675,16 @@ impl Coupons {
         ensure_member(&mut conn, &order.account_id).await?;
         let coupons = db::coupons::usable_coupons(&mut conn, &order.account_id, order.currency, now).await?;
         let terms: Vec<CouponTerms> = coupons.iter().map(Coupon::terms).collect();
-        Ok(pricing::best(order, &terms, now))
+        // The search is CPU work bounded by its budget: off the async workers,
+        // so other calls keep being served meanwhile.
+        let order = order.clone();
+        let deadline = Instant::now() + pricing::BEST_CHOICE_BUDGET;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| pricing::best(&order, &terms, now, deadline)))
+            .await
+            .map_err(|error| {
+                Error::Internal(anyhow::Error::new(error).context("the best choice search failed"))
+            })
     }
 
     /// Moves every picked coupon to INACTIVE for the order, all or nothing.

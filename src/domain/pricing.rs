@@ -1,5 +1,6 @@
 //! Checkout pricing (SPEC §4.3): which picked coupons apply to an order, their
-//! discounts, and how each discount splits over the lines. Pure: no I/O, no clock.
+//! discounts, and how each discount splits over the lines. Pure: no I/O, and the
+//! business time is a parameter.
 //!
 //! - Stacking: at most one platform coupon, and one seller coupon per seller; the
 //!   first picked wins, later ones get `StackingConflict`.
@@ -12,8 +13,11 @@
 //! - Each discount is split over its lines in proportion to their amounts, in
 //!   whole minor units that add up exactly (largest remainder; ties to the
 //!   earlier line).
+//! - Best choice ([`best`]): the combination of the member's coupons with the
+//!   largest discount, searched within a time budget (see the `best` module).
+//!
+//! Only the best choice's search reads a clock: the monotonic one, for its deadline.
 
-use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +25,10 @@ use chrono::{DateTime, Utc};
 use crate::domain::ids::{AccountId, CategoryId, LineId, OrderId, ProductId, SellerId};
 use crate::domain::money::Currency;
 use crate::error::Error;
+
+mod best;
+
+pub use best::{BEST_CHOICE_BUDGET, MAX_SEARCH_NODES, best};
 
 /// Who funds a coupon and where it applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -460,107 +468,6 @@ fn apply(
         discount,
         allocations,
     })
-}
-
-/// The most combinations [`best`] tries one by one; beyond, it takes the best
-/// seller coupon of each seller and tries every platform coupon with them.
-pub const MAX_COMBINATIONS: usize = 20_000;
-
-/// The combination of `coupons` giving the largest total discount on `order`
-/// under the stacking rules. Ties go to fewer coupons, then to the coupons that
-/// expire first (use them before they are lost).
-pub fn best(order: &CheckoutOrder, coupons: &[CouponTerms], now: DateTime<Utc>) -> (Vec<i64>, Pricing) {
-    let usable: Vec<&CouponTerms> = coupons.iter().filter(|c| usable(order, c, now).is_ok()).collect();
-    let platform: Vec<&CouponTerms> = usable
-        .iter()
-        .copied()
-        .filter(|c| c.issuer == Issuer::Platform)
-        .collect();
-    // Per seller of the order, the seller coupons that apply on their own (their
-    // discount does not depend on other coupons), one per distinct allocation
-    // (two coupons splitting the same discount the same way are interchangeable).
-    let mut seller_choices: Vec<Vec<&CouponTerms>> = Vec::new();
-    let mut sellers: Vec<&SellerId> = order.lines.iter().map(|l| &l.seller_id).collect();
-    sellers.sort();
-    sellers.dedup();
-    for seller in sellers {
-        let mut applying: Vec<(Applied, &CouponTerms)> = usable
-            .iter()
-            .copied()
-            .filter(|c| c.issuer == Issuer::Seller(seller.clone()))
-            .filter_map(|c| {
-                let mut alone = price(order, &[(c.coupon_id, Some(c))], now);
-                alone.coupons.remove(0).result.ok().map(|applied| (applied, c))
-            })
-            .filter(|(applied, _)| applied.discount > 0)
-            .collect();
-        applying.sort_by(|(a, ca), (b, cb)| {
-            (Reverse(a.discount), &a.allocations, ca.expires_at, ca.coupon_id).cmp(&(
-                Reverse(b.discount),
-                &b.allocations,
-                cb.expires_at,
-                cb.coupon_id,
-            ))
-        });
-        applying.dedup_by(|(a, _), (b, _)| a == b);
-        if !applying.is_empty() {
-            seller_choices.push(applying.into_iter().map(|(_, c)| c).collect());
-        }
-    }
-
-    let combinations = seller_choices
-        .iter()
-        .try_fold(platform.len() + 1, |n, choices| n.checked_mul(choices.len() + 1))
-        .unwrap_or(usize::MAX);
-    if combinations > MAX_COMBINATIONS {
-        seller_choices.iter_mut().for_each(|choices| choices.truncate(1));
-    }
-
-    // Larger discount, then fewer coupons, then earlier expiries.
-    type Rank = (i64, Reverse<usize>, Reverse<Vec<DateTime<Utc>>>);
-    let mut best: Option<(Vec<i64>, Pricing, Rank)> = None;
-    let mut pick = vec![0usize; seller_choices.len()]; // 0 = none, k = choices[k-1]
-    loop {
-        for p in 0..=platform.len() {
-            let mut chosen: Vec<&CouponTerms> = pick
-                .iter()
-                .zip(&seller_choices)
-                .filter(|(k, _)| **k > 0)
-                .map(|(k, choices)| choices[k - 1])
-                .collect();
-            if p > 0 {
-                chosen.push(platform[p - 1]);
-            }
-            let picked: Vec<(i64, Option<&CouponTerms>)> =
-                chosen.iter().map(|c| (c.coupon_id, Some(*c))).collect();
-            let pricing = price(order, &picked, now);
-            if !pricing.all_applicable() {
-                continue;
-            }
-            let mut expiries: Vec<DateTime<Utc>> = chosen.iter().map(|c| c.expires_at).collect();
-            expiries.sort();
-            let rank = (pricing.discount, Reverse(chosen.len()), Reverse(expiries));
-            if best.as_ref().is_none_or(|(_, _, best_rank)| rank > *best_rank) {
-                best = Some((chosen.iter().map(|c| c.coupon_id).collect(), pricing, rank));
-            }
-        }
-        // Next seller combination (odometer).
-        let mut digit = 0;
-        loop {
-            if digit == pick.len() {
-                return match best {
-                    Some((ids, pricing, _)) => (ids, pricing),
-                    None => (Vec::new(), price(order, &[], now)),
-                };
-            }
-            pick[digit] += 1;
-            if pick[digit] <= seller_choices[digit].len() {
-                break;
-            }
-            pick[digit] = 0;
-            digit += 1;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Pricing tables with exact expected figures, and properties over random orders.
 
+use std::time::Instant;
+
 use chrono::TimeDelta;
 use proptest::prelude::*;
 
@@ -7,6 +9,11 @@ use super::*;
 
 fn now() -> DateTime<Utc> {
     "2026-06-15T12:00:00Z".parse().unwrap()
+}
+
+/// The budget a checkout call gives the best choice, from now.
+fn deadline() -> Instant {
+    Instant::now() + BEST_CHOICE_BUDGET
 }
 
 fn usd() -> Currency {
@@ -346,7 +353,7 @@ fn best_choice_may_skip_the_largest_seller_coupon_to_keep_the_platform_one() {
         ..coupon(3, Issuer::Platform, Discount::AmountOff(1000))
     };
 
-    let (ids, pricing) = best(&order, &[big_seller, small_seller, platform], now());
+    let (ids, pricing) = best(&order, &[big_seller, small_seller, platform], now(), deadline());
 
     assert_eq!(ids, vec![2, 3]);
     assert_eq!(pricing.discount, 1100);
@@ -365,11 +372,11 @@ fn best_choice_ignores_unusable_coupons_and_prefers_fewer_then_sooner_expiring()
         ..coupon(3, Issuer::Platform, Discount::AmountOff(300))
     };
 
-    let (ids, pricing) = best(&order, &[used, late, soon], now());
+    let (ids, pricing) = best(&order, &[used, late, soon], now(), deadline());
 
     assert_eq!(ids, vec![3]);
     assert_eq!(pricing.discount, 300);
-    let (none, nothing) = best(&order, &[], now());
+    let (none, nothing) = best(&order, &[], now(), deadline());
     assert!(none.is_empty());
     assert_eq!(nothing.total(), 1000);
 }
@@ -451,7 +458,7 @@ proptest! {
         }
         prop_assert_eq!(applied_total, pricing.discount);
         // Best choice: no subset of the coupons that applies as a whole does better.
-        let (_, best_pricing) = best(&order, &terms, now());
+        let (_, best_pricing) = best(&order, &terms, now(), deadline());
         prop_assert!(best_pricing.all_applicable());
         let mut brute_force = 0;
         for mask in 0u32..(1 << terms.len()) {
