@@ -472,3 +472,221 @@ proptest! {
         prop_assert_eq!(best_pricing.discount, brute_force);
     }
 }
+
+/// The best discount over every subset of `coupons` that applies as a whole.
+fn brute_force(order: &CheckoutOrder, coupons: &[CouponTerms]) -> i64 {
+    (0u32..(1 << coupons.len()))
+        .map(|mask| {
+            let subset: Vec<&CouponTerms> = coupons
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, c)| c)
+                .collect();
+            run(order, &subset)
+        })
+        .filter(Pricing::all_applicable)
+        .map(|pricing| pricing.discount)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The baseline the best choice must match at least: the best coupon of each
+/// seller alone, with or without one platform coupon, or a platform coupon alone.
+fn baseline(order: &CheckoutOrder, coupons: &[CouponTerms]) -> i64 {
+    let alone = |c: &CouponTerms| applied_alone(order, c);
+    let mut per_seller: HashMap<&SellerId, (i64, &CouponTerms)> = HashMap::new();
+    for c in coupons {
+        if let (Issuer::Seller(s), Some(d)) = (&c.issuer, alone(c)) {
+            if per_seller.get(s).is_none_or(|(best, _)| d > *best) {
+                per_seller.insert(s, (d, c));
+            }
+        }
+    }
+    let sellers: Vec<&CouponTerms> = per_seller.values().map(|(_, c)| *c).collect();
+    let mut best = run(order, &sellers).discount;
+    for platform in coupons.iter().filter(|c| c.issuer == Issuer::Platform) {
+        let mut with = sellers.clone();
+        with.push(platform);
+        let pricing = run(order, &with);
+        if pricing.all_applicable() {
+            best = best.max(pricing.discount);
+        }
+        best = best.max(alone(platform).unwrap_or(0));
+    }
+    best
+}
+
+fn applied_alone(order: &CheckoutOrder, coupon: &CouponTerms) -> Option<i64> {
+    run(order, &[coupon]).coupons[0]
+        .result
+        .as_ref()
+        .ok()
+        .map(|a| a.discount)
+}
+
+/// Lines `(seller, unit price, quantity, sale)` and coupons `(issuer: 0..sellers
+/// or platform, amount, basis points, minimum, percent, regular only)`.
+fn instance(
+    sellers: &[&str],
+    lines: &[(usize, i64, u32, bool)],
+    coupons: &[(usize, i64, u32, i64, bool, bool)],
+) -> (CheckoutOrder, Vec<CouponTerms>) {
+    let order = order(
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, (s, price, qty, sale))| line(&format!("l{i}"), sellers[*s], *price, *qty, *sale))
+            .collect(),
+    );
+    let terms = coupons
+        .iter()
+        .enumerate()
+        .map(|(i, (s, amount, bp, min, percent, regular))| {
+            let discount = if *percent {
+                Discount::PercentOff {
+                    basis_points: *bp,
+                    max_minor: (*amount % 2 == 0).then_some(*amount),
+                }
+            } else {
+                Discount::AmountOff(*amount)
+            };
+            let issuer = match sellers.get(*s) {
+                Some(id) => seller(id),
+                None => Issuer::Platform,
+            };
+            CouponTerms {
+                min_purchase: *min,
+                regular_price_only: *regular,
+                expires_at: now() + TimeDelta::days(1 + (i as i64 % 5)),
+                ..coupon(i as i64 + 1, issuer, discount)
+            }
+        })
+        .collect();
+    (order, terms)
+}
+
+/// Every picked coupon applies and gives something.
+fn assert_sound(ids: &[i64], pricing: &Pricing) {
+    assert!(pricing.all_applicable(), "{:?}", pricing.refusals());
+    assert_eq!(ids.len(), pricing.coupons.len());
+    for outcome in &pricing.coupons {
+        let applied = outcome.result.as_ref().unwrap();
+        assert!(applied.discount > 0, "coupon {} gives nothing", outcome.coupon_id);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn best_choice_matches_a_brute_force_search(
+        lines in prop::collection::vec((0usize..3, 0i64..5_000, 1u32..4, any::<bool>()), 1..9),
+        coupons in prop::collection::vec((0usize..4, 1i64..6_000, 1u32..10_000, 0i64..25_000, any::<bool>(), any::<bool>()), 0..10),
+    ) {
+        let (order, terms) = instance(&["A", "B", "C"], &lines, &coupons);
+
+        let (ids, pricing) = best(&order, &terms, now(), deadline());
+
+        assert_sound(&ids, &pricing);
+        prop_assert_eq!(pricing.discount, brute_force(&order, &terms));
+    }
+
+    #[test]
+    fn best_choice_is_never_worse_than_the_baseline_even_out_of_time(
+        lines in prop::collection::vec((0usize..12, 0i64..5_000, 1u32..4, any::<bool>()), 1..30),
+        coupons in prop::collection::vec((0usize..14, 1i64..6_000, 1u32..10_000, 0i64..60_000, any::<bool>(), any::<bool>()), 0..40),
+    ) {
+        let sellers = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"];
+        let (order, terms) = instance(&sellers, &lines, &coupons);
+        let floor = baseline(&order, &terms);
+
+        let (ids, pricing) = best(&order, &terms, now(), Instant::now());
+        assert_sound(&ids, &pricing);
+        prop_assert!(pricing.discount >= floor, "{} below the baseline {floor}", pricing.discount);
+
+        let (ids, searched) = best(&order, &terms, now(), deadline());
+        assert_sound(&ids, &searched);
+        prop_assert!(searched.discount >= pricing.discount);
+    }
+}
+
+#[test]
+fn best_choice_over_300_coupons_and_100_lines_is_exact_within_the_budget() {
+    // 60 sellers, 100 regular lines; 5 amount-off coupons per seller (regular
+    // price only); one platform coupon of 200.00 whose minimum leaves room for
+    // 50.03 of seller discounts, and 99 small ones without minimum.
+    let sellers: Vec<String> = (0..60).map(|s| format!("s{s}")).collect();
+    let names: Vec<&str> = sellers.iter().map(String::as_str).collect();
+    let lines: Vec<(usize, i64, u32, bool)> = (0..100)
+        .map(|l| (l % 60, 2_000 + 37 * l as i64, 1, false))
+        .collect();
+    let seller_discount = |s: usize, k: usize| 50 + ((s * 7 + k * 13) % 300) as i64;
+    let mut coupons = Vec::new();
+    for s in 0..60 {
+        for k in 0..5 {
+            coupons.push((s, seller_discount(s, k), 0, 0, false, true));
+        }
+    }
+    let subtotal: i64 = lines.iter().map(|(_, price, _, _)| price).sum();
+    let room = 5_003;
+    coupons.push((60, 20_000, 0, subtotal - room, false, false));
+    coupons.extend((1..100).map(|a| (60, a, 0, 0, false, false)));
+    let (order, terms) = instance(&names, &lines, &coupons);
+    // Independently: at most one coupon per seller, total within the room, as
+    // large as possible (a knapsack by dynamic programming), plus 200.00.
+    let mut reachable = vec![false; room as usize + 1];
+    reachable[0] = true;
+    for s in 0..60 {
+        let before = reachable.clone();
+        for k in 0..5 {
+            let d = seller_discount(s, k) as usize;
+            for sum in d..=room as usize {
+                reachable[sum] |= before[sum - d];
+            }
+        }
+    }
+    let filled = reachable.iter().rposition(|r| *r).unwrap() as i64;
+    let all_best: i64 = (0..60)
+        .map(|s| (0..5).map(|k| seller_discount(s, k)).max().unwrap())
+        .sum();
+    let expected = (filled + 20_000).max(all_best + 99);
+
+    let started = Instant::now();
+    let (ids, pricing) = best(&order, &terms, now(), started + BEST_CHOICE_BUDGET);
+    let elapsed = started.elapsed();
+
+    assert_sound(&ids, &pricing);
+    assert_eq!(pricing.discount, expected);
+    assert!(
+        elapsed < std::time::Duration::from_millis(200),
+        "took {elapsed:?}"
+    );
+}
+
+#[test]
+fn best_choice_with_one_coupon_from_each_of_30_sellers_is_fast() {
+    // One 1.00 coupon per seller, one 10.00 line per seller, and a platform
+    // coupon of 50.00 whose minimum leaves room for 29 of them: 2^30 subsets.
+    let sellers: Vec<String> = (0..30).map(|s| format!("s{s}")).collect();
+    let names: Vec<&str> = sellers.iter().map(String::as_str).collect();
+    let lines: Vec<(usize, i64, u32, bool)> = (0..30).map(|s| (s, 1_000, 1, false)).collect();
+    let mut coupons: Vec<(usize, i64, u32, i64, bool, bool)> =
+        (0..30).map(|s| (s, 100, 0, 0, false, true)).collect();
+    coupons.push((30, 5_000, 0, 30_000 - 2_950, false, false));
+    coupons.push((30, 1_000, 0, 0, false, false));
+    let (order, terms) = instance(&names, &lines, &coupons);
+
+    let started = Instant::now();
+    let (ids, pricing) = best(&order, &terms, now(), started + BEST_CHOICE_BUDGET);
+    let elapsed = started.elapsed();
+
+    assert_sound(&ids, &pricing);
+    assert_eq!(pricing.discount, 29 * 100 + 5_000);
+    assert_eq!(ids.len(), 30);
+    assert!(ids.contains(&31), "the 50.00 platform coupon");
+    assert!(
+        elapsed < std::time::Duration::from_millis(200),
+        "took {elapsed:?}"
+    );
+}
