@@ -497,10 +497,10 @@ fn baseline(order: &CheckoutOrder, coupons: &[CouponTerms]) -> i64 {
     let alone = |c: &CouponTerms| applied_alone(order, c);
     let mut per_seller: HashMap<&SellerId, (i64, &CouponTerms)> = HashMap::new();
     for c in coupons {
-        if let (Issuer::Seller(s), Some(d)) = (&c.issuer, alone(c)) {
-            if per_seller.get(s).is_none_or(|(best, _)| d > *best) {
-                per_seller.insert(s, (d, c));
-            }
+        if let (Issuer::Seller(s), Some(d)) = (&c.issuer, alone(c))
+            && per_seller.get(s).is_none_or(|(best, _)| d > *best)
+        {
+            per_seller.insert(s, (d, c));
         }
     }
     let sellers: Vec<&CouponTerms> = per_seller.values().map(|(_, c)| *c).collect();
