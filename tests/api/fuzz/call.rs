@@ -1,14 +1,14 @@
 //! Calls with raw message bytes (a pass-through codec) or a raw HTTP/2 body.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Full};
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tower::ServiceExt;
 
 use super::CALL_TIMEOUT;
+use crate::helpers::RawCodec;
 
 /// How a call ended.
 pub(super) enum Answer {
@@ -77,42 +77,4 @@ pub(super) async fn call_raw(channel: Channel, path: &str, body: Bytes) -> Answe
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .unwrap_or(Answer::Timeout)
-}
-
-/// A codec that sends and receives message bytes untouched.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        *self
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }
