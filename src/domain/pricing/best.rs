@@ -63,13 +63,16 @@ pub fn best(
         variants: &variants,
         incumbent: Candidate::baseline(&sellers),
         path: Vec::new(),
+        positions: Vec::new(),
+        ranked: Vec::new(),
+        rest_rated: Vec::new(),
         nodes: 0,
         deadline,
         stopped: false,
     };
     search.seed();
     // Most promising platform coupons first: the others are then often cut at the root.
-    let mut queue: Vec<(i64, usize)> = platforms
+    let mut queue: Vec<(i128, usize)> = platforms
         .iter()
         .enumerate()
         .map(|(p, platform)| {
@@ -84,7 +87,7 @@ pub fn best(
         if search.stopped {
             break;
         }
-        if bound > search.incumbent.discount {
+        if bound > i128::from(search.incumbent.discount) {
             search.run(p);
         }
     }
@@ -201,6 +204,9 @@ struct PlatformCoupon<'a> {
     base: i64,
     /// The least it must have left to apply: its minimum purchase, and 1.
     floor: i64,
+    /// The slope of its discount, in basis points, where it grows: a
+    /// percentage's rate, 0 for an amount off.
+    rate: i64,
 }
 
 /// The platform coupons that can apply, one per distinct set of terms (the one
@@ -226,6 +232,10 @@ fn platform_options<'a>(order: &CheckoutOrder, usable: &[&'a CouponTerms]) -> Ve
                 order.subtotal()
             },
             floor: terms.min_purchase.max(1),
+            rate: match terms.discount {
+                Discount::PercentOff { basis_points, .. } => i64::from(basis_points),
+                Discount::AmountOff(_) => 0,
+            },
         })
         .filter(|p| p.base >= p.floor && p.discount.on(p.base) > 0)
         .collect();
@@ -347,21 +357,69 @@ impl Variant {
     }
 
     /// An upper bound of `discount + Σ d + g(left - Σ r)` over the choices of
-    /// `searched[depth..]` that leave the platform coupon applicable.
-    fn bound(&self, platform: &PlatformCoupon, depth: usize, discount: i64, left: i64) -> i64 {
+    /// `searched[depth..]` that leave the platform coupon applicable;
+    /// `rest_rated` as [`rated_suffix`](Self::rated_suffix) gives it.
+    fn bound(
+        &self,
+        platform: &PlatformCoupon,
+        rest_rated: &[i128],
+        depth: usize,
+        discount: i64,
+        left: i64,
+    ) -> i128 {
+        let g = |x: i64| i128::from(platform.discount.on(x));
+        let discount = i128::from(discount);
         // g is non-decreasing: the sellers at their largest, g as if they took nothing.
-        let loose = discount + self.rest_discount[depth] + platform.discount.on(left);
+        let loose = discount + i128::from(self.rest_discount[depth]) + g(left);
         // With d = (d - r) + r and y = Σ r: y + g(left - y) is non-decreasing in y
         // (g is 1-Lipschitz), and y cannot go past what keeps the minimum.
         let y = self.rest_overlap[depth].min(left - platform.floor);
-        let tight = discount + self.rest_outside[depth] + y + platform.discount.on(left - y);
-        loose.min(tight)
+        let tight = discount + i128::from(self.rest_outside[depth]) + i128::from(y) + g(left - y);
+        // In basis points, with the rate λ of a percentage (g(x) <= λx, and <= its
+        // maximum): d = (d - λr) + λr, and λy + g(left - y) <= min(λ left, λy + max).
+        let rate = i128::from(platform.rate);
+        let rated = match platform.discount {
+            Discount::PercentOff { max_minor, .. } => {
+                let capped =
+                    max_minor.map_or(i128::MAX, |max| rate * i128::from(y) + BASIS * i128::from(max));
+                (rate * i128::from(left)).min(capped)
+            }
+            Discount::AmountOff(_) => BASIS * g(left),
+        };
+        let rated = (BASIS * discount + rest_rated[depth] + rated).div_euclid(BASIS);
+        loose.min(tight).min(rated)
+    }
+
+    /// Per depth, the sum over `searched[depth..]` of each seller's largest
+    /// `d - λr` in basis points (taking nothing counts as 0).
+    fn rated_suffix(&self, rate: i64) -> Vec<i128> {
+        let mut sums = vec![0i128; self.searched.len() + 1];
+        for i in (0..self.searched.len()).rev() {
+            let best = self.searched[i]
+                .1
+                .iter()
+                .map(|c| rated(c, rate))
+                .max()
+                .unwrap_or(0)
+                .max(0);
+            sums[i] = sums[i + 1] + best;
+        }
+        sums
     }
 
     /// The bound before any choice.
-    fn root_bound(&self, platform: &PlatformCoupon) -> i64 {
-        self.fixed_discount + self.bound(platform, 0, 0, platform.base)
+    fn root_bound(&self, platform: &PlatformCoupon) -> i128 {
+        let rest_rated = self.rated_suffix(platform.rate);
+        i128::from(self.fixed_discount) + self.bound(platform, &rest_rated, 0, 0, platform.base)
     }
+}
+
+/// Basis points in a whole.
+const BASIS: i128 = 10_000;
+
+/// `d - λr` of a choice, in basis points, for a rate `λ` in basis points.
+fn rated(choice: &Choice, rate: i64) -> i128 {
+    BASIS * i128::from(choice.discount) - i128::from(rate) * i128::from(choice.overlap)
 }
 
 /// A combination: per seller the coupon index taken, and the platform coupon.
@@ -470,6 +528,13 @@ struct Search<'s, 'a> {
     /// The choice per searched seller on the current branch: an index in its
     /// front, or `None`.
     path: Vec<Option<usize>>,
+    /// The same as positions in `ranked` (`None` is the last position).
+    positions: Vec<usize>,
+    /// For the platform coupon searched: per searched seller, the indexes of
+    /// its front in the order tried (largest `d - λr` first).
+    ranked: Vec<Vec<usize>>,
+    /// For the platform coupon searched: `Variant::rated_suffix`.
+    rest_rated: Vec<i128>,
     nodes: u64,
     deadline: Instant,
     stopped: bool,
@@ -521,6 +586,19 @@ impl Search<'_, '_> {
         let variant = &self.variants[usize::from(platform.regular_only)];
         self.path.clear();
         self.path.resize(variant.searched.len(), None);
+        self.positions.clear();
+        self.positions.resize(variant.searched.len(), 0);
+        self.rest_rated = variant.rated_suffix(platform.rate);
+        // Equal fronts get equal orders: the symmetry cut in `branch` relies on it.
+        self.ranked = variant
+            .searched
+            .iter()
+            .map(|(_, front)| {
+                let mut order: Vec<usize> = (0..front.len()).collect();
+                order.sort_by_key(|&k| (Reverse(rated(&front[k], platform.rate)), k));
+                order
+            })
+            .collect();
         let count = variant.fixed.len() + 1;
         self.branch(p, 0, variant.fixed_discount, platform.base, count);
     }
@@ -550,20 +628,25 @@ impl Search<'_, '_> {
             }
             return;
         }
-        if variant.bound(platform, depth, discount, left) <= self.incumbent.discount {
+        if variant.bound(platform, &self.rest_rated, depth, discount, left)
+            <= i128::from(self.incumbent.discount)
+        {
             return;
         }
         let front = &variant.searched[depth].1;
+        // Sellers with equal fronts are interchangeable: their positions only grow.
         let from = match depth.checked_sub(1) {
-            Some(previous) if variant.same_as_previous[depth] => self.path[previous].unwrap_or(front.len()),
+            Some(previous) if variant.same_as_previous[depth] => self.positions[previous],
             _ => 0,
         };
-        for (k, &choice) in front.iter().enumerate().skip(from) {
-            // Feasible from here on: the front's overlaps decrease.
+        for position in from..front.len() {
+            let k = self.ranked[depth][position];
+            let choice = front[k];
             if left - choice.overlap < platform.floor {
                 continue;
             }
             self.path[depth] = Some(k);
+            self.positions[depth] = position;
             self.branch(
                 p,
                 depth + 1,
@@ -577,6 +660,7 @@ impl Search<'_, '_> {
         }
         if variant.none_allowed[depth] {
             self.path[depth] = None;
+            self.positions[depth] = front.len();
             self.branch(p, depth + 1, discount, left, count);
         }
     }
