@@ -20,6 +20,17 @@
 //! stops at [`MAX_SEARCH_NODES`] or at the caller's deadline and keeps the best
 //! found, exact when it ran to the end. The answer is priced again by
 //! [`price`](super::price), the source of truth.
+//!
+//! A branch is cut when no completion can beat the incumbent, by the least of
+//! three bounds: every seller at its largest `d` with `g` as now; `Σ (d - r)` at
+//! its largest plus `y + g(left - y)` at the largest `y` the minimum allows
+//! (non-decreasing as `g` is 1-Lipschitz); and, with `λ` the platform
+//! coupon's rate, `Σ max(d - λr) + λ·left` (at most `λy` plus its maximum).
+//! Each seller's choices are tried by `d - λr`, and sellers with the same front
+//! are interchangeable, so only one order of their choices is searched.
+//!
+//! Before the search, each coupon is priced alone once: linear in coupons times
+//! lines, outside the deadline but bounded by the order's size.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
