@@ -214,7 +214,7 @@ where
             if !is_public(path)
                 && let Err(error) = tokens.authorize(path, request.headers().get(http::header::AUTHORIZATION))
             {
-                tracing::info!(path, reason = error.reason(), "call refused");
+                // Logged (at INFO) by the conversion, like every refused call.
                 return Either::Left(ready(Ok(Status::from(error).into_http())));
             }
         }

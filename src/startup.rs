@@ -16,7 +16,7 @@
 //! within the drain timeout whatever its peers do.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -232,10 +232,13 @@ impl Application {
 
         // The signal starts the drain: health turns NOT_SERVING, the server stops
         // accepting and sends GOAWAY, streams end, idle connections close.
+        let drain_started = Arc::new(OnceLock::new());
         let draining = {
             let shutdown = shutdown.clone();
+            let drain_started = drain_started.clone();
             async move {
                 signal.await;
+                let _ = drain_started.set(Instant::now());
                 tracing::info!("shutting down: no new calls, finishing in-flight ones");
                 monitor.abort();
                 set_health(&health, ServingStatus::NotServing).await;
@@ -278,22 +281,16 @@ impl Application {
                     .max_decoding_message_size(max_request_bytes),
             )
             .serve_with_incoming_shutdown(incoming, draining);
-        let drain_deadline = async {
+        let drained = async {
             shutdown.cancelled().await;
-            let deadline = Instant::now() + drain_timeout;
-            tokio::time::sleep_until(deadline).await;
-            deadline
+            tokio::time::sleep(drain_timeout).await;
         };
-        let deadline = tokio::select! {
-            served = server => {
-                served.context("the gRPC server failed")?;
-                Instant::now() + drain_timeout
-            }
-            deadline = drain_deadline => {
-                tracing::warn!("the drain timeout passed: closing the remaining connections");
-                deadline
-            }
-        };
+        tokio::select! {
+            served = server => served.context("the gRPC server failed")?,
+            () = drained => tracing::warn!("the drain timeout passed: closing the remaining connections"),
+        }
+        // The drain time counts from the signal.
+        let deadline = drain_started.get().copied().unwrap_or_else(Instant::now) + drain_timeout;
         // Calls already running finish their database work (bounded by their
         // deadlines) before the pool closes, as far as the drain time allows.
         in_flight.close();

@@ -181,45 +181,74 @@ async fn a_lock_timeout_past_the_attempts_is_aborted_with_retry_info(pool: PgPoo
 }
 
 #[sqlx::test]
-async fn cancelled_calls_leave_no_connection_inside_a_transaction(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), &[]).await;
+async fn cancelled_calls_leave_no_connection_inside_a_transaction(
+    _options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // A slow link to the database (15 ms each way per chunk), so that a caller
+    // giving up after 1 to 40 ms often does so while its call waits for BEGIN.
+    let proxy = DatabaseProxy::start(connect.get_port()).await;
+    let proxied = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_lazy_with(connect.clone().port(proxy.port));
+    let app = start_app(proxied, &[]).await;
+    wait_for_status(app.channel.clone(), ServingStatus::Serving).await;
     app.register("alice").await;
-
-    // 300 bonus grants whose callers give up after 1 to 30 ms, 30 at a time.
-    let mut acknowledged = Vec::new();
-    for round in 0..10 {
-        let calls: Vec<_> = (0..30)
-            .map(|i| {
-                let mut points = app.points.clone();
-                let campaign = format!("c-{round}-{i}");
-                tokio::spawn(async move {
-                    let request = pb::GrantBonusRequest {
-                        account_id: "alice".into(),
-                        campaign_id: campaign.clone(),
-                        points: 1,
-                        description: String::new(),
-                        granted_at: Some(ts("2026-06-01T00:00:00Z")),
-                    };
-                    let timeout = Duration::from_millis(1 + (i as u64 * 7 + round) % 30);
-                    let answered = points.grant_bonus(with_timeout(request, timeout)).await.is_ok();
-                    (campaign, answered)
-                })
-            })
-            .collect();
-        for call in calls {
-            let (campaign, answered) = call.await.unwrap();
-            if answered {
-                acknowledged.push(campaign);
-            }
+    let direct = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect)
+        .await
+        .unwrap();
+    let log = ServerLog::open(&direct).await;
+    let grant = |campaign: String, timeout: Duration| {
+        let mut points = app.points.clone();
+        async move {
+            let request = pb::GrantBonusRequest {
+                account_id: "alice".into(),
+                campaign_id: campaign.clone(),
+                points: 1,
+                description: String::new(),
+                granted_at: Some(ts("2026-06-01T00:00:00Z")),
+            };
+            let answered = points.grant_bonus(with_timeout(request, timeout)).await.is_ok();
+            (campaign, answered)
         }
+    };
+    // Open the pool's connections first, so calls find one idle at once.
+    let warm: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(grant(format!("warm-{i}"), Duration::from_secs(5))))
+        .collect();
+    for call in warm {
+        call.await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set_latency(Duration::from_millis(15));
+
+    // 120 bonus grants, one at a time, whose callers hang up after 1 to 40 ms.
+    let mut acknowledged = Vec::new();
+    for i in 0..120u64 {
+        let (campaign, answered) = grant(format!("c-{i}"), Duration::from_millis(1 + i % 40)).await;
+        if answered {
+            acknowledged.push(campaign);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    proxy.set_latency(Duration::ZERO);
+    // The abandoned calls finish (their deadlines are at most 30 ms away).
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     assert_eq!(
-        backends_in(&pool, "idle in transaction").await,
+        backends_in(&direct, "idle in transaction").await,
         0,
         "a pooled connection was left inside a transaction"
     );
+    // The server's own word: no BEGIN inside a transaction, no COMMIT outside one.
+    match log {
+        Some(log) => {
+            let warnings = log.transaction_warnings(&direct).await;
+            assert!(warnings.is_empty(), "PostgreSQL warned:\n{}", warnings.join("\n"));
+        }
+        None => eprintln!("the PostgreSQL log is not readable here: its check is skipped"),
+    }
     // Every acknowledged grant is in the ledger, once; later calls work.
     let entries = app.all_entries("alice").await;
     for campaign in &acknowledged {
@@ -228,6 +257,60 @@ async fn cancelled_calls_leave_no_connection_inside_a_transaction(pool: PgPool) 
     }
     app.bonus("alice", "after-the-storm", 1, "2026-06-01T00:00:00Z")
         .await;
+}
+
+/// The PostgreSQL server log from a point on, read through the database
+/// (superuser), where the server writes one.
+struct ServerLog {
+    path: String,
+    from: i64,
+}
+
+impl ServerLog {
+    /// The log's current end: its file from `pg_current_logfile()`, or Debian's.
+    async fn open(pool: &PgPool) -> Option<Self> {
+        let major: String =
+            sqlx::query_scalar("select current_setting('server_version_num')::int / 10000 || ''")
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        let collector: Option<String> = sqlx::query_scalar("select pg_current_logfile()")
+            .fetch_one(pool)
+            .await
+            .ok()?;
+        let debian = format!("/var/log/postgresql/postgresql-{major}-main.log");
+        for path in collector.into_iter().chain([debian]) {
+            let size: Result<i64, _> = sqlx::query_scalar("select (pg_stat_file($1)).size")
+                .bind(&path)
+                .fetch_one(pool)
+                .await;
+            if let Ok(from) = size {
+                return Some(Self { path, from });
+            }
+        }
+        None
+    }
+
+    /// The "there is (already|no) transaction in progress" warnings about this
+    /// test's database written since [`ServerLog::open`].
+    async fn transaction_warnings(&self, pool: &PgPool) -> Vec<String> {
+        let text: String =
+            sqlx::query_scalar("select pg_read_file($1, $2, greatest((pg_stat_file($1)).size - $2, 0))")
+                .bind(&self.path)
+                .bind(self.from)
+                .fetch_one(pool)
+                .await
+                .unwrap_or_default();
+        let database: String = sqlx::query_scalar("select current_database()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| line.contains(&format!("@{database} ")))
+            .filter(|line| line.contains("transaction in progress"))
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// Opens an HTTP/2 connection to the server.

@@ -465,6 +465,8 @@ impl TestApp {
 pub struct DatabaseProxy {
     pub port: u16,
     mode: Arc<std::sync::atomic::AtomicU8>,
+    /// Milliseconds every chunk waits before it is passed on.
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
     links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -478,8 +480,9 @@ impl DatabaseProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(std::sync::atomic::AtomicU8::new(PROXY_OPEN));
+        let latency_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let links = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (accept_mode, accept_links) = (mode.clone(), links.clone());
+        let (accept_mode, accept_links, accept_latency) = (mode.clone(), links.clone(), latency_ms.clone());
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -492,6 +495,7 @@ impl DatabaseProxy {
                     _ => held.clear(),
                 }
                 let mode = accept_mode.clone();
+                let latency = accept_latency.clone();
                 let link = tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
                     else {
@@ -500,14 +504,25 @@ impl DatabaseProxy {
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        () = pump(client_read, server_write, mode.clone()) => {}
-                        () = pump(server_read, client_write, mode) => {}
+                        () = pump(client_read, server_write, mode.clone(), latency.clone()) => {}
+                        () = pump(server_read, client_write, mode, latency) => {}
                     }
                 });
                 accept_links.lock().unwrap().push(link);
             }
         });
-        Self { port, mode, links }
+        Self {
+            port,
+            mode,
+            latency_ms,
+            links,
+        }
+    }
+
+    /// Delays every chunk, each way, by `latency`.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.latency_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Refuses new connections and breaks the open ones.
@@ -534,6 +549,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mode: Arc<std::sync::atomic::AtomicU8>,
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0u8; 16 * 1024];
@@ -546,6 +562,10 @@ async fn pump(
         }
         while mode.load(std::sync::atomic::Ordering::SeqCst) == PROXY_STALLED {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let latency = latency_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
         }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
