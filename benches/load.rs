@@ -30,6 +30,9 @@ enum Scenario {
     AwardOrder,
     /// grpc.health.v1 Check: no SQL at all, the ceiling of the RPC hop itself.
     Health,
+    /// BestCoupons for a member holding 300 coupons across 60 sellers, on a
+    /// 100-line cart (the generator issues the coupons before the clock starts).
+    Best,
 }
 
 #[derive(Debug, Parser)]
@@ -108,6 +111,132 @@ struct Clients {
     health: HealthClient<Channel>,
 }
 
+/// The member of the `best` scenario.
+const BEST_MEMBER: &str = "best-1";
+/// Sellers of the `best` scenario's cart and coupons.
+const BEST_SELLERS: usize = 60;
+
+/// Gives [`BEST_MEMBER`] 300 coupons: 4 from each of 60 sellers (one template
+/// each, percentages, some with a minimum, half regular-price only) and 60
+/// platform coupons (6 templates of 10: amounts and capped percentages, with
+/// minimums up to most of the cart). Idempotent: templates and issuance ids
+/// are fixed.
+async fn seed_best(channel: Channel) -> anyhow::Result<()> {
+    use pb::membership_client::MembershipClient;
+    let mut members = MembershipClient::new(channel.clone());
+    let mut coupons = CouponsClient::new(channel);
+    members
+        .register_member(pb::RegisterMemberRequest {
+            account_id: BEST_MEMBER.to_owned(),
+            registered_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            birthday: None,
+        })
+        .await?;
+    let percent = |basis_points: i32, max_discount_minor: i64| pb::Discount {
+        kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
+            basis_points,
+            max_discount_minor,
+        })),
+    };
+    let template = |template_id: String, issuer: pb::Issuer, seller_id: String, discount, min, limit, regular| {
+        pb::CouponTemplate {
+            template_id,
+            name: "bench best".to_owned(),
+            issuer: issuer.into(),
+            seller_id,
+            discount: Some(discount),
+            currency_code: "USD".to_owned(),
+            min_purchase_minor: min,
+            validity: Some(pb::Validity {
+                kind: Some(pb::validity::Kind::DaysFromIssuance(3650)),
+            }),
+            per_member_limit: limit,
+            regular_price_only: Some(regular),
+            ..Default::default()
+        }
+    };
+    let mut templates = Vec::new();
+    for s in 0..BEST_SELLERS {
+        let n = i32::try_from(s).unwrap_or(0);
+        let min = if s % 3 == 0 { 0 } else { 1000 + 500 * i64::from(n % 7) };
+        templates.push((
+            template(
+                format!("best-s{s}"),
+                pb::Issuer::Seller,
+                format!("seller-{s}"),
+                percent(500 + 37 * n % 1000, 0),
+                min,
+                4,
+                s % 2 == 0,
+            ),
+            4,
+        ));
+    }
+    for p in 0..6i64 {
+        let discount = if p % 2 == 0 {
+            pb::Discount {
+                kind: Some(pb::discount::Kind::AmountOffMinor(2000 + 1500 * p)),
+            }
+        } else {
+            percent(800 + 200 * i32::try_from(p).unwrap_or(0), 3000 + 1000 * p)
+        };
+        templates.push((
+            template(
+                format!("best-p{p}"),
+                pb::Issuer::Platform,
+                String::new(),
+                discount,
+                40_000 * p,
+                10,
+                p % 3 == 0,
+            ),
+            10,
+        ));
+    }
+    for (template, count) in templates {
+        let template_id = template.template_id.clone();
+        coupons
+            .create_coupon_template(pb::CreateCouponTemplateRequest {
+                template: Some(template),
+            })
+            .await?;
+        for k in 0..count {
+            coupons
+                .issue_coupon(pb::IssueCouponRequest {
+                    account_id: BEST_MEMBER.to_owned(),
+                    template_id: template_id.clone(),
+                    issuance_id: format!("{template_id}-{k}"),
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `best` scenario's cart: 100 lines over the 60 sellers, a quarter on sale.
+fn best_cart(order_id: String) -> pb::CheckoutOrder {
+    let lines = (0..100u32)
+        .map(|j| pb::CheckoutLine {
+            line_id: format!("l{j}"),
+            seller_id: format!("seller-{}", j as usize % BEST_SELLERS),
+            product_id: format!("p{j}"),
+            category_id: "c1".to_owned(),
+            unit_price_minor: 500 + i64::from(j * 137 % 5000),
+            quantity: 1 + i32::try_from(j % 3).unwrap_or(0),
+            sale_price: j % 4 == 0,
+        })
+        .collect();
+    pb::CheckoutOrder {
+        order_id,
+        account_id: BEST_MEMBER.to_owned(),
+        currency_code: "USD".to_owned(),
+        lines,
+    }
+}
+
 async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Status> {
     let Clients {
         coupons,
@@ -143,6 +272,14 @@ async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Statu
                 .await?;
             coupons
                 .complete_order(pb::CompleteOrderRequest { account_id, order_id })
+                .await?;
+        }
+        Scenario::Best => {
+            let n = shared.next();
+            coupons
+                .best_coupons(pb::BestCouponsRequest {
+                    order: Some(best_cart(format!("best-{n}"))),
+                })
                 .await?;
         }
         Scenario::HotClaim => {
@@ -217,6 +354,9 @@ async fn run(args: Args, scenario: Scenario) -> anyhow::Result<()> {
                 .connect()
                 .await?,
         );
+    }
+    if matches!(scenario, Scenario::Best) {
+        seed_best(channels[0].clone()).await?;
     }
     let shared = Arc::new(Shared {
         scenario,
