@@ -108,7 +108,12 @@ enum FaultKind {
     Stall,
 }
 
+/// The deadline of each call of the load.
 const DEADLINE: Duration = Duration::from_secs(1);
+/// The client-side backstop of every call of the load (5 x the deadline).
+const HANG_GUARD: Duration = Duration::from_secs(5);
+/// The client-side backstop of the setup and race calls.
+const LONG: Duration = Duration::from_secs(30);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -149,10 +154,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A channel that connects on first use (so it survives the server being down).
-fn channel(addr: &str) -> anyhow::Result<Channel> {
+/// Each call sends its own deadline (`grpc-timeout`); `guard` is only a
+/// client-side backstop, reported as `Cancelled`, for a server that ignores it.
+fn channel(addr: &str, guard: Duration) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(addr.to_owned())?
         .connect_timeout(Duration::from_millis(500))
-        .timeout(DEADLINE)
+        .timeout(guard)
         .tcp_nodelay(true)
         .connect_lazy())
 }
@@ -182,7 +189,7 @@ async fn health(client: &mut HealthClient<Channel>) -> Option<ServingStatus> {
 
 /// Polls the health check every 100 ms until SERVING, for at most `seconds`.
 async fn wait_serving(addr: &str, seconds: u64) -> anyhow::Result<()> {
-    let mut client = HealthClient::new(channel(addr)?);
+    let mut client = HealthClient::new(channel(addr, HANG_GUARD)?);
     let until = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < until {
         if health(&mut client).await == Some(ServingStatus::Serving) {
@@ -241,7 +248,7 @@ async fn write(points: &mut PointsClient<Channel>, members: u64, key: &str) -> R
 
 /// Registers m1..mN (idempotent), 32 at a time.
 async fn register(addr: &str, members: u64) -> anyhow::Result<()> {
-    let client = MembershipClient::new(channel(addr)?);
+    let client = MembershipClient::new(channel(addr, LONG)?);
     let results: Vec<_> = futures::stream::iter(1..=members)
         .map(|m| {
             let mut client = client.clone();
@@ -279,7 +286,7 @@ async fn writes(
     out: &Path,
 ) -> anyhow::Result<()> {
     register(addr, members).await?;
-    let points = PointsClient::new(channel(addr)?);
+    let points = PointsClient::new(channel(addr, HANG_GUARD)?);
     let sequence = Arc::new(AtomicU64::new(0));
     let attempted = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -326,7 +333,7 @@ async fn writes(
 /// Scenario 1, second half: every attempted key again, each until OK (at most 20 tries).
 async fn retry(addr: &str, members: u64, out: &Path) -> anyhow::Result<()> {
     let keys = std::fs::read_to_string(out.join("attempted"))?;
-    let points = PointsClient::new(channel(addr)?);
+    let points = PointsClient::new(channel(addr, HANG_GUARD)?);
     let failures: Vec<String> = futures::stream::iter(keys.lines().filter(|k| !k.is_empty()))
         .map(|key| {
             let mut points = points.clone();
@@ -447,7 +454,7 @@ async fn fault(
     stall_seconds: u64,
 ) -> anyhow::Result<()> {
     register(addr, members).await?;
-    let channel = channel(addr)?;
+    let channel = channel(addr, HANG_GUARD)?;
     let stop = Arc::new(AtomicBool::new(false));
     let sequence = Arc::new(AtomicU64::new(0));
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
@@ -606,12 +613,12 @@ fn code_is_error(samples: &Mutex<Vec<Sample>>) -> bool {
 
 /// Scenario 3: cap and stock races. Prints each overshoot (must be 0).
 async fn races(addr: &str) -> anyhow::Result<()> {
-    let channel = channel(addr)?;
+    let channel = channel(addr, LONG)?;
     let points = PointsClient::new(channel.clone());
     let mut coupons = CouponsClient::new(channel.clone());
     let members = 2000;
     register(addr, members).await?;
-    let long = Duration::from_secs(30);
+    let long = LONG;
 
     // 100 concurrent visits of one member on one day: 1 point.
     let visits = futures::future::join_all((0..100).map(|i| {
