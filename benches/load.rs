@@ -141,27 +141,32 @@ async fn seed_best(channel: Channel) -> anyhow::Result<()> {
             max_discount_minor,
         })),
     };
-    let template = |template_id: String, issuer: pb::Issuer, seller_id: String, discount, min, limit, regular| {
-        pb::CouponTemplate {
-            template_id,
-            name: "bench best".to_owned(),
-            issuer: issuer.into(),
-            seller_id,
-            discount: Some(discount),
-            currency_code: "USD".to_owned(),
-            min_purchase_minor: min,
-            validity: Some(pb::Validity {
-                kind: Some(pb::validity::Kind::DaysFromIssuance(3650)),
-            }),
-            per_member_limit: limit,
-            regular_price_only: Some(regular),
-            ..Default::default()
-        }
-    };
+    let template =
+        |template_id: String, issuer: pb::Issuer, seller_id: String, discount, min, limit, regular| {
+            pb::CouponTemplate {
+                template_id,
+                name: "bench best".to_owned(),
+                issuer: issuer.into(),
+                seller_id,
+                discount: Some(discount),
+                currency_code: "USD".to_owned(),
+                min_purchase_minor: min,
+                validity: Some(pb::Validity {
+                    kind: Some(pb::validity::Kind::DaysFromIssuance(3650)),
+                }),
+                per_member_limit: limit,
+                regular_price_only: Some(regular),
+                ..Default::default()
+            }
+        };
     let mut templates = Vec::new();
     for s in 0..BEST_SELLERS {
         let n = i32::try_from(s).unwrap_or(0);
-        let min = if s % 3 == 0 { 0 } else { 1000 + 500 * i64::from(n % 7) };
+        let min = if s % 3 == 0 {
+            0
+        } else {
+            1000 + 500 * i64::from(n % 7)
+        };
         templates.push((
             template(
                 format!("best-s{s}"),
