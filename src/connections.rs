@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -118,7 +119,7 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// Marks a call open on this connection until the guard is dropped.
     pub fn stream_started(&self) -> StreamGuard {
-        self.state.open.fetch_add(1, Ordering::Relaxed);
+        self.state.open.fetch_add(1, Ordering::AcqRel);
         StreamGuard(self.state.clone())
     }
 }
@@ -130,7 +131,11 @@ pub struct StreamGuard(Arc<ConnState>);
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        // Release: a reader that sees no call open also sees when the last ended.
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The connection may now be idle: let it arm its timer.
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -141,6 +146,8 @@ struct ConnState {
     open: AtomicUsize,
     /// Milliseconds from `opened_at` to the end of the last call.
     idle_since_ms: AtomicU64,
+    /// The connection's reader, woken when its last call ends.
+    reader: AtomicWaker,
 }
 
 impl ConnState {
@@ -150,7 +157,7 @@ impl ConnState {
     }
 
     fn idle_since(&self) -> Option<Instant> {
-        if self.open.load(Ordering::Relaxed) > 0 {
+        if self.open.load(Ordering::Acquire) > 0 {
             return None;
         }
         Some(self.opened_at + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed)))
@@ -189,6 +196,7 @@ impl Conn {
                     opened_at,
                     open: AtomicUsize::new(0),
                     idle_since_ms: AtomicU64::new(0),
+                    reader: AtomicWaker::new(),
                 }),
             },
             idle_timeout,
@@ -204,6 +212,7 @@ impl Conn {
     /// timeout, or for a short grace once the server drains. Registers the
     /// wake-ups.
     fn should_close(&mut self, cx: &mut Context<'_>) -> bool {
+        self.info.state.reader.register(cx.waker());
         if self.draining_since.is_none() && self.shutdown.as_mut().poll(cx).is_ready() {
             self.draining_since = Some(Instant::now());
         }

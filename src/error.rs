@@ -72,10 +72,11 @@ pub enum Error {
     /// another replica.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// `DEADLINE_EXCEEDED`: the call's deadline passed (reason
-    /// `DEADLINE_EXCEEDED`), or a statement ran past its bound (`STATEMENT_TIMEOUT`).
+    /// `DEADLINE_EXCEEDED` (reason `DEADLINE_EXCEEDED`): the call's deadline
+    /// passed, or one of its statements ran past `statement_timeout`; nothing of
+    /// the call was committed.
     #[error("the call did not finish within its deadline")]
-    DeadlineExceeded { reason: &'static str },
+    DeadlineExceeded,
     /// `RESOURCE_EXHAUSTED`: the server sheds the call (reason `OVERLOADED`) or the
     /// request is too large (`REQUEST_TOO_LARGE`).
     #[error("{message}")]
@@ -110,8 +111,8 @@ impl Error {
             | Error::Unauthenticated { reason, .. }
             | Error::PermissionDenied { reason, .. }
             | Error::Aborted { reason, .. }
-            | Error::DeadlineExceeded { reason }
             | Error::ResourceExhausted { reason, .. } => reason,
+            Error::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
@@ -128,7 +129,7 @@ impl Error {
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Aborted { .. } => Code::Aborted,
             Error::Unavailable(_) | Error::ShuttingDown => Code::Unavailable,
-            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
@@ -152,7 +153,7 @@ impl Error {
             Error::Unavailable(_)
             | Error::Aborted { .. }
             | Error::ShuttingDown
-            | Error::DeadlineExceeded { .. }
+            | Error::DeadlineExceeded
             | Error::ResourceExhausted { .. } => tracing::Level::WARN,
             _ => tracing::Level::INFO,
         }
@@ -196,10 +197,11 @@ impl From<sqlx::Error> for Error {
                     reason: "LOCK_TIMEOUT",
                     source: error,
                 },
-                // statement_timeout, or the call's deadline set as one.
-                Some("57014") => Error::DeadlineExceeded {
-                    reason: "STATEMENT_TIMEOUT",
-                },
+                // statement_timeout: the call's deadline, or the statement cap.
+                Some("57014") => {
+                    tracing::info!(error = %db.message(), "a statement reached its time bound");
+                    Error::DeadlineExceeded
+                }
                 // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception*,
                 // idle_in_transaction_session_timeout
                 Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "25P03" => {

@@ -222,13 +222,15 @@ impl Application {
             points.clone(),
             coupons.clone(),
         );
-        let scheduler = config.levels.scheduler.then(|| {
-            tokio::spawn(run_scheduler(
+        // Tracked with the calls: the drain waits for a run under way.
+        if config.levels.scheduler {
+            in_flight.spawn(run_scheduler(
                 membership.clone(),
                 Duration::from_secs(config.levels.scheduler_interval_secs.max(1)),
                 limits.job_timeout(),
-            ))
-        });
+                shutdown.clone(),
+            ));
+        }
 
         // The signal starts the drain: health turns NOT_SERVING, the server stops
         // accepting and sends GOAWAY, streams end, idle connections close.
@@ -300,7 +302,7 @@ impl Application {
                 "calls still running at the drain timeout"
             );
         }
-        for task in [metrics_server, scheduler].into_iter().flatten() {
+        if let Some(task) = metrics_server {
             task.abort();
         }
         if tokio::time::timeout_at(
@@ -334,7 +336,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 
 /// Applies the migrations once the database answers, then keeps the health
 /// statuses true to whether it still answers: a ping over the monitor's own
-/// connection, given one check interval to answer (a database that refuses
+/// connection, given half a check interval to answer (a database that refuses
 /// connections or drops packets turns health `NOT_SERVING` within about one
 /// interval, not after the pool's acquire timeout or the OS's TCP timeout).
 async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metrics>, interval: Duration) {
@@ -348,7 +350,8 @@ async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metri
     let mut serving = None;
     loop {
         let tick = Instant::now() + interval;
-        let up = tokio::time::timeout_at(tick, ping(&mut connection, &options))
+        // Half an interval to answer: an outage shows within about one interval.
+        let up = tokio::time::timeout(interval / 2, ping(&mut connection, &options))
             .await
             .unwrap_or(false);
         if !up {
@@ -385,10 +388,15 @@ async fn ping(connection: &mut Option<PgConnection>, options: &PgConnectOptions)
 /// previous month's evaluation. Both are idempotent and take turns across
 /// replicas, so every replica may run it; a failure is logged and retried at the
 /// next tick.
-async fn run_scheduler(membership: Membership, interval: Duration, job_timeout: Duration) {
+async fn run_scheduler(
+    membership: Membership,
+    interval: Duration,
+    job_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     // Each run is bounded like an admin job call.
     let budget = || Budget::new(Instant::now() + job_timeout, job_timeout, job_timeout);
-    loop {
+    while !shutdown.is_cancelled() {
         let rewards = budget().scope(membership.run_daily_rewards(membership.today()));
         if let Err(error) = rewards.await {
             tracing::warn!(error = %error, "scheduled daily rewards failed");
@@ -402,6 +410,11 @@ async fn run_scheduler(membership: Membership, interval: Duration, job_timeout: 
             }) => {}
             Err(error) => tracing::warn!(error = %error, "scheduled level evaluation failed"),
         }
-        tokio::time::sleep(interval).await;
+        // No new run once the server drains; a run under way finishes (the
+        // drain waits for it, as for a call).
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => {}
+        }
     }
 }

@@ -57,22 +57,26 @@ impl Budget {
         self.deadline
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
-            .ok_or(Error::DeadlineExceeded {
-                reason: "DEADLINE_EXCEEDED",
-            })
+            .ok_or(Error::DeadlineExceeded)
     }
 
     /// The statement that opens a transaction of this call: `BEGIN` with the
-    /// statement and lock bounds cut to the time left, sent as one simple query
-    /// (one round trip, as a bare `BEGIN`).
+    /// statement bound cut to the time left, sent as one simple query (one round
+    /// trip, as a bare `BEGIN`). A lock wait is bounded by the lock cap when that
+    /// is shorter than the time left; otherwise by the statement bound alone (so
+    /// a wait that reaches the deadline ends as the deadline, not as a conflict).
     pub fn begin_statement(&self) -> Result<String, Error> {
         let left = self.remaining()?;
-        // Whole milliseconds, at least 1: 0 would turn the bound off.
-        let ms = |cap: Duration| cap.min(left).as_millis().max(1);
-        Ok(format!(
-            "begin; set local statement_timeout = {}; set local lock_timeout = {}",
-            ms(self.statement_timeout),
+        // Whole milliseconds, at least 1 (0 would turn the bound off).
+        let ms = |bound: Duration| bound.as_millis().max(1);
+        let lock = if self.lock_timeout < left {
             ms(self.lock_timeout)
+        } else {
+            0 // off: statement_timeout, which counts lock waits, ends it
+        };
+        Ok(format!(
+            "begin; set local statement_timeout = {}; set local lock_timeout = {lock}",
+            ms(self.statement_timeout.min(left)),
         ))
     }
 }
@@ -97,6 +101,17 @@ mod tests {
             .unwrap();
         assert!((1000..=1500).contains(&timeout), "{statement}");
         assert!(statement.ends_with("lock_timeout = 200"), "{statement}");
+    }
+
+    #[tokio::test]
+    async fn a_lock_wait_reaching_the_deadline_is_left_to_the_statement_bound() {
+        let budget = Budget::new(
+            Instant::now() + Duration::from_millis(300),
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+        );
+        let statement = budget.begin_statement().unwrap();
+        assert!(statement.ends_with("lock_timeout = 0"), "{statement}");
     }
 
     #[tokio::test]

@@ -163,6 +163,12 @@ where
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        // Counted open on its connection from now (hyper calls this on the
+        // connection's task), so the connection cannot be idled out under it.
+        let stream = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(ConnInfo::stream_started);
         Box::pin(async move {
             let request_id = request_id(request.headers());
             let span = tracing::info_span!(
@@ -171,7 +177,7 @@ where
                 request_id = %request_id,
             );
             let mut response = shared
-                .serve(ready, request, span.clone())
+                .serve(ready, request, stream, span.clone())
                 .instrument(span)
                 .await
                 .unwrap_or_else(|error| Status::from(error).into_http());
@@ -188,6 +194,7 @@ impl Shared {
         self: Arc<Self>,
         inner: S,
         request: Request<Body>,
+        stream: Option<StreamGuard>,
         span: tracing::Span,
     ) -> Result<Response<Body>, Error>
     where
@@ -195,10 +202,6 @@ impl Shared {
         S::Future: Send + 'static,
     {
         let kind = Kind::of(request.uri().path());
-        let stream = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(ConnInfo::stream_started);
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -212,10 +215,14 @@ impl Shared {
             _ => self.limits.call_timeout,
         };
         let timeout = match grpc_timeout(request.headers())? {
-            Some(asked) => answer_before(asked).min(cap),
+            Some(asked) => asked.min(cap),
             None => cap,
         };
-        let deadline = Instant::now() + timeout;
+        // The work must be done by `deadline`; the answer goes out by `answer_at`,
+        // still before the caller's own timer (see `margin`).
+        let now = Instant::now();
+        let deadline = now + timeout - margin(timeout);
+        let answer_at = now + timeout - margin(timeout) / 2;
         let permit = match kind {
             Kind::Health => None,
             _ => Some(self.admit()?),
@@ -225,26 +232,36 @@ impl Shared {
         let message = tokio::select! {
             message = framing::read_message(body, self.limits.max_request_bytes) => message?,
             () = tokio::time::sleep_until(deadline) => {
-                return Err(Error::DeadlineExceeded { reason: "DEADLINE_EXCEEDED" });
+                return Err(Error::DeadlineExceeded);
             }
             () = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
         };
 
-        let budget = Budget::new(deadline, self.statement_cap(kind), self.lock_cap(kind));
-        let attempts = self.limits.conflict_attempts.max(1);
+        let (statement_cap, lock_cap) = self.caps(kind);
+        let budget = Budget::new(deadline, statement_cap, lock_cap);
+        // A job runs several transactions: one that was aborted may follow one
+        // that committed, so a job is not run again.
+        let attempts = match kind {
+            Kind::Job => 1,
+            _ => self.limits.conflict_attempts.max(1),
+        };
         let task = self.tasks.spawn(
             budget
-                .scope(serve_with_retries(inner, parts, message, attempts, permit))
+                .scope(serve_with_retries(inner, parts, message, attempts))
                 .instrument(span),
         );
         let response = tokio::select! {
             joined = task => joined.map_err(|error| {
                 Error::Internal(anyhow::Error::new(error).context("the call's task failed"))
             })?,
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(Error::DeadlineExceeded { reason: "DEADLINE_EXCEEDED" });
+            () = tokio::time::sleep_until(answer_at) => {
+                return Err(Error::DeadlineExceeded);
             }
         };
+        // The call's place among the running calls ends with its answer: a task
+        // still finishing after its deadline is bounded by the database (its
+        // statements end at the deadline) and by the pool, not by this limit.
+        drop(permit);
         Ok(self.response(response, kind, stream))
     }
 
@@ -263,19 +280,13 @@ impl Shared {
             })
     }
 
-    /// A job's statement may run as long as the job; a call's, the statement timeout.
-    fn statement_cap(&self, kind: Kind) -> Duration {
+    /// The statement and lock-wait caps: a job's statement may run, and wait for
+    /// a replica running the same job, as long as the job; a call's are the
+    /// configured statement and lock timeouts.
+    fn caps(&self, kind: Kind) -> (Duration, Duration) {
         match kind {
-            Kind::Job => self.limits.job_timeout,
-            _ => self.limits.statement_timeout,
-        }
-    }
-
-    /// A job may wait for a replica running the same job; a call waits briefly.
-    fn lock_cap(&self, kind: Kind) -> Duration {
-        match kind {
-            Kind::Job => self.limits.job_timeout,
-            _ => self.limits.lock_timeout,
+            Kind::Job => (self.limits.job_timeout, self.limits.job_timeout),
+            _ => (self.limits.statement_timeout, self.limits.lock_timeout),
         }
     }
 
@@ -298,13 +309,12 @@ impl Shared {
 }
 
 /// Serves the call, again while the database aborts it for a concurrent one
-/// and attempts are left. Holds the call's place among the running calls.
+/// and attempts are left.
 async fn serve_with_retries<S>(
     mut inner: S,
     parts: http::request::Parts,
     message: Bytes,
     attempts: u32,
-    _permit: Option<OwnedSemaphorePermit>,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
@@ -370,12 +380,14 @@ fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Error> {
     Ok(Some(timeout))
 }
 
-/// How long the server gives a call whose caller allows `asked`: a little less
-/// (a twentieth, at most 20 ms), so that its `DEADLINE_EXCEEDED`, with its
-/// reason, reaches the caller before the caller's own timer fires, and before
-/// tonic's own enforcement of `grpc-timeout` answers `CANCELLED` without one.
-fn answer_before(asked: Duration) -> Duration {
-    asked - (asked / 20).min(Duration::from_millis(20))
+/// The part of a call's time kept back: a twentieth, at most 20 ms. The work
+/// must end that much before the caller's deadline; the answer goes out half of
+/// it before. So a commit sent just before the work's deadline is still reported
+/// as done, and a `DEADLINE_EXCEEDED`, with its reason, reaches the caller before
+/// the caller's own timer fires and before tonic's own enforcement of
+/// `grpc-timeout` answers `CANCELLED` without one.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 20).min(Duration::from_millis(20))
 }
 
 /// The caller's request id when it is 1 to 128 visible ASCII characters;
@@ -484,13 +496,10 @@ mod tests {
     }
 
     #[test]
-    fn the_server_answers_a_little_before_the_callers_deadline() {
-        assert_eq!(answer_before(Duration::from_secs(1)), Duration::from_millis(980));
-        assert_eq!(
-            answer_before(Duration::from_millis(100)),
-            Duration::from_millis(95)
-        );
-        assert_eq!(answer_before(Duration::ZERO), Duration::ZERO);
+    fn a_little_of_the_callers_time_is_kept_back() {
+        assert_eq!(margin(Duration::from_secs(1)), Duration::from_millis(20));
+        assert_eq!(margin(Duration::from_millis(100)), Duration::from_millis(5));
+        assert_eq!(margin(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -21,17 +21,29 @@ use crate::error::Error;
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A connection for the current call, waiting for one no longer than its deadline.
+/// A connection for the current call's reads, waiting for one no longer than its
+/// deadline. Its statements are bounded by the session's `statement_timeout`, not
+/// by the deadline: a write goes through [`begin`], whose bounds are the call's.
 pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, Error> {
     let Some(budget) = Budget::current() else {
         return Ok(pool.acquire().await?);
     };
     match tokio::time::timeout(budget.remaining()?, pool.acquire()).await {
         Ok(connection) => Ok(connection?),
-        Err(_) => Err(Error::DeadlineExceeded {
-            reason: "DEADLINE_EXCEEDED",
-        }),
+        Err(_) => Err(Error::DeadlineExceeded),
     }
+}
+
+/// Commits a call's transaction, unless the call's deadline has passed: then it
+/// rolls back and the call is `DEADLINE_EXCEEDED`, so that a caller told its
+/// deadline passed is never one whose call took effect (a commit already sent
+/// when the deadline comes still lands: the call layer answers a little after
+/// the budget's deadline, see `call::margin`).
+pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), Error> {
+    if let Some(budget) = Budget::current() {
+        budget.remaining()?;
+    }
+    Ok(tx.commit().await?)
 }
 
 /// A transaction for the current call, its statements and lock waits bounded by

@@ -18,6 +18,7 @@ use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
+use crate::call::budget::Budget;
 use crate::clock::Clock;
 use crate::db;
 use crate::db::coupons::NewCoupon;
@@ -322,11 +323,13 @@ impl Coupons {
     #[tracing::instrument(skip_all, fields(template_id = %spec.template_id))]
     pub async fn create_template(&self, spec: &TemplateSpec) -> Result<(Template, bool), Error> {
         spec.check()?;
-        let mut conn = db::acquire(&self.pool).await?;
-        if let Some(created) = db::coupons::insert_template(&mut conn, spec, self.clock.now()).await? {
+        // A transaction, so that the deadline bounds the insert in PostgreSQL.
+        let mut tx = db::begin(&self.pool).await?;
+        if let Some(created) = db::coupons::insert_template(&mut tx, spec, self.clock.now()).await? {
+            db::commit(tx).await?;
             return Ok((created, false));
         }
-        let existing = db::coupons::get_template(&mut conn, &spec.template_id, false)
+        let existing = db::coupons::get_template(&mut tx, &spec.template_id, false)
             .await?
             .ok_or_else(|| template_not_found(&spec.template_id))?;
         if existing.spec != *spec {
@@ -394,17 +397,17 @@ impl Coupons {
         let updated = db::coupons::update_template(&mut tx, spec, self.clock.now())
             .await?
             .ok_or_else(|| template_not_found(&spec.template_id))?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(updated)
     }
 
     /// Pauses or resumes a template.
     #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn set_paused(&self, template_id: &TemplateId, paused: bool) -> Result<Template, Error> {
-        let mut conn = db::acquire(&self.pool).await?;
-        db::coupons::set_paused(&mut conn, template_id, paused, self.clock.now())
-            .await?
-            .ok_or_else(|| template_not_found(template_id))
+        let mut tx = db::begin(&self.pool).await?;
+        let template = db::coupons::set_paused(&mut tx, template_id, paused, self.clock.now()).await?;
+        db::commit(tx).await?;
+        template.ok_or_else(|| template_not_found(template_id))
     }
 
     /// Creates a public code; idempotent when the code already claims this template.
@@ -420,7 +423,7 @@ impl Coupons {
             .ok_or_else(|| template_not_found(template_id))?;
         let hash = code.hash();
         if db::coupons::insert_public_code(&mut tx, &hash, template_id, code.as_str()).await? {
-            tx.commit().await?;
+            db::commit(tx).await?;
             return Ok(false);
         }
         match db::coupons::find_code(&mut tx, &hash).await? {
@@ -462,7 +465,7 @@ impl Coupons {
             )
             .into());
         }
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(codes)
     }
 
@@ -616,7 +619,7 @@ impl Coupons {
         }
         match db::coupons::issue_coupon(&mut tx, new, now).await {
             Ok(Some(coupon)) => {
-                tx.commit().await?;
+                db::commit(tx).await?;
                 Ok(Issued {
                     coupon,
                     replayed: false,
@@ -675,10 +678,15 @@ impl Coupons {
         ensure_member(&mut conn, &order.account_id).await?;
         let coupons = db::coupons::usable_coupons(&mut conn, &order.account_id, order.currency, now).await?;
         let terms: Vec<CouponTerms> = coupons.iter().map(Coupon::terms).collect();
-        // The search is CPU work bounded by its budget: off the async workers,
-        // so other calls keep being served meanwhile.
+        // The connection goes back before the search, which needs none.
+        drop(conn);
+        // The search is CPU work bounded by its budget (and the call's deadline):
+        // off the async workers, so other calls keep being served meanwhile.
         let order = order.clone();
-        let deadline = Instant::now() + pricing::BEST_CHOICE_BUDGET;
+        let mut deadline = Instant::now() + pricing::BEST_CHOICE_BUDGET;
+        if let Some(call) = Budget::current() {
+            deadline = deadline.min(call.deadline().into_std());
+        }
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(|| pricing::best(&order, &terms, now, deadline)))
             .await
@@ -755,7 +763,7 @@ impl Coupons {
             }
             moved
         };
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(Reservation {
             pricing,
             coupons,
@@ -778,7 +786,7 @@ impl Coupons {
         db::coupons::complete(&mut tx, account_id, order_id, now).await?;
         let coupons =
             db::coupons::coupons_of_action(&mut tx, account_id, order_id, &["complete"], now).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(coupons)
     }
 
@@ -797,7 +805,7 @@ impl Coupons {
         }
         db::coupons::cancel(&mut tx, account_id, order_id, now).await?;
         let coupons = db::coupons::coupons_of_action(&mut tx, account_id, order_id, &["cancel"], now).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(coupons)
     }
 
@@ -830,7 +838,7 @@ impl Coupons {
             RefundKind::Partial => "refund_partial",
         };
         let coupons = db::coupons::coupons_of_action(&mut tx, account_id, order_id, &[action], now).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(coupons)
     }
 

@@ -130,14 +130,16 @@ impl Members {
         registered_at: DateTime<Utc>,
         birthday: Option<Birthday>,
     ) -> Result<Registration, Error> {
-        let mut conn = db::acquire(&self.pool).await?;
-        if let Some(member) = db::members::insert(&mut conn, &account_id, registered_at, birthday).await? {
+        // A transaction, so that the deadline bounds the insert in PostgreSQL.
+        let mut tx = db::begin(&self.pool).await?;
+        if let Some(member) = db::members::insert(&mut tx, &account_id, registered_at, birthday).await? {
+            db::commit(tx).await?;
             return Ok(Registration {
                 member,
                 replayed: false,
             });
         }
-        let existing = db::members::get(&mut conn, &account_id)
+        let existing = db::members::get(&mut tx, &account_id)
             .await?
             .ok_or_else(|| member_not_found(&account_id))?;
         if existing.registered_at != registered_at {
@@ -172,10 +174,10 @@ impl Members {
         account_id: &AccountId,
         birthday: Option<Birthday>,
     ) -> Result<Member, Error> {
-        let mut conn = db::acquire(&self.pool).await?;
-        db::members::set_birthday(&mut conn, account_id, birthday, self.clock.now())
-            .await?
-            .ok_or_else(|| member_not_found(account_id))
+        let mut tx = db::begin(&self.pool).await?;
+        let member = db::members::set_birthday(&mut tx, account_id, birthday, self.clock.now()).await?;
+        db::commit(tx).await?;
+        member.ok_or_else(|| member_not_found(account_id))
     }
 
     /// Flags a member as fraudulent (a flagged member keeps its first flag) and
@@ -189,7 +191,7 @@ impl Members {
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
         let revoked = db::coupons::revoke_valid(&mut tx, account_id, now).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         tracing::info!(account_id = %account_id, revoked_coupons = revoked, "member flagged as fraudulent");
         Ok(member)
     }
@@ -197,10 +199,10 @@ impl Members {
     /// Clears the fraud flag (future activity only).
     #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn unflag(&self, account_id: &AccountId) -> Result<Member, Error> {
-        let mut conn = db::acquire(&self.pool).await?;
-        db::members::unflag(&mut conn, account_id)
-            .await?
-            .ok_or_else(|| member_not_found(account_id))
+        let mut tx = db::begin(&self.pool).await?;
+        let member = db::members::unflag(&mut tx, account_id).await?;
+        db::commit(tx).await?;
+        member.ok_or_else(|| member_not_found(account_id))
     }
 }
 

@@ -209,7 +209,7 @@ impl Membership {
                 (row, false)
             }
         };
-        tx.commit().await?;
+        db::commit(tx).await?;
         let rewards_settled = self.settle_rewards().await?;
         Ok(JobOutcome {
             result,
@@ -263,7 +263,7 @@ impl Membership {
                 (row, false)
             }
         };
-        tx.commit().await?;
+        db::commit(tx).await?;
         let rewards_settled = self.settle_rewards().await?;
         Ok(JobOutcome {
             result,
@@ -438,7 +438,7 @@ impl Membership {
         }
         let (name, level) = reward.columns();
         db::levels::set_reward_templates(&mut tx, name, level, templates).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(())
     }
 

@@ -502,7 +502,7 @@ impl Points {
         let entries =
             db::points::insert_reversals(&mut tx, account, event_id, order_event_id, reversal.reversed_at)
                 .await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(Award {
             entries,
             replayed: false,
@@ -796,7 +796,7 @@ impl Points {
         entries: &[NewEntry],
     ) -> Result<Award, Error> {
         let entries = db::points::insert_entries(&mut tx, account_id, event_id, entries).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         Ok(Award {
             entries,
             replayed: false,
