@@ -208,9 +208,10 @@ impl From<sqlx::Error> for Error {
                     Error::Unavailable(error)
                 }
                 // A value PostgreSQL cannot store (a NUL byte, a date out of its
-                // range): validation should have refused it, so it is logged, but
+                // range, one a check constraint refuses): validation should have
+                // refused it, so it is logged, but
                 // it is the caller's value, not a bug of the call.
-                Some(code @ ("22021" | "22P05" | "22008" | "22003")) => {
+                Some(code @ ("22021" | "22P05" | "22008" | "22003" | "23514")) => {
                     tracing::warn!(sqlstate = code, error = %db.message(), "a value passed validation but not the database");
                     Error::invalid("request", "a value is outside what the service can store")
                 }
