@@ -26,6 +26,18 @@ fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     request
 }
 
+/// Flags alice, the caller giving up after `timeout`.
+async fn flag_alice_within(
+    app: &TestApp,
+    timeout: Duration,
+) -> Result<pb::FlagMemberResponse, tonic::Status> {
+    app.members
+        .clone()
+        .flag_member(with_timeout(flag("alice", "chargebacks"), timeout))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 fn flag(account_id: &str, reason: &str) -> pb::FlagMemberRequest {
     pb::FlagMemberRequest {
         account_id: account_id.into(),
@@ -88,13 +100,7 @@ async fn a_call_blocked_on_a_row_lock_ends_at_its_deadline_and_changes_nothing(p
     let blocker = lock_member(&pool, "alice").await;
 
     let started = Instant::now();
-    let error = app
-        .members
-        .clone()
-        .flag_member(with_timeout(
-            flag("alice", "chargebacks"),
-            Duration::from_millis(500),
-        ))
+    let error = flag_alice_within(&app, Duration::from_millis(500))
         .await
         .unwrap_err();
     // The server answers just before the caller's own timer, with its reason.
@@ -175,13 +181,9 @@ async fn a_lock_timeout_is_retried_within_the_deadline(pool: PgPool) {
     });
 
     // Two attempts time out on the lock; the third gets it.
-    let flagged = app
-        .members
-        .clone()
-        .flag_member(with_timeout(flag("alice", "chargebacks"), Duration::from_secs(5)))
-        .await;
+    let flagged = flag_alice_within(&app, Duration::from_secs(5)).await;
     release.await.unwrap();
-    assert!(flagged.unwrap().into_inner().member.unwrap().fraud_flagged);
+    assert!(flagged.unwrap().member.unwrap().fraud_flagged);
 }
 
 #[sqlx::test]
@@ -836,13 +838,7 @@ async fn a_database_that_drops_packets_fails_calls_within_their_deadline(
 
     for attempt in 0..2 {
         let started = Instant::now();
-        let error = app
-            .members
-            .clone()
-            .flag_member(with_timeout(
-                flag("alice", "chargebacks"),
-                Duration::from_millis(500),
-            ))
+        let error = flag_alice_within(&app, Duration::from_millis(500))
             .await
             .unwrap_err();
         // The second call is not refused as overload: the first gave its place
