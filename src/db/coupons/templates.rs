@@ -1,0 +1,290 @@
+//! Templates and claim codes.
+
+use super::*;
+
+/// A `coupon_template` row.
+#[derive(sqlx::FromRow)]
+struct TemplateRow {
+    template_id: String,
+    name: String,
+    description: String,
+    issuer: String,
+    seller_id: Option<String>,
+    discount_kind: String,
+    amount_off_minor: Option<i64>,
+    percent_basis_points: Option<i32>,
+    max_discount_minor: Option<i64>,
+    currency: String,
+    min_purchase_minor: i64,
+    valid_from: Option<DateTime<Utc>>,
+    valid_until: Option<DateTime<Utc>>,
+    valid_days: Option<i32>,
+    total_stock: Option<i64>,
+    daily_stock: Option<i64>,
+    per_member_limit: i32,
+    allowed_levels: Vec<String>,
+    regular_price_only: bool,
+    paused: bool,
+    issued_count: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TemplateRow> for Template {
+    type Error = sqlx::Error;
+
+    fn try_from(row: TemplateRow) -> Result<Self, Self::Error> {
+        let validity = match (row.valid_from, row.valid_until, row.valid_days) {
+            (Some(from), Some(until), None) => Validity::Window { from, until },
+            (None, None, Some(days)) => {
+                Validity::Days(u32::try_from(days).map_err(|_| decode("valid_days", days))?)
+            }
+            other => return Err(decode("validity", other)),
+        };
+        Ok(Template {
+            spec: TemplateSpec {
+                template_id: TemplateId::parse(&row.template_id).map_err(|e| decode("template_id", e))?,
+                name: row.name,
+                description: row.description,
+                issuer: issuer_from(&row.issuer, row.seller_id)?,
+                discount: discount_from(
+                    &row.discount_kind,
+                    row.amount_off_minor,
+                    row.percent_basis_points,
+                    row.max_discount_minor,
+                )?,
+                currency: currency_from(&row.currency)?,
+                min_purchase: row.min_purchase_minor,
+                validity,
+                total_stock: row.total_stock,
+                daily_stock: row.daily_stock,
+                per_member_limit: u32::try_from(row.per_member_limit)
+                    .map_err(|_| decode("per_member_limit", row.per_member_limit))?,
+                allowed_levels: row
+                    .allowed_levels
+                    .iter()
+                    .map(|l| Level::from_db(l).ok_or_else(|| decode("level", l)))
+                    .collect::<Result<_, _>>()?,
+                regular_price_only: row.regular_price_only,
+            },
+            paused: row.paused,
+            issued_count: row.issued_count,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+const TEMPLATE_COLUMNS: &str = "template_id, name, description, issuer, seller_id, discount_kind, \
+     amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor, \
+     valid_from, valid_until, valid_days, total_stock, daily_stock, per_member_limit, allowed_levels, \
+     regular_price_only, paused, issued_count, created_at, updated_at";
+
+/// Binds a template's terms as $1..$18 in [`TEMPLATE_COLUMNS`] order (up to
+/// `regular_price_only`).
+macro_rules! bind_spec {
+    ($query:expr, $spec:expr) => {{
+        let spec: &TemplateSpec = $spec;
+        let (issuer, seller_id) = issuer_columns(&spec.issuer);
+        let (kind, amount, basis_points, max) = discount_columns(&spec.discount);
+        let (valid_from, valid_until, valid_days) = match spec.validity {
+            Validity::Window { from, until } => (Some(from), Some(until), None),
+            Validity::Days(days) => (None, None, i32::try_from(days).ok()),
+        };
+        let levels: Vec<&str> = spec.allowed_levels.iter().map(|l| l.as_str()).collect();
+        $query
+            .bind(spec.template_id.as_str())
+            .bind(&spec.name)
+            .bind(&spec.description)
+            .bind(issuer)
+            .bind(seller_id)
+            .bind(kind)
+            .bind(amount)
+            .bind(basis_points)
+            .bind(max)
+            .bind(spec.currency.as_str())
+            .bind(spec.min_purchase)
+            .bind(valid_from)
+            .bind(valid_until)
+            .bind(valid_days)
+            .bind(spec.total_stock)
+            .bind(spec.daily_stock)
+            .bind(i32::try_from(spec.per_member_limit).unwrap_or(i32::MAX))
+            .bind(levels)
+            .bind(spec.regular_price_only)
+    }};
+}
+
+/// Inserts a template; `None` when the id is taken.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %spec.template_id))]
+pub async fn insert_template(
+    conn: &mut PgConnection,
+    spec: &TemplateSpec,
+    now: DateTime<Utc>,
+) -> Result<Option<Template>, sqlx::Error> {
+    let query = format!(
+        "insert into coupon_template (template_id, name, description, issuer, seller_id, discount_kind, \
+             amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor, \
+             valid_from, valid_until, valid_days, total_stock, daily_stock, per_member_limit, \
+             allowed_levels, regular_price_only, created_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20) \
+         on conflict (template_id) do nothing returning {TEMPLATE_COLUMNS}"
+    );
+    let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
+        .bind(now)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Template::try_from).transpose()
+}
+
+/// Reads a template, locking it when `for_update`.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
+pub async fn get_template(
+    conn: &mut PgConnection,
+    template_id: &TemplateId,
+    for_update: bool,
+) -> Result<Option<Template>, sqlx::Error> {
+    let lock = if for_update { "for update" } else { "" };
+    let row: Option<TemplateRow> = sqlx::query_as(&format!(
+        "select {TEMPLATE_COLUMNS} from coupon_template where template_id = $1 {lock}"
+    ))
+    .bind(template_id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(Template::try_from).transpose()
+}
+
+/// Templates by id after `after`, at most `limit`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn list_templates(
+    conn: &mut PgConnection,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Template>, sqlx::Error> {
+    let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
+        "select {TEMPLATE_COLUMNS} from coupon_template \
+         where $1::text is null or template_id > $1 order by template_id limit $2"
+    ))
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Template::try_from).collect()
+}
+
+/// Replaces a template's terms.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %spec.template_id))]
+pub async fn update_template(
+    conn: &mut PgConnection,
+    spec: &TemplateSpec,
+    now: DateTime<Utc>,
+) -> Result<Option<Template>, sqlx::Error> {
+    let query = format!(
+        "update coupon_template set name = $2, description = $3, issuer = $4, seller_id = $5, \
+             discount_kind = $6, amount_off_minor = $7, percent_basis_points = $8, max_discount_minor = $9, \
+             currency = $10, min_purchase_minor = $11, valid_from = $12, valid_until = $13, valid_days = $14, \
+             total_stock = $15, daily_stock = $16, per_member_limit = $17, allowed_levels = $18, \
+             regular_price_only = $19, updated_at = $20 \
+         where template_id = $1 returning {TEMPLATE_COLUMNS}"
+    );
+    let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
+        .bind(now)
+        .fetch_optional(conn)
+        .await?;
+    row.map(Template::try_from).transpose()
+}
+
+/// Pauses or resumes a template.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
+pub async fn set_paused(
+    conn: &mut PgConnection,
+    template_id: &TemplateId,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<Template>, sqlx::Error> {
+    let row: Option<TemplateRow> = sqlx::query_as(&format!(
+        "update coupon_template set paused = $2, updated_at = $3 where template_id = $1 returning {TEMPLATE_COLUMNS}"
+    ))
+    .bind(template_id.as_str())
+    .bind(paused)
+    .bind(now)
+    .fetch_optional(conn)
+    .await?;
+    row.map(Template::try_from).transpose()
+}
+
+/// A claim code.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CodeRow {
+    pub template_id: String,
+    pub kind: String,
+    pub consumed_by: Option<String>,
+}
+
+/// Inserts a public code; `false` when the code exists.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
+pub async fn insert_public_code(
+    conn: &mut PgConnection,
+    code_hash: &[u8],
+    template_id: &TemplateId,
+    code: &str,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "insert into claim_code (code_hash, template_id, kind, public_code) values ($1, $2, 'public', $3) \
+         on conflict (code_hash) do nothing",
+    )
+    .bind(code_hash)
+    .bind(template_id.as_str())
+    .bind(code)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Inserts single-use codes by their hashes; returns how many were inserted.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id, codes = hashes.len()))]
+pub async fn insert_single_use_codes(
+    conn: &mut PgConnection,
+    template_id: &TemplateId,
+    hashes: &[Vec<u8>],
+) -> Result<u64, sqlx::Error> {
+    let inserted = sqlx::query(
+        "insert into claim_code (code_hash, template_id, kind) \
+         select h, $1, 'single_use' from unnest($2::bytea[]) as t (h) \
+         on conflict (code_hash) do nothing",
+    )
+    .bind(template_id.as_str())
+    .bind(hashes)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected())
+}
+
+/// Finds a claim code by its hash.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn find_code(conn: &mut PgConnection, code_hash: &[u8]) -> Result<Option<CodeRow>, sqlx::Error> {
+    sqlx::query_as("select template_id, kind, consumed_by from claim_code where code_hash = $1")
+        .bind(code_hash)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Consumes a single-use code for `account_id`; `false` when already consumed.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
+pub async fn consume_code(
+    conn: &mut PgConnection,
+    code_hash: &[u8],
+    account_id: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "update claim_code set consumed_by = $2, consumed_at = $3 \
+         where code_hash = $1 and kind = 'single_use' and consumed_by is null",
+    )
+    .bind(code_hash)
+    .bind(account_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
