@@ -19,7 +19,8 @@
 //!    lock waits at the deadline instead, the transaction rolls back and the
 //!    connection returns to the pool clean;
 //! 6. retries, within the deadline, a call the database aborted for a concurrent
-//!    one (`ABORTED`: every call is one transaction, rolled back whole);
+//!    one (`ABORTED`: the call's one transaction rolled back whole); the jobs,
+//!    which run several transactions, are not retried;
 //! 7. ends streaming responses (health `Watch`, reflection) with `UNAVAILABLE`
 //!    when the server shuts down, so that draining never waits on them.
 //!
@@ -220,9 +221,9 @@ impl Shared {
         };
         // The work must be done by `deadline`; the answer goes out by `answer_at`,
         // still before the caller's own timer (see `margin`).
-        let now = Instant::now();
-        let deadline = now + timeout - margin(timeout);
-        let answer_at = now + timeout - margin(timeout) / 2;
+        let (now, margin) = (Instant::now(), margin(timeout));
+        let deadline = now + timeout - margin;
+        let answer_at = now + timeout - margin / 2;
         let permit = match kind {
             Kind::Health => None,
             _ => Some(self.admit()?),
