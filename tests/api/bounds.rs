@@ -45,16 +45,22 @@ fn flag(account_id: &str, reason: &str) -> pb::FlagMemberRequest {
     }
 }
 
-async fn is_flagged(app: &TestApp, account_id: &str) -> bool {
-    app.members
+/// Reads a member, the caller giving up after `timeout`.
+async fn get_member(app: &TestApp, account_id: &str, timeout: Duration) -> Result<pb::Member, tonic::Status> {
+    let request = pb::GetMemberRequest {
+        account_id: account_id.into(),
+    };
+    let response = app
+        .members
         .clone()
-        .get_member(pb::GetMemberRequest {
-            account_id: account_id.into(),
-        })
+        .get_member(with_timeout(request, timeout))
+        .await?;
+    Ok(response.into_inner().member.unwrap_or_default())
+}
+
+async fn is_flagged(app: &TestApp, account_id: &str) -> bool {
+    get_member(app, account_id, Duration::from_secs(5))
         .await
-        .unwrap()
-        .into_inner()
-        .member
         .unwrap()
         .fraud_flagged
 }
@@ -128,13 +134,7 @@ async fn a_call_blocked_on_a_row_lock_ends_at_its_deadline_and_changes_nothing(p
     // connections serve cleanly, outside any transaction.
     assert!(!is_flagged(&app, "alice").await);
     for _ in 0..10 {
-        app.members
-            .clone()
-            .get_member(pb::GetMemberRequest {
-                account_id: "alice".into(),
-            })
-            .await
-            .unwrap();
+        get_member(&app, "alice", Duration::from_secs(5)).await.unwrap();
     }
     assert_eq!(backends_in(&pool, "idle in transaction").await, 0);
 }
@@ -590,12 +590,7 @@ async fn calls_beyond_the_concurrency_limit_are_shed_while_health_answers(pool: 
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let error = app
-        .members
-        .clone()
-        .get_member(pb::GetMemberRequest {
-            account_id: "alice".into(),
-        })
+    let error = get_member(&app, "alice", Duration::from_secs(5))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::ResourceExhausted);
@@ -859,17 +854,7 @@ async fn a_database_that_drops_packets_fails_calls_within_their_deadline(
     // Calls work again once the network does.
     let mut answered = false;
     for _ in 0..50 {
-        let member = app
-            .members
-            .clone()
-            .get_member(with_timeout(
-                pb::GetMemberRequest {
-                    account_id: "alice".into(),
-                },
-                Duration::from_secs(2),
-            ))
-            .await;
-        if member.is_ok() {
+        if get_member(&app, "alice", Duration::from_secs(2)).await.is_ok() {
             answered = true;
             break;
         }
