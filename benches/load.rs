@@ -273,6 +273,7 @@ async fn call(shared: &Shared, clients: &mut Clients) -> Result<(), tonic::Statu
                 .reserve_coupons(pb::ReserveCouponsRequest {
                     order: Some(order(account_id.clone(), order_id.clone())),
                     coupon_ids: vec![i64::try_from(c).unwrap_or(1)],
+                    ..Default::default()
                 })
                 .await?;
             coupons

@@ -124,6 +124,11 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOYALTY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// How long a reservation holds its coupons when the checkout asks for no
+    /// length (seconds, 60 to 86400): then the coupons read as VALID again.
+    #[arg(long, env = "LOYALTY_COUPON_HOLD_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub coupon_hold_secs: u64,
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]

@@ -213,7 +213,12 @@ impl Application {
         let calendar = Calendar::new(config.time_zone);
         let members = Members::new(pool.clone(), clock.clone());
         let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
-        let coupons = Coupons::new(pool.clone(), calendar, clock.clone());
+        let coupons = Coupons::new(
+            pool.clone(),
+            calendar,
+            clock.clone(),
+            Duration::from_secs(config.coupon_hold_secs),
+        );
         let membership = Membership::new(
             pool.clone(),
             level_rules,

@@ -100,6 +100,10 @@ external_id!(
     /// A caller's idempotency key for a coupon issuance.
     IssuanceId
 );
+external_id!(
+    /// A refund of an order, chosen by the order service (its idempotency key).
+    RefundId
+);
 
 #[cfg(test)]
 mod tests {

@@ -190,7 +190,7 @@ impl Members {
         let member = db::members::flag(&mut tx, account_id, reason, now)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
-        let revoked = db::coupons::revoke_valid(&mut tx, account_id, now).await?;
+        let revoked = crate::domain::coupons::revoke_usable(&mut tx, account_id, now).await?;
         db::commit(tx).await?;
         tracing::info!(account_id = %account_id, revoked_coupons = revoked, "member flagged as fraudulent");
         Ok(member)

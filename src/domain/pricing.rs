@@ -68,40 +68,16 @@ impl Discount {
     }
 }
 
-/// The status of a coupon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The status of a coupon. Stored as text (`valid`, `inactive`, ...): this
+/// derive is the one mapping between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CouponStatus {
     Valid,
     Inactive,
     Used,
     Expired,
     Revoked,
-}
-
-impl CouponStatus {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CouponStatus::Valid => "valid",
-            CouponStatus::Inactive => "inactive",
-            CouponStatus::Used => "used",
-            CouponStatus::Expired => "expired",
-            CouponStatus::Revoked => "revoked",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn from_db(name: &str) -> Option<Self> {
-        [
-            CouponStatus::Valid,
-            CouponStatus::Inactive,
-            CouponStatus::Used,
-            CouponStatus::Expired,
-            CouponStatus::Revoked,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
-    }
 }
 
 /// Why a picked coupon does not apply.

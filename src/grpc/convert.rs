@@ -117,6 +117,14 @@ pub fn money(money: Option<pb::Money>, field: &str) -> Result<Money, Error> {
     Money::new(money.amount_minor, currency).field(&format!("{field}.amount_minor"))
 }
 
+/// An amount on the wire.
+pub fn money_pb(minor: i64, currency: Currency) -> pb::Money {
+    pb::Money {
+        amount_minor: minor,
+        currency_code: currency.to_string(),
+    }
+}
+
 /// A required enum value: known and not `*_UNSPECIFIED` (which is value 0).
 pub fn required_enum<E: TryFrom<i32>>(value: i32, field: &str) -> Result<E, Error> {
     if value == 0 {

@@ -2,22 +2,25 @@
 
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
 use crate::domain::coupons::{
-    ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, RefundKind, Template, TemplateSpec, Transition,
-    Validity,
+    ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, OrderCheckout, OrderStatus, Refund, RefundExtent,
+    ReserveRequest, Template, TemplateSpec, Transition, Validity, check_hold,
 };
 use crate::domain::ids::{
-    AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, SellerId, TemplateId,
+    AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, RefundId, SellerId, TemplateId,
 };
 use crate::domain::levels::Level;
 use crate::domain::money::Currency;
 use crate::domain::pricing::{
-    CheckoutLine, CheckoutOrder, CouponStatus, Discount, Issuer, MAX_PICKED, Pricing, Refusal,
+    CheckoutLine, CheckoutOrder, CouponStatus, Discount, Issuer, MAX_LINES, MAX_PICKED, MAX_QUANTITY,
+    Pricing, Refusal,
 };
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    page_size, page_token, parse_page_token, parse_text_page_token, required_enum, required_instant,
-    text_page_token, timestamp,
+    money_pb, page_size, page_token, parse_page_token, parse_text_page_token, required_enum,
+    required_instant, text_page_token, timestamp,
 };
 use crate::pb;
 
@@ -247,12 +250,13 @@ pub(crate) fn coupon_pb(coupon: Coupon) -> pb::Coupon {
         .into(),
         issued_at: Some(timestamp(coupon.issued_at)),
         order_id: coupon.order_id.map(|o| o.to_string()).unwrap_or_default(),
+        hold_expire_time: coupon.hold_until.map(timestamp),
     }
 }
 
 fn transition_pb(transition: Transition) -> pb::CouponTransition {
     pb::CouponTransition {
-        action: transition.action,
+        action: transition.action.as_str().to_owned(),
         from_status: transition
             .from_status
             .map_or(pb::CouponStatus::Unspecified, status_pb)
@@ -292,12 +296,11 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
     )
 }
 
-fn picked_ids(ids: &[i64], at_least_one: bool) -> Result<Vec<i64>, Error> {
-    if ids.len() > MAX_PICKED || (at_least_one && ids.is_empty()) {
-        let least = if at_least_one { 1 } else { 0 };
+fn picked_ids(ids: &[i64]) -> Result<Vec<i64>, Error> {
+    if ids.len() > MAX_PICKED {
         return Err(Error::invalid(
             "coupon_ids",
-            format!("must name {least} to {MAX_PICKED} coupons"),
+            format!("must name at most {MAX_PICKED} coupons"),
         ));
     }
     let mut seen = std::collections::HashSet::new();
@@ -310,8 +313,8 @@ fn picked_ids(ids: &[i64], at_least_one: bool) -> Result<Vec<i64>, Error> {
     Ok(ids.to_vec())
 }
 
-fn pricing_pb(order: &CheckoutOrder, pricing: Pricing) -> pb::Pricing {
-    let line_id = |index: usize| order.lines()[index].line_id.to_string();
+fn pricing_pb(lines: &[CheckoutLine], currency: Currency, pricing: Pricing) -> pb::Pricing {
+    let line_id = |index: usize| lines[index].line_id.to_string();
     let total = pricing.total();
     pb::Pricing {
         coupons: pricing
@@ -355,7 +358,133 @@ fn pricing_pb(order: &CheckoutOrder, pricing: Pricing) -> pb::Pricing {
         subtotal_minor: pricing.subtotal,
         discount_minor: pricing.discount,
         total_minor: total,
-        currency_code: order.currency.to_string(),
+        currency_code: currency.to_string(),
+    }
+}
+
+fn line_pb(line: CheckoutLine) -> pb::CheckoutLine {
+    pb::CheckoutLine {
+        line_id: line.line_id.to_string(),
+        seller_id: line.seller_id.to_string(),
+        product_id: line.product_id.to_string(),
+        category_id: line.category_id.to_string(),
+        unit_price_minor: line.unit_price,
+        quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
+        sale_price: line.sale_price,
+    }
+}
+
+fn order_status_pb(status: OrderStatus) -> pb::OrderStatus {
+    match status {
+        OrderStatus::Open => pb::OrderStatus::Open,
+        OrderStatus::Completed => pb::OrderStatus::Completed,
+        OrderStatus::Cancelled => pb::OrderStatus::Cancelled,
+        OrderStatus::Refunded => pb::OrderStatus::Refunded,
+    }
+}
+
+fn refund_pb(refund: Refund, currency: Currency) -> pb::Refund {
+    pb::Refund {
+        refund_id: refund.refund_id.to_string(),
+        whole_order: refund.whole_order,
+        lines: refund
+            .lines
+            .into_iter()
+            .map(|l| pb::RefundLine {
+                line_id: l.line_id.to_string(),
+                quantity: i32::try_from(l.quantity).unwrap_or(i32::MAX),
+            })
+            .collect(),
+        clawbacks: refund
+            .clawbacks
+            .into_iter()
+            .map(|c| pb::Clawback {
+                line_id: c.line_id.to_string(),
+                coupon_id: c.coupon_id,
+                discount: Some(money_pb(c.discount, currency)),
+            })
+            .collect(),
+        completes_order: refund.completes_order,
+        create_time: Some(timestamp(refund.created_at)),
+    }
+}
+
+fn order_pb(order: OrderCheckout) -> pb::OrderCheckout {
+    let currency = order.currency;
+    pb::OrderCheckout {
+        order_id: order.order_id.to_string(),
+        account_id: order.account_id.to_string(),
+        status: order_status_pb(order.status).into(),
+        cart_revision: order.cart_revision,
+        hold_expire_time: (order.status == OrderStatus::Open).then(|| timestamp(order.hold_until)),
+        currency_code: currency.to_string(),
+        pricing: Some(pricing_pb(&order.lines, currency, order.pricing)),
+        lines: order.lines.into_iter().map(line_pb).collect(),
+        coupons: order.coupons.into_iter().map(coupon_pb).collect(),
+        refunds: order
+            .refunds
+            .into_iter()
+            .map(|r| refund_pb(r, currency))
+            .collect(),
+        create_time: Some(timestamp(order.created_at)),
+        update_time: Some(timestamp(order.updated_at)),
+    }
+}
+
+/// The order a call names by `account_id` and `order_id`.
+fn order_key(account_id: &str, order_id: &str) -> Result<(AccountId, OrderId), Error> {
+    Ok((
+        AccountId::parse(account_id).field("account_id")?,
+        OrderId::parse(order_id).field("order_id")?,
+    ))
+}
+
+/// A hold's length on the wire: absent for the default; else 1 minute to 24 hours.
+fn hold_duration(duration: Option<prost_types::Duration>) -> Result<Option<Duration>, Error> {
+    let Some(duration) = duration else {
+        return Ok(None);
+    };
+    let exact = u64::try_from(duration.seconds)
+        .ok()
+        .filter(|_| (0..1_000_000_000).contains(&duration.nanos))
+        .map(|seconds| Duration::new(seconds, u32::try_from(duration.nanos).unwrap_or(0)))
+        .ok_or_else(|| Error::invalid("hold_duration", "must be 1 minute to 24 hours"))?;
+    check_hold(exact).field("hold_duration").map(Some)
+}
+
+/// A refund's extent on the wire.
+fn refund_extent(extent: Option<pb::refund_order_request::Extent>) -> Result<RefundExtent, Error> {
+    use pb::refund_order_request::Extent;
+    match extent {
+        None => Err(Error::invalid("extent", "is required: whole_order or lines")),
+        Some(Extent::WholeOrder(_)) => Ok(RefundExtent::WholeOrder),
+        Some(Extent::Lines(lines)) => {
+            if lines.lines.is_empty() || lines.lines.len() > MAX_LINES {
+                return Err(Error::invalid(
+                    "lines.lines",
+                    format!("must name 1 to {MAX_LINES} lines"),
+                ));
+            }
+            lines
+                .lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, line)| {
+                    let line_id = LineId::parse(&line.line_id).field(&format!("lines.lines[{i}].line_id"))?;
+                    let quantity = u32::try_from(line.quantity)
+                        .ok()
+                        .filter(|q| (1..=MAX_QUANTITY).contains(q))
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                format!("lines.lines[{i}].quantity"),
+                                format!("must be 1 to {MAX_QUANTITY}"),
+                            )
+                        })?;
+                    Ok((line_id, quantity))
+                })
+                .collect::<Result<Vec<_>, Error>>()
+                .map(RefundExtent::Lines)
+        }
     }
 }
 
@@ -495,10 +624,10 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ValidateCouponsResponse>, Status> {
         let request = request.into_inner();
         let order = checkout_order(request.order)?;
-        let ids = picked_ids(&request.coupon_ids, false)?;
+        let ids = picked_ids(&request.coupon_ids)?;
         let pricing = self.coupons.validate(&order, &ids).await?;
         Ok(Response::new(pb::ValidateCouponsResponse {
-            pricing: Some(pricing_pb(&order, pricing)),
+            pricing: Some(pricing_pb(order.lines(), order.currency, pricing)),
         }))
     }
 
@@ -510,7 +639,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         let (coupon_ids, pricing) = self.coupons.best(&order).await?;
         Ok(Response::new(pb::BestCouponsResponse {
             coupon_ids,
-            pricing: Some(pricing_pb(&order, pricing)),
+            pricing: Some(pricing_pb(order.lines(), order.currency, pricing)),
         }))
     }
 
@@ -519,13 +648,28 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::ReserveCouponsRequest>,
     ) -> Result<Response<pb::ReserveCouponsResponse>, Status> {
         let request = request.into_inner();
-        let order = checkout_order(request.order)?;
-        let ids = picked_ids(&request.coupon_ids, true)?;
-        let reservation = self.coupons.reserve(&order, &ids).await?;
+        let reserve = ReserveRequest {
+            order: checkout_order(request.order)?,
+            coupon_ids: picked_ids(&request.coupon_ids)?,
+            cart_revision: request.cart_revision,
+            hold: hold_duration(request.hold_duration)?,
+        };
+        let reservation = self.coupons.reserve(&reserve).await?;
         Ok(Response::new(pb::ReserveCouponsResponse {
-            pricing: Some(pricing_pb(&order, reservation.pricing)),
-            coupons: reservation.coupons.into_iter().map(coupon_pb).collect(),
+            order: Some(order_pb(reservation.order)),
             replayed: reservation.replayed,
+            request_id: String::new(),
+        }))
+    }
+
+    async fn get_checkout_order(
+        &self,
+        request: Request<pb::GetCheckoutOrderRequest>,
+    ) -> Result<Response<pb::GetCheckoutOrderResponse>, Status> {
+        let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
+        let order = self.coupons.order(&account_id, &order_id).await?;
+        Ok(Response::new(pb::GetCheckoutOrderResponse {
+            order: Some(order_pb(order)),
         }))
     }
 
@@ -533,12 +677,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
-        let request = request.into_inner();
-        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
-        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
-        let coupons = self.coupons.complete(&account_id, &order_id).await?;
+        let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
+        let order = self.coupons.complete(&account_id, &order_id).await?;
         Ok(Response::new(pb::CompleteOrderResponse {
-            coupons: coupons.into_iter().map(coupon_pb).collect(),
+            order: Some(order_pb(order)),
+            request_id: String::new(),
         }))
     }
 
@@ -546,12 +689,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
-        let request = request.into_inner();
-        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
-        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
-        let coupons = self.coupons.cancel(&account_id, &order_id).await?;
+        let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
+        let order = self.coupons.cancel(&account_id, &order_id).await?;
         Ok(Response::new(pb::CancelOrderResponse {
-            coupons: coupons.into_iter().map(coupon_pb).collect(),
+            order: Some(order_pb(order)),
+            request_id: String::new(),
         }))
     }
 
@@ -560,16 +702,19 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
         let request = request.into_inner();
-        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
-        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
-        let kind = match required_enum::<pb::RefundKind>(request.kind, "kind")? {
-            pb::RefundKind::Full => RefundKind::Full,
-            pb::RefundKind::Partial => RefundKind::Partial,
-            pb::RefundKind::Unspecified => return Err(Error::invalid("kind", "is required").into()),
-        };
-        let coupons = self.coupons.refund(&account_id, &order_id, kind).await?;
+        let (account_id, order_id) = order_key(&request.account_id, &request.order_id)?;
+        let refund_id = RefundId::parse(&request.refund_id).field("refund_id")?;
+        let extent = refund_extent(request.extent)?;
+        let refunded = self
+            .coupons
+            .refund(&account_id, &order_id, &refund_id, &extent)
+            .await?;
+        let currency = refunded.order.currency;
         Ok(Response::new(pb::RefundOrderResponse {
-            coupons: coupons.into_iter().map(coupon_pb).collect(),
+            order: Some(order_pb(refunded.order)),
+            refund: Some(refund_pb(refunded.refund, currency)),
+            replayed: refunded.replayed,
+            request_id: String::new(),
         }))
     }
 

@@ -88,10 +88,16 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
         .reserve(order.clone(), vec![site.coupon_id, seller.coupon_id])
         .await
         .unwrap();
+    let reserved = reserved.order.unwrap();
     assert_eq!(
         reserved.pricing.as_ref(),
         Some(&validated),
-        "reserve prices exactly as validate did"
+        "reserve prices exactly as validate did, and stores it"
+    );
+    assert_eq!(
+        app.checkout_order("alice", "o-9").await.unwrap().pricing.as_ref(),
+        Some(&validated),
+        "the stored pricing reads back"
     );
     assert!(
         reserved
@@ -110,14 +116,7 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
     assert!(nothing.coupon_ids.is_empty());
     assert_eq!(nothing.pricing.unwrap().total_minor, 3000);
 
-    let completed = coupons
-        .complete_order(pb::CompleteOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-9".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let completed = app.complete("alice", "o-9").await.unwrap();
     assert!(
         completed
             .coupons
@@ -125,17 +124,12 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
             .all(|c| c.status() == pb::CouponStatus::Used)
     );
 
-    let refunded = coupons
-        .refund_order(pb::RefundOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-9".into(),
-            kind: pb::RefundKind::Full.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let refunded = app.refund("alice", "o-9", "r-1", &[]).await.unwrap();
     let status_of = |id: i64| {
         refunded
+            .order
+            .as_ref()
+            .unwrap()
             .coupons
             .iter()
             .find(|c| c.coupon_id == id)

@@ -45,7 +45,10 @@ async fn a_hundred_concurrent_reserves_of_one_coupon_let_exactly_one_win(
             );
         }
         let held = app.coupon("alice", coupon.coupon_id).await;
-        assert_eq!(held.coupon.unwrap().order_id, winners[0].coupons[0].order_id);
+        assert_eq!(
+            held.coupon.unwrap().order_id,
+            winners[0].order.as_ref().unwrap().coupons[0].order_id
+        );
         assert_eq!(held.history.iter().filter(|t| t.action == "reserve").count(), 1);
     }
 }
@@ -230,9 +233,10 @@ async fn concurrent_reserves_of_one_order_never_give_it_two_platform_coupons(
         let held: Vec<i64> = [a, b]
             .into_iter()
             .filter(|id| {
-                results
-                    .iter()
-                    .any(|r| r.as_ref().is_ok_and(|r| r.coupons[0].coupon_id == *id))
+                results.iter().any(|r| {
+                    r.as_ref()
+                        .is_ok_and(|r| r.order.as_ref().unwrap().coupons[0].coupon_id == *id)
+                })
             })
             .collect();
         assert_eq!(held.len(), 1, "round {round}: one platform coupon per order");
@@ -246,7 +250,7 @@ async fn concurrent_reserves_of_one_order_never_give_it_two_platform_coupons(
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             assert_eq!(
                 reason(error),
-                "ORDER_ALREADY_RESERVED",
+                "IDEMPOTENCY_KEY_REUSED",
                 "round {round}: {error:?}"
             );
         }

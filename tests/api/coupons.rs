@@ -373,16 +373,7 @@ async fn coupon_calls_on_an_unknown_account_are_not_found(pool: PgPool) {
             "ReserveCoupons",
             app.reserve(ghost_order(), vec![alices]).await.unwrap_err(),
         ),
-        (
-            "CompleteOrder",
-            coupons
-                .complete_order(pb::CompleteOrderRequest {
-                    account_id: "ghost".into(),
-                    order_id: "o-1".into(),
-                })
-                .await
-                .unwrap_err(),
-        ),
+        ("CompleteOrder", app.complete("ghost", "o-1").await.unwrap_err()),
         ("IssueCoupon", app.issue("ghost", "t").await.unwrap_err()),
         (
             "ListCoupons",
@@ -546,16 +537,7 @@ async fn flagging_a_member_revokes_its_valid_coupons_and_stops_new_ones(pool: Pg
         "MEMBER_FLAGGED"
     );
     // Its reserved coupon does not come back usable when the order is cancelled.
-    let cancelled = app
-        .coupons
-        .clone()
-        .cancel_order(pb::CancelOrderRequest {
-            account_id: "mallory".into(),
-            order_id: "o-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cancelled = app.cancel("mallory", "o-1").await.unwrap();
     assert_eq!(cancelled.coupons[0].status(), pb::CouponStatus::Revoked);
     let reserve = app
         .reserve(order_of("mallory", "o-2"), vec![valid.coupon_id])
@@ -614,12 +596,6 @@ async fn reserve_complete_and_every_retry_return_the_same_outcome(pool: PgPool) 
     app.register("alice").await;
     app.create_template(platform_template("t", 500)).await;
     let coupon = app.issue("alice", "t").await.unwrap();
-    let mut coupons = app.coupons.clone();
-    let complete = || pb::CompleteOrderRequest {
-        account_id: "alice".into(),
-        order_id: "o-1".into(),
-    };
-
     let reserved = app
         .reserve(order_of("alice", "o-1"), vec![coupon.coupon_id])
         .await
@@ -632,10 +608,11 @@ async fn reserve_complete_and_every_retry_return_the_same_outcome(pool: PgPool) 
         app.status_of("alice", coupon.coupon_id).await,
         pb::CouponStatus::Inactive
     );
-    let completed = coupons.complete_order(complete()).await.unwrap().into_inner();
-    let completed_again = coupons.complete_order(complete()).await.unwrap().into_inner();
+    let completed = app.complete("alice", "o-1").await.unwrap();
+    let completed_again = app.complete("alice", "o-1").await.unwrap();
 
     assert!(!reserved.replayed && reserved_again.replayed);
+    let (reserved, reserved_again) = (reserved.order.unwrap(), reserved_again.order.unwrap());
     assert_eq!(reserved.pricing, reserved_again.pricing);
     assert_eq!(reserved.coupons[0].order_id, "o-1");
     assert_eq!(completed.coupons, completed_again.coupons);
@@ -648,14 +625,8 @@ async fn reserve_complete_and_every_retry_return_the_same_outcome(pool: PgPool) 
         .map(|t| t.action)
         .collect();
     assert_eq!(history, vec!["issue", "reserve", "complete"]);
-    // A closed order takes no new reservation, and cannot be cancelled.
-    let cancel = coupons
-        .cancel_order(pb::CancelOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-1".into(),
-        })
-        .await
-        .unwrap_err();
+    // A completed order cannot be cancelled.
+    let cancel = app.cancel("alice", "o-1").await.unwrap_err();
     assert_eq!(reason(&cancel), "ORDER_COMPLETED");
 }
 
@@ -688,7 +659,11 @@ async fn a_coupon_reserved_by_another_order_cannot_be_applied(pool: PgPool) {
     let violations = error.get_details_precondition_failure().unwrap().violations;
     assert_eq!(violations[0].r#type, "ALREADY_APPLIED");
     assert_eq!(violations[0].subject, coupon.coupon_id.to_string());
-    assert_eq!(reason(&switched), "ORDER_ALREADY_RESERVED");
+    assert_eq!(
+        (switched.code(), reason(&switched).as_str()),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED"),
+        "the same revision with other coupons"
+    );
     assert_eq!(
         app.status_of("alice", other.coupon_id).await,
         pb::CouponStatus::Valid
@@ -736,27 +711,33 @@ async fn cancelling_releases_coupons_and_expired_ones_become_expired(pool: PgPoo
     app.create_template(platform_template("long", 100)).await;
     let expiring = app.issue("alice", "short").await.unwrap();
     let lasting = app.issue("alice", "long").await.unwrap();
-    app.reserve(order_of("alice", "o-1"), vec![expiring.coupon_id])
+    app.clock.advance(TimeDelta::hours(12));
+    app.coupons
+        .clone()
+        .reserve_coupons(pb::ReserveCouponsRequest {
+            order: Some(order_of("alice", "o-1")),
+            coupon_ids: vec![expiring.coupon_id],
+            hold_duration: Some(prost_types::Duration {
+                seconds: 24 * 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
         .await
         .unwrap();
     app.reserve(order_of("alice", "o-2"), vec![lasting.coupon_id])
         .await
         .unwrap();
 
-    // Past its expiry while INACTIVE, it stays INACTIVE until the order closes.
-    app.clock.advance(TimeDelta::days(2));
+    // Past its expiry while held, it stays INACTIVE until the order closes.
+    app.clock.advance(TimeDelta::hours(13));
     assert_eq!(
         app.status_of("alice", expiring.coupon_id).await,
         pb::CouponStatus::Inactive
     );
-    let mut coupons = app.coupons.clone();
-    let cancel = |order: &str| pb::CancelOrderRequest {
-        account_id: "alice".into(),
-        order_id: order.into(),
-    };
-    let first = coupons.cancel_order(cancel("o-1")).await.unwrap().into_inner();
-    let retry = coupons.cancel_order(cancel("o-1")).await.unwrap().into_inner();
-    coupons.cancel_order(cancel("o-2")).await.unwrap();
+    let first = app.cancel("alice", "o-1").await.unwrap();
+    let retry = app.cancel("alice", "o-1").await.unwrap();
+    app.cancel("alice", "o-2").await.unwrap();
 
     assert_eq!(first.coupons[0].status(), pb::CouponStatus::Expired);
     assert_eq!(first, retry);
@@ -764,51 +745,53 @@ async fn cancelling_releases_coupons_and_expired_ones_become_expired(pool: PgPoo
         app.status_of("alice", lasting.coupon_id).await,
         pb::CouponStatus::Valid
     );
-    let complete = coupons
-        .complete_order(pb::CompleteOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-1".into(),
-        })
-        .await
-        .unwrap_err();
+    let complete = app.complete("alice", "o-1").await.unwrap_err();
     assert_eq!(reason(&complete), "ORDER_CANCELLED");
-    let reserve_again = app
-        .reserve(order_of("alice", "o-2"), vec![lasting.coupon_id])
+    let mut reserve_again = pb::ReserveCouponsRequest {
+        order: Some(order_of("alice", "o-2")),
+        coupon_ids: vec![lasting.coupon_id],
+        cart_revision: 1,
+        ..Default::default()
+    };
+    let error = app
+        .coupons
+        .clone()
+        .reserve_coupons(reserve_again.clone())
         .await
         .unwrap_err();
-    assert_eq!(reason(&reserve_again), "ORDER_CLOSED");
+    assert_eq!(reason(&error), "ORDER_CLOSED");
+    reserve_again.cart_revision = 0;
+    assert!(
+        app.coupons
+            .clone()
+            .reserve_coupons(reserve_again)
+            .await
+            .unwrap()
+            .into_inner()
+            .replayed,
+        "the same reservation again replays, even once the order closed"
+    );
 }
 
 async fn used_coupon(app: &TestApp, template: pb::CouponTemplate, order: &str) -> pb::Coupon {
     let template_id = template.template_id.clone();
     app.create_template(template).await;
     let coupon = app.issue("alice", &template_id).await.unwrap();
-    let lines = vec![checkout_line("l1", "s1", 2000, 1, false)];
+    let lines = vec![checkout_line("l1", "s1", 1000, 2, false)];
     app.reserve(checkout("alice", order, lines), vec![coupon.coupon_id])
         .await
         .unwrap();
-    app.coupons
-        .clone()
-        .complete_order(pb::CompleteOrderRequest {
-            account_id: "alice".into(),
-            order_id: order.into(),
-        })
-        .await
-        .unwrap();
+    app.complete("alice", order).await.unwrap();
     coupon
 }
 
-async fn refund(app: &TestApp, order: &str, kind: pb::RefundKind) -> pb::RefundOrderResponse {
-    app.coupons
-        .clone()
-        .refund_order(pb::RefundOrderRequest {
-            account_id: "alice".into(),
-            order_id: order.into(),
-            kind: kind.into(),
-        })
+/// Refunds the whole order (no lines), or units of its lines.
+async fn refund(app: &TestApp, order: &str, lines: &[(&str, i32)]) -> pb::OrderCheckout {
+    app.refund("alice", order, "r-1", lines)
         .await
         .unwrap()
-        .into_inner()
+        .order
+        .unwrap()
 }
 
 #[sqlx::test]
@@ -819,10 +802,11 @@ async fn a_full_refund_restores_a_platform_coupon_and_nothing_else(pool: PgPool)
     let platform_partial = used_coupon(&app, platform_template("p2", 100), "o-2").await;
     let seller_full = used_coupon(&app, crate::helpers::seller_template("s", "s1", 500), "o-3").await;
 
-    let full = refund(&app, "o-1", pb::RefundKind::Full).await;
-    let full_again = refund(&app, "o-1", pb::RefundKind::Full).await;
-    refund(&app, "o-2", pb::RefundKind::Partial).await;
-    refund(&app, "o-3", pb::RefundKind::Full).await;
+    let full = refund(&app, "o-1", &[]).await;
+    let full_again = refund(&app, "o-1", &[]).await;
+    // One unit of the line's two.
+    refund(&app, "o-2", &[("l1", 1)]).await;
+    refund(&app, "o-3", &[]).await;
 
     assert_eq!(full.coupons[0].status(), pb::CouponStatus::Valid);
     assert_eq!(full, full_again);
@@ -864,17 +848,10 @@ async fn a_refunded_coupon_past_its_expiry_comes_back_expired_and_its_code_stays
     app.reserve(order_of("alice", "o-1"), vec![coupon.coupon_id])
         .await
         .unwrap();
-    app.coupons
-        .clone()
-        .complete_order(pb::CompleteOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-1".into(),
-        })
-        .await
-        .unwrap();
+    app.complete("alice", "o-1").await.unwrap();
     app.clock.advance(TimeDelta::days(2));
 
-    let refunded = refund(&app, "o-1", pb::RefundKind::Full).await;
+    let refunded = refund(&app, "o-1", &[]).await;
     let claim_again = app
         .coupons
         .clone()
@@ -898,16 +875,7 @@ async fn refunding_an_order_not_completed_is_refused(pool: PgPool) {
         .await
         .unwrap();
 
-    let error = app
-        .coupons
-        .clone()
-        .refund_order(pb::RefundOrderRequest {
-            account_id: "alice".into(),
-            order_id: "o-1".into(),
-            kind: pb::RefundKind::Full.into(),
-        })
-        .await
-        .unwrap_err();
+    let error = app.refund("alice", "o-1", "r-1", &[]).await.unwrap_err();
 
     assert_eq!(reason(&error), "ORDER_NOT_COMPLETED");
     assert_eq!(

@@ -453,9 +453,88 @@ impl TestApp {
             .reserve_coupons(pb::ReserveCouponsRequest {
                 order: Some(order),
                 coupon_ids,
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Completes an order.
+    pub async fn complete(
+        &self,
+        account_id: &str,
+        order_id: &str,
+    ) -> Result<pb::OrderCheckout, tonic::Status> {
+        self.coupons
+            .clone()
+            .complete_order(pb::CompleteOrderRequest {
+                account_id: account_id.into(),
+                order_id: order_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
+    }
+
+    /// Cancels an order.
+    pub async fn cancel(&self, account_id: &str, order_id: &str) -> Result<pb::OrderCheckout, tonic::Status> {
+        self.coupons
+            .clone()
+            .cancel_order(pb::CancelOrderRequest {
+                account_id: account_id.into(),
+                order_id: order_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
+    }
+
+    /// Refunds an order: the whole of it, or `(line, units)`.
+    pub async fn refund(
+        &self,
+        account_id: &str,
+        order_id: &str,
+        refund_id: &str,
+        lines: &[(&str, i32)],
+    ) -> Result<pb::RefundOrderResponse, tonic::Status> {
+        use pb::refund_order_request::Extent;
+        let extent = if lines.is_empty() {
+            Extent::WholeOrder(pb::WholeOrder {})
+        } else {
+            Extent::Lines(pb::RefundLines {
+                lines: lines
+                    .iter()
+                    .map(|(line_id, quantity)| pb::RefundLine {
+                        line_id: (*line_id).into(),
+                        quantity: *quantity,
+                    })
+                    .collect(),
+            })
+        };
+        self.coupons
+            .clone()
+            .refund_order(pb::RefundOrderRequest {
+                account_id: account_id.into(),
+                order_id: order_id.into(),
+                refund_id: refund_id.into(),
+                extent: Some(extent),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// An order as the checkout knows it.
+    pub async fn checkout_order(
+        &self,
+        account_id: &str,
+        order_id: &str,
+    ) -> Result<pb::OrderCheckout, tonic::Status> {
+        self.coupons
+            .clone()
+            .get_checkout_order(pb::GetCheckoutOrderRequest {
+                account_id: account_id.into(),
+                order_id: order_id.into(),
+            })
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
     }
 }
 

@@ -119,7 +119,7 @@ pub async fn issue_coupon(
     ))
     .bind(new.account_id)
     .bind(new.template_id.as_str())
-    .bind(new.source.as_str())
+    .bind(new.source)
     .bind(new.claim_code_hash)
     .bind(new.issuance_id.map(IssuanceId::as_str))
     .bind(now)

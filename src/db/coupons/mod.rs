@@ -5,23 +5,26 @@
 //! the domain reads.
 //!
 //! One file per sub-area, as in the domain: [`templates`] (templates and claim
-//! codes), [`issuance`] (counters and the issuing statement) and [`orders`] (a
-//! member's coupons, reservations and the order transitions). This file holds
-//! the row mapping they share.
+//! codes), [`issuance`] (counters and the issuing statement), [`orders`] (a
+//! member's coupons, their locks and the one guarded status change) and
+//! [`checkout`] (the checkout order: cart, stored allocations, refunds). This
+//! file holds the row mapping they share.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
-use crate::domain::coupons::{Coupon, CouponSource, Template, TemplateSpec, Transition, Validity};
+use crate::domain::coupons::{Action, Coupon, CouponSource, Template, TemplateSpec, Transition, Validity};
 use crate::domain::ids::{AccountId, IssuanceId, OrderId, SellerId, TemplateId};
 use crate::domain::levels::Level;
 use crate::domain::money::Currency;
 use crate::domain::pricing::{CouponStatus, Discount, Issuer};
 
+mod checkout;
 mod issuance;
 mod orders;
 mod templates;
 
+pub use checkout::*;
 pub use issuance::*;
 pub use orders::*;
 pub use templates::*;
@@ -84,8 +87,10 @@ struct CouponRow {
     coupon_id: i64,
     account_id: AccountId,
     template_id: String,
-    status: String,
+    status: CouponStatus,
     order_id: Option<String>,
+    hold_until: Option<DateTime<Utc>>,
+    lapsed_order: Option<String>,
     name: String,
     issuer: String,
     seller_id: Option<String>,
@@ -98,7 +103,7 @@ struct CouponRow {
     regular_price_only: bool,
     valid_from: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-    source: String,
+    source: CouponSource,
     issued_at: DateTime<Utc>,
 }
 
@@ -110,11 +115,10 @@ impl TryFrom<CouponRow> for Coupon {
             coupon_id: row.coupon_id,
             account_id: row.account_id,
             template_id: TemplateId::parse(&row.template_id).map_err(|e| decode("template_id", e))?,
-            status: CouponStatus::from_db(&row.status).ok_or_else(|| decode("status", &row.status))?,
-            order_id: row
-                .order_id
-                .map(|o| OrderId::parse(&o).map_err(|e| decode("order_id", e)))
-                .transpose()?,
+            status: row.status,
+            order_id: order_from(row.order_id)?,
+            hold_until: row.hold_until,
+            lapsed_order: order_from(row.lapsed_order)?,
             name: row.name,
             issuer: issuer_from(&row.issuer, row.seller_id)?,
             discount: discount_from(
@@ -128,23 +132,52 @@ impl TryFrom<CouponRow> for Coupon {
             regular_price_only: row.regular_price_only,
             valid_from: row.valid_from,
             expires_at: row.expires_at,
-            source: CouponSource::from_db(&row.source).ok_or_else(|| decode("source", &row.source))?,
+            source: row.source,
             issued_at: row.issued_at,
         })
     }
 }
 
-/// The coupon columns, with the status as of `$now_param`: a VALID coupon past
-/// its expiry reads as EXPIRED.
+fn order_from(order_id: Option<String>) -> Result<Option<OrderId>, sqlx::Error> {
+    order_id
+        .map(|o| OrderId::parse(&o).map_err(|e| decode("order_id", e)))
+        .transpose()
+}
+
+/// Whether a stored `inactive` coupon's hold has ended as of `$now_param`.
+fn lapsed(alias: &str, now_param: &str) -> String {
+    format!("({alias}status = 'inactive' and {alias}hold_until <= {now_param})")
+}
+
+/// The status a coupon reads as at `$now_param`, whatever job has run: a VALID
+/// coupon past its expiry reads EXPIRED; an INACTIVE one whose hold lapsed
+/// reads VALID (EXPIRED when past its expiry). This is the one place the
+/// reading is stated; listings filter on it.
+pub(crate) fn status_as_of(alias: &str, now_param: &str) -> String {
+    format!(
+        "case when ({alias}status = 'valid' or {lapsed}) \
+                   and {alias}expires_at <= {now_param} then 'expired' \
+              when {lapsed} then 'valid' \
+              else {alias}status end",
+        lapsed = lapsed(alias, now_param)
+    )
+}
+
+/// The coupon columns, as of `$now_param` ([`status_as_of`]; a lapsed hold
+/// shows no order and no hold end, but names its order in `lapsed_order`).
 fn coupon_columns(alias: &str, now_param: &str) -> String {
+    let lapsed = lapsed(alias, now_param);
     format!(
         "{alias}coupon_id, {alias}account_id, {alias}template_id, \
-         case when {alias}status = 'valid' and {alias}expires_at <= {now_param} then 'expired' \
-              else {alias}status end as status, \
-         {alias}order_id, {alias}name, {alias}issuer, {alias}seller_id, {alias}discount_kind, \
+         {status} as status, \
+         case when {lapsed} then null else {alias}order_id end as order_id, \
+         case when {lapsed} then null else {alias}hold_until end as hold_until, \
+         case when {lapsed} then {alias}order_id end as lapsed_order, \
+         {alias}name, {alias}issuer, {alias}seller_id, {alias}discount_kind, \
          {alias}amount_off_minor, {alias}percent_basis_points, {alias}max_discount_minor, {alias}currency, \
          {alias}min_purchase_minor, {alias}regular_price_only, {alias}valid_from, {alias}expires_at, \
-         {alias}source, {alias}issued_at"
+         {alias}source, {alias}issued_at",
+        status = status_as_of(alias, now_param),
     )
 }
 

@@ -1,6 +1,6 @@
-//! A member's coupons: the reads of checkout and "My coupons", the order lock,
-//! and the guarded transitions of reservations, completions, cancellations,
-//! refunds and fraud reclaims.
+//! A member's coupons: the reads of checkout and "My coupons", the locks of
+//! an order and of coupons, and the one guarded statement every status change
+//! goes through ([`change`]); what each change does is the domain's decision.
 
 use super::*;
 
@@ -24,7 +24,8 @@ pub async fn coupons_by_ids(
     into_coupons(rows)
 }
 
-/// A member's coupons usable now (VALID, not expired), for the best choice.
+/// A member's coupons usable now (reading VALID, not yet expired), for the
+/// best choice.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn usable_coupons(
     conn: &mut PgConnection,
@@ -34,13 +35,63 @@ pub async fn usable_coupons(
 ) -> Result<Vec<Coupon>, sqlx::Error> {
     let rows: Vec<CouponRow> = sqlx::query_as(&format!(
         "select {} from coupon \
-         where account_id = $1 and status = 'valid' and expires_at > $2 and valid_from <= $2 and currency = $3 \
+         where account_id = $1 and status in ('valid', 'inactive') and {} = 'valid' \
+           and valid_from <= $2 and currency = $3 \
          order by coupon_id",
-        coupon_columns("", "$2")
+        coupon_columns("", "$2"),
+        status_as_of("", "$2"),
     ))
     .bind(account_id)
     .bind(now)
     .bind(currency.as_str())
+    .fetch_all(conn)
+    .await?;
+    into_coupons(rows)
+}
+
+/// Locks, in id order, the member's coupons with these ids, and those still
+/// recorded on `order_id` (held, even if the hold lapsed), and returns them as
+/// of `now`. One statement, so two calls never lock in opposite orders.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
+pub async fn lock_coupons(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    coupon_ids: &[i64],
+    order_id: Option<&OrderId>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+        "select {} from coupon where account_id = $1 \
+           and (coupon_id = any ($2) or (order_id = $3 and status = 'inactive')) \
+         order by coupon_id for update",
+        coupon_columns("", "$4")
+    ))
+    .bind(account_id)
+    .bind(coupon_ids)
+    .bind(order_id)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    into_coupons(rows)
+}
+
+/// Locks, in id order, the member's coupons reading VALID at `now` (not yet
+/// expired; lapsed holds included) and returns them.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
+pub async fn lock_valid(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+        "select {} from coupon \
+         where account_id = $1 and status in ('valid', 'inactive') and {} = 'valid' \
+         order by coupon_id for update",
+        coupon_columns("", "$2"),
+        status_as_of("", "$2"),
+    ))
+    .bind(account_id)
+    .bind(now)
     .fetch_all(conn)
     .await?;
     into_coupons(rows)
@@ -62,258 +113,77 @@ pub async fn lock_order(
     Ok(())
 }
 
-/// Locks, in id order, the picked coupons and those the order holds INACTIVE,
-/// and returns them; one statement, so two reservations never lock in opposite
-/// orders.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn lock_for_reservation(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    coupon_ids: &[i64],
-    now: DateTime<Utc>,
-) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
-        "select {} from coupon where account_id = $1 \
-           and (coupon_id = any ($2) or (order_id = $3 and status = 'inactive')) \
-         order by coupon_id for update",
-        coupon_columns("", "$4")
-    ))
-    .bind(account_id)
-    .bind(coupon_ids)
-    .bind(order_id)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    into_coupons(rows)
+/// One guarded change of a coupon's stored state, decided by the domain.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub coupon_id: i64,
+    /// The stored status and order the change expects (its guard).
+    pub from: (CouponStatus, Option<OrderId>),
+    /// The stored status and order it sets.
+    pub to: (CouponStatus, Option<OrderId>),
+    /// The hold's end, for an INACTIVE coupon.
+    pub hold_until: Option<DateTime<Utc>>,
+    /// What the coupon's history records; `None` records nothing (a hold
+    /// renewed by its own order).
+    pub action: Option<Action>,
+    pub note: String,
 }
 
-/// Whether the order holds INACTIVE coupons (reserved, not completed). Call it
-/// under the order's lock ([`lock_order`]).
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn order_holds_coupons(
+/// Applies the changes, each guarded by the stored state it expects, and
+/// records their transitions (for the order the coupon goes to, else the one
+/// it leaves); returns how many coupons changed. One statement.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, changes = changes.len()))]
+pub async fn change(
     conn: &mut PgConnection,
     account_id: &AccountId,
-    order_id: &OrderId,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "select exists (select 1 from coupon \
-                        where account_id = $1 and order_id = $2 and status = 'inactive')",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_one(conn)
-    .await
-}
-
-/// The order actions already recorded for an order.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn order_actions(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "select distinct action from coupon_transition where account_id = $1 and order_id = $2",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_all(conn)
-    .await
-}
-
-/// VALID -> INACTIVE for `order_id`, with transitions; returns the coupons that
-/// moved, in id order.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn reserve(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    coupon_ids: &[i64],
-    order_id: &OrderId,
-    now: DateTime<Utc>,
-) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
-        "with moved as ( \
-             update coupon set status = 'inactive', order_id = $3, updated_at = $4 \
-             where account_id = $1 and coupon_id = any ($2) and status = 'valid' \
-               and valid_from <= $4 and expires_at > $4 \
-             returning * \
-         ), transition as ( \
-             insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                            order_id, occurred_at) \
-             select $1, coupon_id, 'reserve', 'valid', 'inactive', $3, $4 from moved \
-         ) \
-         select {} from moved order by coupon_id",
-        coupon_columns("", "$4")
-    ))
-    .bind(account_id)
-    .bind(coupon_ids)
-    .bind(order_id)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    into_coupons(rows)
-}
-
-/// INACTIVE -> USED for the order's coupons, with transitions.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn complete(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "with moved as ( \
-             update coupon set status = 'used', updated_at = $3 \
-             where account_id = $1 and order_id = $2 and status = 'inactive' \
-             returning coupon_id \
-         ) \
-         insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                        order_id, occurred_at) \
-         select $1, coupon_id, 'complete', 'inactive', 'used', $2, $3 from moved",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A coupon coming back to a flagged member comes back REVOKED: flagging reclaims
-/// every coupon the member could use.
-const RESTORED_TO_REVOKED: &str =
-    "exists (select 1 from member m where m.account_id = $1 and m.fraud_flagged_at is not null)";
-
-/// INACTIVE -> VALID (EXPIRED when past expiry; REVOKED for a flagged member)
-/// for the order's coupons.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn cancel(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "with moved as ( \
-             update coupon \
-             set status = case when {flagged} then 'revoked' \
-                               when expires_at <= $3 then 'expired' else 'valid' end, \
-                 order_id = null, updated_at = $3 \
-             where account_id = $1 and order_id = $2 and status = 'inactive' \
-             returning coupon_id, status \
-         ) \
-         insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                        order_id, occurred_at) \
-         select $1, coupon_id, 'cancel', 'inactive', status, $2, $3 from moved",
-        flagged = RESTORED_TO_REVOKED
-    ))
-    .bind(account_id)
-    .bind(order_id)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A refund of a completed order: on a full refund, platform coupons go USED ->
-/// VALID (EXPIRED when past expiry); every other coupon of the order stays USED
-/// and the refund is recorded on it. Recorded once per coupon and kind.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn refund(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    full: bool,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "with restored as ( \
-             update coupon \
-             set status = case when {flagged} then 'revoked' \
-                               when expires_at <= $4 then 'expired' else 'valid' end, \
-                 order_id = null, updated_at = $4 \
-             where account_id = $1 and order_id = $2 and status = 'used' and issuer = 'platform' and $3 \
-             returning coupon_id, status \
-         ), kept as ( \
-             select coupon_id, status from coupon \
-             where account_id = $1 and order_id = $2 and status = 'used' \
-               and (issuer = 'seller' or not $3) \
-         ) \
-         insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                        order_id, note, occurred_at) \
-         select $1, coupon_id, $5, 'used', status, $2, 'a full refund restores a platform coupon', $4 \
-         from restored \
-         union all \
-         select $1, coupon_id, $5, 'used', status, $2, \
-                case when $3 then 'a seller coupon stays used' \
-                     else 'a partial refund keeps the coupon used' end, $4 \
-         from kept \
-         on conflict do nothing",
-        flagged = RESTORED_TO_REVOKED
-    ))
-    .bind(account_id)
-    .bind(order_id)
-    .bind(full)
-    .bind(now)
-    .bind(if full { "refund_full" } else { "refund_partial" })
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The coupons an action was recorded on for an order, as they are now.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn coupons_of_action(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    actions: &[&str],
-    now: DateTime<Utc>,
-) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
-        "select {} from coupon c where c.account_id = $1 and exists ( \
-             select 1 from coupon_transition t \
-             where t.account_id = c.account_id and t.coupon_id = c.coupon_id \
-               and t.order_id = $2 and t.action = any ($3)) \
-         order by c.coupon_id",
-        coupon_columns("c.", "$4")
-    ))
-    .bind(account_id)
-    .bind(order_id)
-    .bind(actions)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    into_coupons(rows)
-}
-
-/// VALID (not yet expired) -> REVOKED for every coupon of a member.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn revoke_valid(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
+    changes: &[Change],
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let revoked: i64 = sqlx::query_scalar(
-        "with moved as ( \
-             update coupon set status = 'revoked', updated_at = $2 \
-             where account_id = $1 and status = 'valid' and expires_at > $2 \
-             returning coupon_id \
-         ), transition as ( \
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = changes.iter().map(|c| c.coupon_id).collect();
+    let from: Vec<CouponStatus> = changes.iter().map(|c| c.from.0).collect();
+    let from_order: Vec<Option<&OrderId>> = changes.iter().map(|c| c.from.1.as_ref()).collect();
+    let to: Vec<CouponStatus> = changes.iter().map(|c| c.to.0).collect();
+    let to_order: Vec<Option<&OrderId>> = changes.iter().map(|c| c.to.1.as_ref()).collect();
+    let hold: Vec<Option<DateTime<Utc>>> = changes.iter().map(|c| c.hold_until).collect();
+    let action: Vec<Option<Action>> = changes.iter().map(|c| c.action).collect();
+    let note: Vec<&str> = changes.iter().map(|c| c.note.as_str()).collect();
+    let changed: i64 = sqlx::query_scalar(
+        "with change as ( \
+             select * from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                  $7::timestamptz[], $8::text[], $9::text[]) \
+                 as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note) \
+         ), moved as ( \
+             update coupon k \
+             set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = $10 \
+             from change c \
+             where k.account_id = $1 and k.coupon_id = c.coupon_id and k.status = c.from_status \
+               and k.order_id is not distinct from c.from_order \
+             returning k.coupon_id, c.from_status, c.to_status, coalesce(c.to_order, c.from_order) as order_id, \
+                       c.action, c.note \
+         ), recorded as ( \
              insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                            note, occurred_at) \
-             select $1, coupon_id, 'revoke', 'valid', 'revoked', 'member flagged as fraudulent', $2 \
-             from moved \
+                                            order_id, note, occurred_at) \
+             select $1, coupon_id, action, from_status, to_status, order_id, note, $10 \
+             from moved where action is not null \
          ) \
          select count(*) from moved",
     )
     .bind(account_id)
+    .bind(&ids)
+    .bind(&from)
+    .bind(&from_order)
+    .bind(&to)
+    .bind(&to_order)
+    .bind(&hold)
+    .bind(&action)
+    .bind(&note)
     .bind(now)
     .fetch_one(conn)
     .await?;
-    Ok(u64::try_from(revoked).unwrap_or(0))
+    Ok(u64::try_from(changed).unwrap_or(0))
 }
 
 /// A page of a member's coupons, newest first, optionally by status as of `now`.
@@ -326,7 +196,6 @@ pub async fn list_coupons(
     limit: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
     let rows: Vec<CouponRow> = sqlx::query_as(&format!(
         "select * from (select {} from coupon where account_id = $1 \
                           and ($2::bigint is null or coupon_id < $2)) c \
@@ -336,7 +205,7 @@ pub async fn list_coupons(
     ))
     .bind(account_id)
     .bind(before_coupon_id)
-    .bind(&statuses)
+    .bind(statuses)
     .bind(i64::from(limit))
     .bind(now)
     .fetch_all(conn)
@@ -347,9 +216,9 @@ pub async fn list_coupons(
 /// A `coupon_transition` row.
 #[derive(sqlx::FromRow)]
 struct TransitionRow {
-    action: String,
-    from_status: Option<String>,
-    to_status: String,
+    action: Action,
+    from_status: Option<CouponStatus>,
+    to_status: CouponStatus,
     order_id: Option<String>,
     note: String,
     occurred_at: DateTime<Utc>,
@@ -370,17 +239,15 @@ pub async fn transitions(
     .bind(coupon_id)
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let status = |s: &str| CouponStatus::from_db(s).ok_or_else(|| decode("status", s));
-            Ok(Transition {
-                action: row.action,
-                from_status: row.from_status.as_deref().map(status).transpose()?,
-                to_status: status(&row.to_status)?,
-                order_id: row.order_id,
-                note: row.note,
-                occurred_at: row.occurred_at,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|row| Transition {
+            action: row.action,
+            from_status: row.from_status,
+            to_status: row.to_status,
+            order_id: row.order_id,
+            note: row.note,
+            occurred_at: row.occurred_at,
         })
-        .collect()
+        .collect())
 }

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -28,17 +28,20 @@ use crate::clock::Clock;
 use crate::db;
 use crate::db::coupons::NewCoupon;
 use crate::domain::calendar::Calendar;
-use crate::domain::ids::{AccountId, IssuanceId, OrderId, TemplateId};
+use crate::domain::ids::{AccountId, IssuanceId, LineId, OrderId, RefundId, TemplateId};
 use crate::domain::levels::Level;
 use crate::domain::members::member_not_found;
 use crate::domain::money::Currency;
-use crate::domain::pricing::{self, CheckoutOrder, CouponStatus, CouponTerms, Discount, Issuer, Pricing};
+use crate::domain::pricing::{
+    self, CheckoutLine, CheckoutOrder, CouponStatus, CouponTerms, Discount, Issuer, Pricing,
+};
 use crate::domain::text;
 use crate::error::{Error, FieldContext};
 
 mod checkout;
 mod issuance;
 mod orders;
+mod refunds;
 mod templates;
 
 pub use templates::{ClaimCode, MAX_CODES_PER_BATCH};
@@ -134,33 +137,53 @@ pub struct Template {
     pub updated_at: DateTime<Utc>,
 }
 
-/// How a member got a coupon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a member got a coupon (stored as text, `public_code`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CouponSource {
     PublicCode,
     SingleUseCode,
     Issuance,
 }
 
-impl CouponSource {
-    /// The name stored in the database.
+/// What moved a coupon (stored as text in its history, `reserve`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Action {
+    /// Issued to the member.
+    Issue,
+    /// Held for an order.
+    Reserve,
+    /// Dropped from the order by a newer cart revision.
+    Release,
+    /// Its hold for an order ended and another order took it.
+    Lapse,
+    /// The order closed.
+    Complete,
+    /// The order was cancelled.
+    Cancel,
+    /// The order was refunded in full (by one refund or several).
+    RefundFull,
+    /// Part of the order was refunded.
+    RefundPartial,
+    /// Reclaimed by fraud handling.
+    Revoke,
+}
+
+impl Action {
+    /// The name shown in a coupon's history (as stored).
     pub fn as_str(self) -> &'static str {
         match self {
-            CouponSource::PublicCode => "public_code",
-            CouponSource::SingleUseCode => "single_use_code",
-            CouponSource::Issuance => "issuance",
+            Action::Issue => "issue",
+            Action::Reserve => "reserve",
+            Action::Release => "release",
+            Action::Lapse => "lapse",
+            Action::Complete => "complete",
+            Action::Cancel => "cancel",
+            Action::RefundFull => "refund_full",
+            Action::RefundPartial => "refund_partial",
+            Action::Revoke => "revoke",
         }
-    }
-
-    /// Parses a stored name.
-    pub fn from_db(name: &str) -> Option<Self> {
-        [
-            CouponSource::PublicCode,
-            CouponSource::SingleUseCode,
-            CouponSource::Issuance,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
     }
 }
 
@@ -170,9 +193,16 @@ pub struct Coupon {
     pub coupon_id: i64,
     pub account_id: AccountId,
     pub template_id: TemplateId,
-    /// As of the read: a VALID coupon past its expiry reads EXPIRED.
+    /// As of the read: a VALID coupon past its expiry reads EXPIRED, and one
+    /// whose hold lapsed reads VALID (or EXPIRED).
     pub status: CouponStatus,
+    /// The order it is held for (INACTIVE) or was used on (USED).
     pub order_id: Option<OrderId>,
+    /// When the hold of an INACTIVE coupon ends.
+    pub hold_until: Option<DateTime<Utc>>,
+    /// The order whose hold lapsed while still recorded on the coupon: the
+    /// next change of the coupon closes that hold first.
+    pub lapsed_order: Option<OrderId>,
     pub name: String,
     pub issuer: Issuer,
     pub discount: Discount,
@@ -207,7 +237,7 @@ impl Coupon {
 /// One transition of a coupon's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub action: String,
+    pub action: Action,
     pub from_status: Option<CouponStatus>,
     pub to_status: CouponStatus,
     pub order_id: Option<String>,
@@ -222,12 +252,175 @@ pub struct Issued {
     pub replayed: bool,
 }
 
+/// The shortest hold a reservation may ask for.
+pub const MIN_HOLD: Duration = Duration::from_secs(60);
+/// The longest hold a reservation may ask for.
+pub const MAX_HOLD: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks a hold's length (1 minute to 24 hours).
+pub fn check_hold(hold: Duration) -> Result<Duration, String> {
+    if (MIN_HOLD..=MAX_HOLD).contains(&hold) {
+        Ok(hold)
+    } else {
+        Err(format!(
+            "must be 1 minute to 24 hours (got {} s)",
+            hold.as_secs_f64()
+        ))
+    }
+}
+
+/// A reservation asked of the checkout.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub order: CheckoutOrder,
+    /// The coupons picked, in the order picked (0 to 20; none releases every hold).
+    pub coupon_ids: Vec<i64>,
+    /// The cart's revision (0 when the caller does not use revisions).
+    pub cart_revision: u64,
+    /// The hold asked for; `None` for the configured default.
+    pub hold: Option<Duration>,
+}
+
+/// The stored state of a checkout order. A completed order whose every unit
+/// was refunded reads as [`OrderStatus::Refunded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum OrderState {
+    Open,
+    Completed,
+    Cancelled,
+}
+
+/// An order's status as the checkout sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    /// Reserved: its coupons are held (until the hold ends).
+    Open,
+    Completed,
+    Cancelled,
+    /// Completed, then refunded unit by unit until nothing was left.
+    Refunded,
+}
+
+/// A checkout order's header, as stored.
+#[derive(Debug, Clone)]
+pub struct OrderRecord {
+    pub state: OrderState,
+    pub cart_revision: u64,
+    /// What the reserve of this revision carried; `None` for an order reserved
+    /// before revisions existed.
+    pub content_digest: Option<Vec<u8>>,
+    pub currency: Currency,
+    /// The coupons of the latest revision, in the order picked.
+    pub coupon_ids: Vec<i64>,
+    pub hold_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One coupon's discount on one line of an order, as priced at reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub coupon_id: i64,
+    /// The line's index in the order's cart.
+    pub line: usize,
+    /// In minor units of the order's currency.
+    pub discount: i64,
+}
+
+/// The units of one line a refund returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRefundLine {
+    pub line_id: LineId,
+    pub quantity: u32,
+}
+
+/// What a refund claws back of one coupon's discount on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clawback {
+    pub line_id: LineId,
+    pub coupon_id: i64,
+    /// In minor units of the order's currency.
+    pub discount: i64,
+}
+
+/// A refund of a completed order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub refund_id: RefundId,
+    /// What the request carried (the same id with another extent is refused).
+    pub content_digest: Vec<u8>,
+    /// Asked as "the whole order" (what was left of it).
+    pub whole_order: bool,
+    /// It returned the order's last units: the full refund.
+    pub completes_order: bool,
+    pub lines: Vec<StoredRefundLine>,
+    pub clawbacks: Vec<Clawback>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a refund returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundExtent {
+    /// Every unit not refunded yet.
+    WholeOrder,
+    /// These units of these lines.
+    Lines(Vec<(LineId, u32)>),
+}
+
+/// Everything the checkout knows of an order: its state, cart, stored pricing,
+/// coupons as they are now, and refunds.
+#[derive(Debug, Clone)]
+pub struct OrderCheckout {
+    pub order_id: OrderId,
+    pub account_id: AccountId,
+    pub status: OrderStatus,
+    pub cart_revision: u64,
+    pub currency: Currency,
+    /// When the hold of an open order ends.
+    pub hold_until: DateTime<Utc>,
+    /// The cart of the latest revision (empty for an order reserved before
+    /// carts were stored).
+    pub lines: Vec<CheckoutLine>,
+    /// The pricing stored at reservation: every coupon applies.
+    pub pricing: Pricing,
+    /// The order's coupons as they are now, in the order picked.
+    pub coupons: Vec<Coupon>,
+    /// Oldest first.
+    pub refunds: Vec<Refund>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// A reservation's result.
 #[derive(Debug, Clone)]
 pub struct Reservation {
-    pub pricing: Pricing,
-    pub coupons: Vec<Coupon>,
+    pub order: OrderCheckout,
+    /// The same revision with the same content was reserved before.
     pub replayed: bool,
+}
+
+/// A refund's result.
+#[derive(Debug, Clone)]
+pub struct Refunded {
+    pub order: OrderCheckout,
+    pub refund: Refund,
+    /// This refund id was refunded before with the same extent.
+    pub replayed: bool,
+}
+
+/// Where a coupon goes when it comes back from an order (a cancellation, a
+/// newer cart revision, a full refund of a platform coupon): VALID, EXPIRED
+/// when past its expiry, REVOKED when its member is flagged (flagging reclaims
+/// every coupon the member could use). The one statement of that policy.
+pub fn returned_status(coupon: &Coupon, member_flagged: bool, now: DateTime<Utc>) -> CouponStatus {
+    if member_flagged {
+        CouponStatus::Revoked
+    } else if now >= coupon.expires_at {
+        CouponStatus::Expired
+    } else {
+        CouponStatus::Valid
+    }
 }
 
 /// How an issuance is limited.
@@ -240,13 +433,6 @@ pub enum IssuePolicy {
     /// issuance id: the template's per-member limit does not cap it, and its
     /// levels are checked against `level` (the level the reward is for) when set.
     Reward { level: Option<Level> },
-}
-
-/// A refund's extent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefundKind {
-    Full,
-    Partial,
 }
 
 fn refused(reason: &'static str, message: impl Into<String>) -> Error {
@@ -269,15 +455,19 @@ pub struct Coupons {
     pool: PgPool,
     calendar: Calendar,
     clock: Arc<dyn Clock>,
+    /// The hold of a reservation that asks for none.
+    default_hold: Duration,
 }
 
 impl Coupons {
-    /// Coupon operations over `pool`.
-    pub fn new(pool: PgPool, calendar: Calendar, clock: Arc<dyn Clock>) -> Self {
+    /// Coupon operations over `pool`; a reservation asking for no hold length
+    /// gets `default_hold`.
+    pub fn new(pool: PgPool, calendar: Calendar, clock: Arc<dyn Clock>, default_hold: Duration) -> Self {
         Self {
             pool,
             calendar,
             clock,
+            default_hold,
         }
     }
 
@@ -332,6 +522,33 @@ impl Coupons {
         let history = db::coupons::transitions(&mut conn, account_id, coupon_id).await?;
         Ok((coupon, history))
     }
+}
+
+/// Fraud handling reclaims every coupon the member could use: each one reading
+/// VALID (a lapsed hold included) becomes REVOKED. Call it in the flagging
+/// transaction, after the member row is locked.
+pub async fn revoke_usable(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let coupons = db::coupons::lock_valid(conn, account_id, now).await?;
+    let changes: Vec<db::coupons::Change> = coupons
+        .iter()
+        .map(|c| db::coupons::Change {
+            coupon_id: c.coupon_id,
+            from: match &c.lapsed_order {
+                Some(order) => (CouponStatus::Inactive, Some(order.clone())),
+                None => (CouponStatus::Valid, None),
+            },
+            to: (CouponStatus::Revoked, None),
+            hold_until: None,
+            action: Some(Action::Revoke),
+            note: "member flagged as fraudulent".to_owned(),
+        })
+        .collect();
+    checkout::apply(conn, account_id, &changes, now).await?;
+    Ok(changes.len() as u64)
 }
 
 async fn ensure_member(conn: &mut PgConnection, account_id: &AccountId) -> Result<(), Error> {

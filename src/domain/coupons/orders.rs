@@ -1,91 +1,226 @@
-//! The order's transitions after a reservation: completion (USED),
-//! cancellation (back to VALID) and refunds (a full refund restores platform
-//! coupons).
+//! The order after its reservation: reading it back, completion (USED) and
+//! cancellation (back to VALID). Refunds are in [`super::refunds`].
 
+use super::checkout::apply;
 use super::*;
+use crate::db::coupons::Change;
 
 impl Coupons {
-    /// The order closed: INACTIVE -> USED.
+    /// The order as the checkout knows it.
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
-    pub async fn complete(&self, account_id: &AccountId, order_id: &OrderId) -> Result<Vec<Coupon>, Error> {
+    pub async fn order(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
-        let mut tx = db::begin(&self.pool).await?;
-        let actions = self.lock_order(&mut tx, account_id, order_id).await?;
-        if actions.iter().any(|a| a == "cancel") {
-            return Err(refused(
-                "ORDER_CANCELLED",
-                format!("order {order_id} was cancelled"),
-            ));
-        }
-        db::coupons::complete(&mut tx, account_id, order_id, now).await?;
-        let coupons =
-            db::coupons::coupons_of_action(&mut tx, account_id, order_id, &["complete"], now).await?;
-        db::commit(tx).await?;
-        Ok(coupons)
+        let mut conn = db::acquire(&self.pool).await?;
+        let record = find_order(&mut conn, account_id, order_id).await?;
+        self.read_order(&mut conn, account_id, order_id, &record, now)
+            .await
     }
 
-    /// The order was cancelled: INACTIVE -> VALID (EXPIRED when past expiry,
-    /// REVOKED for a flagged member).
+    /// The order closed: its coupons go INACTIVE -> USED. A coupon whose hold
+    /// lapsed is still used when no other order took it; otherwise nothing is
+    /// completed and the call fails with `HOLD_LOST`.
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
-    pub async fn cancel(&self, account_id: &AccountId, order_id: &OrderId) -> Result<Vec<Coupon>, Error> {
+    pub async fn complete(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool).await?;
-        let actions = self.lock_order(&mut tx, account_id, order_id).await?;
-        if actions.iter().any(|a| a == "complete") {
-            return Err(refused(
-                "ORDER_COMPLETED",
-                format!("order {order_id} was completed; refund it instead"),
-            ));
+        db::coupons::lock_order(&mut tx, account_id, order_id).await?;
+        let mut record = find_order(&mut tx, account_id, order_id).await?;
+        match record.state {
+            OrderState::Cancelled => {
+                return Err(refused(
+                    "ORDER_CANCELLED",
+                    format!("order {order_id} was cancelled"),
+                ));
+            }
+            OrderState::Completed => {}
+            OrderState::Open => {
+                let coupons =
+                    db::coupons::lock_coupons(&mut tx, account_id, &record.coupon_ids, Some(order_id), now)
+                        .await?;
+                let this = Some(order_id.clone());
+                let lost: Vec<i64> = record
+                    .coupon_ids
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        !coupons
+                            .iter()
+                            .any(|c| c.coupon_id == *id && (c.order_id == this || c.lapsed_order == this))
+                    })
+                    .collect();
+                if let Some(first) = lost.first() {
+                    return Err(refused(
+                        "HOLD_LOST",
+                        format!(
+                            "the hold of order {order_id} lapsed and coupon {first} was taken since \
+                             (coupons lost: {lost:?}); nothing was completed"
+                        ),
+                    ));
+                }
+                let changes: Vec<Change> = coupons
+                    .iter()
+                    .filter(|c| record.coupon_ids.contains(&c.coupon_id))
+                    .map(|c| Change {
+                        coupon_id: c.coupon_id,
+                        from: (CouponStatus::Inactive, this.clone()),
+                        to: (CouponStatus::Used, this.clone()),
+                        hold_until: None,
+                        action: Some(Action::Complete),
+                        note: if c.lapsed_order.is_some() {
+                            "completed after its hold lapsed; no other order had taken it".to_owned()
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect();
+                apply(&mut tx, account_id, &changes, now).await?;
+                db::coupons::set_order_state(&mut tx, account_id, order_id, OrderState::Completed, now)
+                    .await?;
+                record.state = OrderState::Completed;
+                record.updated_at = now;
+            }
         }
-        db::coupons::cancel(&mut tx, account_id, order_id, now).await?;
-        let coupons = db::coupons::coupons_of_action(&mut tx, account_id, order_id, &["cancel"], now).await?;
+        let order = self
+            .read_order(&mut tx, account_id, order_id, &record, now)
+            .await?;
         db::commit(tx).await?;
-        Ok(coupons)
+        Ok(order)
     }
 
-    /// The order was refunded.
+    /// The order was cancelled: the coupons it still holds go back (VALID,
+    /// EXPIRED when past expiry, REVOKED for a flagged member).
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
-    pub async fn refund(
-        &self,
-        account_id: &AccountId,
-        order_id: &OrderId,
-        kind: RefundKind,
-    ) -> Result<Vec<Coupon>, Error> {
+    pub async fn cancel(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool).await?;
-        let actions = self.lock_order(&mut tx, account_id, order_id).await?;
-        if db::coupons::order_holds_coupons(&mut tx, account_id, order_id).await? {
-            return Err(refused(
-                "ORDER_NOT_COMPLETED",
-                format!("order {order_id} is not completed yet"),
-            ));
+        db::coupons::lock_order(&mut tx, account_id, order_id).await?;
+        let mut record = find_order(&mut tx, account_id, order_id).await?;
+        match record.state {
+            OrderState::Completed => {
+                return Err(refused(
+                    "ORDER_COMPLETED",
+                    format!("order {order_id} was completed; refund it instead"),
+                ));
+            }
+            OrderState::Cancelled => {}
+            OrderState::Open => {
+                let flagged = db::members::is_flagged(&mut tx, account_id)
+                    .await?
+                    .unwrap_or(false);
+                let coupons =
+                    db::coupons::lock_coupons(&mut tx, account_id, &[], Some(order_id), now).await?;
+                let this = Some(order_id.clone());
+                let changes: Vec<Change> = coupons
+                    .iter()
+                    .map(|c| Change {
+                        coupon_id: c.coupon_id,
+                        from: (CouponStatus::Inactive, this.clone()),
+                        to: (returned_status(c, flagged, now), None),
+                        hold_until: None,
+                        action: Some(Action::Cancel),
+                        note: String::new(),
+                    })
+                    .collect();
+                apply(&mut tx, account_id, &changes, now).await?;
+                db::coupons::set_order_state(&mut tx, account_id, order_id, OrderState::Cancelled, now)
+                    .await?;
+                record.state = OrderState::Cancelled;
+                record.updated_at = now;
+            }
         }
-        if actions.iter().any(|a| a == "cancel") {
-            return Err(refused(
-                "ORDER_CANCELLED",
-                format!("order {order_id} was cancelled"),
-            ));
-        }
-        db::coupons::refund(&mut tx, account_id, order_id, kind == RefundKind::Full, now).await?;
-        let action = match kind {
-            RefundKind::Full => "refund_full",
-            RefundKind::Partial => "refund_partial",
-        };
-        let coupons = db::coupons::coupons_of_action(&mut tx, account_id, order_id, &[action], now).await?;
+        let order = self
+            .read_order(&mut tx, account_id, order_id, &record, now)
+            .await?;
         db::commit(tx).await?;
-        Ok(coupons)
+        Ok(order)
     }
 
-    /// Takes the order's lock (its operations take turns), then reads what was
-    /// done to the order.
-    async fn lock_order(
+    /// Reads everything of an order whose header is `record`.
+    pub(super) async fn read_order(
         &self,
         conn: &mut PgConnection,
         account_id: &AccountId,
         order_id: &OrderId,
-    ) -> Result<Vec<String>, Error> {
-        ensure_member(conn, account_id).await?;
-        db::coupons::lock_order(conn, account_id, order_id).await?;
-        Ok(db::coupons::order_actions(conn, account_id, order_id).await?)
+        record: &OrderRecord,
+        now: DateTime<Utc>,
+    ) -> Result<OrderCheckout, Error> {
+        let (lines, allocations) = db::coupons::cart(conn, account_id, order_id).await?;
+        let mut coupons = db::coupons::coupons_by_ids(conn, account_id, &record.coupon_ids, now).await?;
+        coupons.sort_by_key(|c| record.coupon_ids.iter().position(|id| *id == c.coupon_id));
+        let refunds = db::coupons::refunds(conn, account_id, order_id).await?;
+        let status = match record.state {
+            OrderState::Open => OrderStatus::Open,
+            OrderState::Cancelled => OrderStatus::Cancelled,
+            OrderState::Completed if refunds.iter().any(|r| r.completes_order) => OrderStatus::Refunded,
+            OrderState::Completed => OrderStatus::Completed,
+        };
+        Ok(OrderCheckout {
+            order_id: order_id.clone(),
+            account_id: account_id.clone(),
+            status,
+            cart_revision: record.cart_revision,
+            currency: record.currency,
+            hold_until: record.hold_until,
+            pricing: stored_pricing(&lines, &record.coupon_ids, &allocations),
+            lines,
+            coupons,
+            refunds,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        })
+    }
+}
+
+/// The order's header, or `NOT_FOUND` when the checkout never reserved for it.
+pub(super) async fn find_order(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+) -> Result<OrderRecord, Error> {
+    match db::coupons::order(conn, account_id, order_id).await? {
+        Some(record) => Ok(record),
+        None => {
+            ensure_member(conn, account_id).await?;
+            Err(Error::NotFound {
+                reason: "ORDER_NOT_FOUND",
+                message: format!("account {account_id} has no checkout order {order_id}"),
+            })
+        }
+    }
+}
+
+/// The pricing stored at reservation, rebuilt from its allocations.
+fn stored_pricing(lines: &[CheckoutLine], coupon_ids: &[i64], allocations: &[Allocation]) -> Pricing {
+    let amounts: Vec<i64> = lines
+        .iter()
+        .map(|l| l.unit_price.saturating_mul(i64::from(l.quantity)))
+        .collect();
+    let mut line_discounts = vec![0i64; lines.len()];
+    let coupons = coupon_ids
+        .iter()
+        .map(|&coupon_id| {
+            let mut split: Vec<(usize, i64)> = allocations
+                .iter()
+                .filter(|a| a.coupon_id == coupon_id)
+                .map(|a| (a.line, a.discount))
+                .collect();
+            split.sort_unstable();
+            for &(line, discount) in &split {
+                line_discounts[line] += discount;
+            }
+            pricing::CouponOutcome {
+                coupon_id,
+                result: Ok(pricing::Applied {
+                    discount: split.iter().map(|s| s.1).sum(),
+                    allocations: split,
+                }),
+            }
+        })
+        .collect();
+    Pricing {
+        coupons,
+        subtotal: amounts.iter().sum(),
+        discount: line_discounts.iter().sum(),
+        lines: amounts.into_iter().zip(line_discounts).collect(),
     }
 }
