@@ -4,6 +4,7 @@
 mod best_choice;
 mod bounds;
 mod checkout;
+mod checkout_orders;
 mod concurrency;
 mod coupon_concurrency;
 mod coupons;
