@@ -56,7 +56,12 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
         ("loyalty.v1.Coupons", "IssueCoupon") => "coupons:issue",
         (
             "loyalty.v1.Coupons",
-            "ValidateCoupons" | "BestCoupons" | "ReserveCoupons" | "CompleteOrder" | "CancelOrder"
+            "ValidateCoupons"
+            | "BestCoupons"
+            | "ReserveCoupons"
+            | "GetCheckoutOrder"
+            | "CompleteOrder"
+            | "CancelOrder"
             | "RefundOrder",
         ) => "coupons:checkout",
         ("loyalty.v1.Coupons", "ListCoupons" | "GetCoupon") => "coupons:read",
@@ -262,6 +267,27 @@ mod tests {
                 .reason(),
             "UNKNOWN_TOKEN"
         );
+    }
+
+    #[test]
+    fn every_method_of_the_contract_has_a_scope() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let methods: Vec<String> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "loyalty.v1")
+            .flat_map(|f| &f.service)
+            .flat_map(|s| {
+                s.method
+                    .iter()
+                    .map(move |m| format!("/loyalty.v1.{}/{}", s.name(), m.name()))
+            })
+            .collect();
+        assert!(methods.len() > 30, "{methods:?}");
+        for method in methods {
+            assert!(is_known_method(&method), "{method} has no scope");
+        }
     }
 
     #[test]
