@@ -110,11 +110,60 @@ pub fn birthday_pb(birthday: &Birthday) -> pb::Date {
     }
 }
 
-/// A required amount of money.
+/// A required amount of money: a current ISO 4217 currency (else the error
+/// names `{field}.currency_code`) and an amount that is not negative (else
+/// `{field}.amount_minor`).
 pub fn money(money: Option<pb::Money>, field: &str) -> Result<Money, Error> {
     let money = money.ok_or_else(|| Error::invalid(field, "is required"))?;
     let currency = Currency::parse(&money.currency_code).field(&format!("{field}.currency_code"))?;
     Money::new(money.amount_minor, currency).field(&format!("{field}.amount_minor"))
+}
+
+/// An optional amount of money; absent is `None`.
+pub fn optional_money(money: Option<pb::Money>, field: &str) -> Result<Option<Money>, Error> {
+    money.map(|m| self::money(Some(m), field)).transpose()
+}
+
+/// A required amount that must be in `currency`, the currency the request
+/// names in `currency_field` (an order's or a template's `currency_code`):
+/// another currency is refused naming `{field}.currency_code`.
+pub fn money_in(
+    money: Option<pb::Money>,
+    field: &str,
+    currency: Currency,
+    currency_field: &str,
+) -> Result<Money, Error> {
+    let money = self::money(money, field)?;
+    if money.currency() != currency {
+        return Err(Error::invalid(
+            format!("{field}.currency_code"),
+            format!(
+                "must be {currency}, the currency of {currency_field} (got {})",
+                money.currency()
+            ),
+        ));
+    }
+    Ok(money)
+}
+
+/// An optional amount that must be in `currency` when given (see [`money_in`]).
+pub fn optional_money_in(
+    money: Option<pb::Money>,
+    field: &str,
+    currency: Currency,
+    currency_field: &str,
+) -> Result<Option<Money>, Error> {
+    money
+        .map(|m| money_in(Some(m), field, currency, currency_field))
+        .transpose()
+}
+
+/// An amount on the wire: `minor` minor units of `currency`.
+pub fn money_pb(minor: i64, currency: Currency) -> pb::Money {
+    pb::Money {
+        amount_minor: minor,
+        currency_code: currency.to_string(),
+    }
 }
 
 /// A required enum value: known and not `*_UNSPECIFIED` (which is value 0).
@@ -195,6 +244,73 @@ mod tests {
         assert_eq!(parse_page_token("entries.v1", "").ok(), Some(None));
         assert!(parse_page_token("entries.v1", "42").is_err());
         assert!(parse_page_token("entries.v1", &page_token("coupons.v1", 42)).is_err());
+    }
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn wire(amount_minor: i64, currency_code: &str) -> Option<pb::Money> {
+        Some(pb::Money {
+            amount_minor,
+            currency_code: currency_code.to_owned(),
+        })
+    }
+
+    fn bad_field(error: Error) -> String {
+        match error {
+            Error::InvalidArgument(violation) => violation.field,
+            other => panic!("not a bad request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn money_round_trips_and_names_the_bad_part() {
+        let amount = money(wire(1999, "USD"), "amount").unwrap();
+        assert_eq!((amount.minor(), amount.currency()), (1999, usd()));
+        assert_eq!(
+            money_pb(amount.minor(), amount.currency()),
+            wire(1999, "USD").unwrap()
+        );
+        assert_eq!(bad_field(money(None, "amount").unwrap_err()), "amount");
+        assert_eq!(
+            bad_field(money(wire(-1, "USD"), "amount").unwrap_err()),
+            "amount.amount_minor"
+        );
+        for code in ["", "usd", "ABC", "XAU", "XXX"] {
+            assert_eq!(
+                bad_field(money(wire(1, code), "amount").unwrap_err()),
+                "amount.currency_code",
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn money_in_a_currency_refuses_another_one() {
+        let field = "order.lines[2].unit_price";
+        assert_eq!(
+            money_in(wire(500, "USD"), field, usd(), "order.currency_code")
+                .unwrap()
+                .minor(),
+            500
+        );
+        let error = money_in(wire(500, "EUR"), field, usd(), "order.currency_code").unwrap_err();
+        assert_eq!(bad_field(error), "order.lines[2].unit_price.currency_code");
+        assert_eq!(
+            optional_money_in(None, "template.min_purchase", usd(), "template.currency_code").unwrap(),
+            None
+        );
+        assert!(
+            optional_money_in(
+                wire(1, "JPY"),
+                "template.min_purchase",
+                usd(),
+                "template.currency_code"
+            )
+            .is_err()
+        );
+        assert_eq!(optional_money(None, "limit").unwrap(), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::domain::membership::{LevelPeriod, Membership, Reward};
 use crate::domain::money::Currency;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    birthday, birthday_pb, date, event_instant, money, required_enum, required_instant, timestamp,
+    birthday, birthday_pb, date, event_instant, money, money_pb, required_enum, required_instant, timestamp,
 };
 use crate::grpc::coupons::{coupon_pb, level_domain, level_pb};
 use crate::pb;
@@ -44,13 +44,6 @@ impl MembershipService {
         }
     }
 
-    fn money(&self, minor: i64) -> pb::Money {
-        pb::Money {
-            amount_minor: minor,
-            currency_code: self.program_currency.to_string(),
-        }
-    }
-
     fn benefits_pb(&self, benefits: Benefits) -> pb::Benefits {
         pb::Benefits {
             birthday_reward: benefits.birthday_reward,
@@ -61,7 +54,9 @@ impl MembershipService {
                 .unwrap_or(i32::MAX),
             exclusive_member_prices: benefits.exclusive_member_prices,
             exclusive_event_benefits: benefits.exclusive_event_benefits,
-            fast_refund_limit: benefits.fast_refund_limit_minor.map(|limit| self.money(limit)),
+            fast_refund_limit: benefits
+                .fast_refund_limit_minor
+                .map(|limit| money_pb(limit, self.program_currency)),
             limited_daily_coupons: benefits.limited_daily_coupons,
         }
     }
@@ -254,7 +249,9 @@ impl pb::membership_server::Membership for MembershipService {
         Ok(Response::new(pb::CheckFastRefundResponse {
             eligible: check.eligible,
             level: level_pb(check.level).into(),
-            limit: check.limit_minor.map(|limit| self.money(limit)),
+            limit: check
+                .limit_minor
+                .map(|limit| money_pb(limit, self.program_currency)),
         }))
     }
 
