@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate};
 
 use crate::clock::Clock;
 use crate::domain::ids::{AccountId, TemplateId};
@@ -14,7 +14,8 @@ use crate::domain::membership::{LevelPeriod, Membership, Reward};
 use crate::domain::money::Currency;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    birthday, birthday_pb, date, event_instant, money, money_pb, required_enum, required_instant, timestamp,
+    birthday, birthday_pb, date, event_instant, money, money_pb, page_size, page_token, parse_page_token,
+    required_enum, required_instant, timestamp,
 };
 use crate::grpc::coupons::{coupon_pb, level_domain, level_pb};
 use crate::pb;
@@ -129,6 +130,9 @@ fn member_pb(member: Member) -> pb::Member {
     }
 }
 
+/// Keeps level history page tokens apart from other listings' tokens.
+const HISTORY_PAGE_KIND: &str = "levels.v1";
+
 #[tonic::async_trait]
 impl pb::membership_server::Membership for MembershipService {
     async fn register_member(
@@ -231,10 +235,21 @@ impl pb::membership_server::Membership for MembershipService {
         &self,
         request: Request<pb::ListLevelHistoryRequest>,
     ) -> Result<Response<pb::ListLevelHistoryResponse>, Status> {
-        let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
-        let periods = self.membership.history(&account_id).await?;
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let page_size = page_size(request.page_size)?;
+        let before = parse_page_token(HISTORY_PAGE_KIND, &request.page_token)?
+            .map(|micros| {
+                DateTime::from_timestamp_micros(micros)
+                    .ok_or_else(|| Error::invalid("page_token", "is not a token this service issued"))
+            })
+            .transpose()?;
+        let (periods, next) = self.membership.history(&account_id, before, page_size).await?;
         Ok(Response::new(pb::ListLevelHistoryResponse {
             periods: periods.into_iter().map(period_pb).collect(),
+            next_page_token: next
+                .map(|from| page_token(HISTORY_PAGE_KIND, from.timestamp_micros()))
+                .unwrap_or_default(),
         }))
     }
 
