@@ -16,8 +16,7 @@ use crate::domain::pricing::{
 };
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    money_in, money_pb, optional_money_in, page_size, page_token, parse_page_token, parse_text_page_token,
-    required_enum, required_instant, text_page_token, timestamp,
+    PageQuery, money_in, money_pb, optional_money_in, page_size, required_enum, required_instant, timestamp,
 };
 use crate::pb;
 
@@ -388,7 +387,7 @@ fn pricing_pb(order: &CheckoutOrder, pricing: Pricing) -> pb::Pricing {
 const TEMPLATE_PAGE_KIND: &str = "templates.v1";
 
 /// Keeps coupon page tokens apart from other listings' tokens.
-const PAGE_KIND: &str = "coupons.v1";
+const COUPON_PAGE_KIND: &str = "coupons.v1";
 
 #[tonic::async_trait]
 impl pb::coupons_server::Coupons for CouponsService {
@@ -421,13 +420,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ListCouponTemplatesResponse>, Status> {
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
-        let after = parse_text_page_token(TEMPLATE_PAGE_KIND, &request.page_token)?;
+        // No account and no filter: the token is bound to the listing only.
+        let query = PageQuery::new(TEMPLATE_PAGE_KIND);
+        let after: Option<String> = query.parse(&request.page_token)?;
         let (templates, next) = self.coupons.templates(after.as_deref(), page_size).await?;
         Ok(Response::new(pb::ListCouponTemplatesResponse {
             templates: templates.into_iter().map(template_pb).collect(),
-            next_page_token: next
-                .map(|key| text_page_token(TEMPLATE_PAGE_KIND, &key))
-                .unwrap_or_default(),
+            next_page_token: next.map(|key| query.token(&key)).unwrap_or_default(),
         }))
     }
 
@@ -611,14 +610,17 @@ impl pb::coupons_server::Coupons for CouponsService {
             .map(|(i, &s)| status_domain(s, &format!("statuses[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let page_size = page_size(request.page_size)?;
-        let before = parse_page_token(PAGE_KIND, &request.page_token)?;
+        let query = PageQuery::new(COUPON_PAGE_KIND)
+            .with("account_id", &account_id)
+            .with_set("statuses", statuses.iter().map(|s| s.as_str()));
+        let before = query.parse(&request.page_token)?;
         let (coupons, next) = self
             .coupons
             .list(&account_id, &statuses, before, page_size)
             .await?;
         Ok(Response::new(pb::ListCouponsResponse {
             coupons: coupons.into_iter().map(coupon_pb).collect(),
-            next_page_token: next.map(|id| page_token(PAGE_KIND, id)).unwrap_or_default(),
+            next_page_token: next.map(|id| query.token(&id)).unwrap_or_default(),
         }))
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use chrono::{DateTime, Datelike, NaiveDate};
+use chrono::{Datelike, NaiveDate};
 
 use crate::clock::Clock;
 use crate::domain::ids::{AccountId, TemplateId};
@@ -14,8 +14,8 @@ use crate::domain::membership::{LevelPeriod, Membership, Reward};
 use crate::domain::money::Currency;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    birthday, birthday_pb, date, event_instant, money, money_pb, page_size, page_token, parse_page_token,
-    required_enum, required_instant, timestamp,
+    PageQuery, birthday, birthday_pb, date, event_instant, money, money_pb, page_size, required_enum,
+    required_instant, timestamp,
 };
 use crate::grpc::coupons::{coupon_pb, level_domain, level_pb};
 use crate::pb;
@@ -238,18 +238,12 @@ impl pb::membership_server::Membership for MembershipService {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let page_size = page_size(request.page_size)?;
-        let before = parse_page_token(HISTORY_PAGE_KIND, &request.page_token)?
-            .map(|micros| {
-                DateTime::from_timestamp_micros(micros)
-                    .ok_or_else(|| Error::invalid("page_token", "is not a token this service issued"))
-            })
-            .transpose()?;
+        let query = PageQuery::new(HISTORY_PAGE_KIND).with("account_id", &account_id);
+        let before = query.parse(&request.page_token)?;
         let (periods, next) = self.membership.history(&account_id, before, page_size).await?;
         Ok(Response::new(pb::ListLevelHistoryResponse {
             periods: periods.into_iter().map(period_pb).collect(),
-            next_page_token: next
-                .map(|from| page_token(HISTORY_PAGE_KIND, from.timestamp_micros()))
-                .unwrap_or_default(),
+            next_page_token: next.map(|from| query.token(&from)).unwrap_or_default(),
         }))
     }
 
