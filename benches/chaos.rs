@@ -703,7 +703,10 @@ async fn races(addr: &str) -> anyhow::Result<()> {
                     name: "chaos stock".to_owned(),
                     issuer: pb::Issuer::Platform.into(),
                     discount: Some(pb::Discount {
-                        kind: Some(pb::discount::Kind::AmountOffMinor(100)),
+                        kind: Some(pb::discount::Kind::AmountOff(pb::Money {
+                            amount_minor: 100,
+                            currency_code: "USD".to_owned(),
+                        })),
                     }),
                     currency_code: "USD".to_owned(),
                     validity: Some(pb::Validity {

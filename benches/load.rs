@@ -86,13 +86,21 @@ impl Shared {
     }
 }
 
+/// `amount_minor` US cents on the wire.
+fn usd(amount_minor: i64) -> pb::Money {
+    pb::Money {
+        amount_minor,
+        currency_code: "USD".to_owned(),
+    }
+}
+
 fn order(account_id: String, order_id: String) -> pb::CheckoutOrder {
     let line = |id: &str, seller: &str, price: i64| pb::CheckoutLine {
         line_id: id.to_owned(),
         seller_id: seller.to_owned(),
         product_id: format!("p-{id}"),
         category_id: "c1".to_owned(),
-        unit_price_minor: price,
+        unit_price: Some(usd(price)),
         quantity: 1,
         sale_price: false,
     };
@@ -138,7 +146,7 @@ async fn seed_best(channel: Channel) -> anyhow::Result<()> {
     let percent = |basis_points: i32, max_discount_minor: i64| pb::Discount {
         kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
             basis_points,
-            max_discount_minor,
+            max_discount: (max_discount_minor > 0).then(|| usd(max_discount_minor)),
         })),
     };
     let template =
@@ -150,7 +158,7 @@ async fn seed_best(channel: Channel) -> anyhow::Result<()> {
                 seller_id,
                 discount: Some(discount),
                 currency_code: "USD".to_owned(),
-                min_purchase_minor: min,
+                min_purchase: (min > 0).then(|| usd(min)),
                 validity: Some(pb::Validity {
                     kind: Some(pb::validity::Kind::DaysFromIssuance(3650)),
                 }),
@@ -183,7 +191,7 @@ async fn seed_best(channel: Channel) -> anyhow::Result<()> {
     for p in 0..6i64 {
         let discount = if p % 2 == 0 {
             pb::Discount {
-                kind: Some(pb::discount::Kind::AmountOffMinor(2000 + 1500 * p)),
+                kind: Some(pb::discount::Kind::AmountOff(usd(2000 + 1500 * p))),
             }
         } else {
             percent(800 + 200 * i32::try_from(p).unwrap_or(0), 3000 + 1000 * p)
@@ -229,7 +237,7 @@ fn best_cart(order_id: String) -> pb::CheckoutOrder {
             seller_id: format!("seller-{}", j as usize % BEST_SELLERS),
             product_id: format!("p{j}"),
             category_id: "c1".to_owned(),
-            unit_price_minor: 500 + i64::from(j * 137 % 5000),
+            unit_price: Some(usd(500 + i64::from(j * 137 % 5000))),
             quantity: 1 + i32::try_from(j % 3).unwrap_or(0),
             sale_price: j % 4 == 0,
         })

@@ -56,13 +56,8 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
         ("loyalty.v1.Coupons", "IssueCoupon") => "coupons:issue",
         (
             "loyalty.v1.Coupons",
-            "ValidateCoupons"
-            | "BestCoupons"
-            | "ReserveCoupons"
-            | "GetCheckoutOrder"
-            | "CompleteOrder"
-            | "CancelOrder"
-            | "RefundOrder",
+            "ValidateCoupons" | "BestCoupons" | "ReserveCoupons" | "GetCheckoutOrder" | "CompleteOrder"
+            | "CancelOrder" | "RefundOrder",
         ) => "coupons:checkout",
         ("loyalty.v1.Coupons", "ListCoupons" | "GetCoupon") => "coupons:read",
         _ => return None,

@@ -58,7 +58,7 @@ impl<U: Message + Default> Decoder for MessageDecoder<U> {
 
 /// The `INVALID_ARGUMENT` of an undecodable message. prost reports where it
 /// failed as `Message.field: ` steps before the description; they become the
-/// field path (`lines.unit_price_minor`), the description stays as it is.
+/// field path (`lines.unit_price`), the description stays as it is.
 fn malformed(error: &prost::DecodeError) -> Error {
     let text = error.to_string();
     let text = text

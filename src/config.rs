@@ -108,7 +108,8 @@ pub struct Config {
     /// Program time zone (IANA name): decides local days and months.
     #[arg(long, env = "LOYALTY_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
     pub time_zone: Tz,
-    /// Program currency (ISO 4217): order minimums are in it.
+    /// Program currency: a current ISO 4217 code with a minor unit (not XAU,
+    /// XXX, ...). Order minimums and fast-refund limits are in it.
     #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
     pub program_currency: Currency,
     /// File of bearer tokens and their scopes (see README). Without it,
@@ -347,5 +348,18 @@ mod tests {
         assert!(Config::try_parse_from(["loyalty", "--time-zone", "Mars/Olympus"]).is_err());
         let config = Config::try_parse_from(["loyalty", "--time-zone", "Europe/Berlin"]).unwrap();
         assert_eq!(config.time_zone, chrono_tz::Europe::Berlin);
+    }
+
+    #[test]
+    fn the_program_currency_is_a_current_iso_4217_currency() {
+        for bad in ["ABC", "usd", "XAU", "XXX", "HRK"] {
+            assert!(
+                Config::try_parse_from(["loyalty", "--program-currency", bad]).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let config = Config::try_parse_from(["loyalty", "--program-currency", "JPY"]).unwrap();
+        assert_eq!(config.program_currency.minor_units(), 0);
+        assert_eq!(config.earning_rules().order_minimum.to_string(), "200 JPY");
     }
 }

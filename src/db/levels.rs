@@ -173,17 +173,24 @@ pub async fn last_period_end(
     .await
 }
 
-/// Every level period of a member, newest first.
+/// Up to `limit` level periods of a member, newest first, starting before
+/// `before` (a period's `effective_from`, unique per member: the primary key)
+/// when given.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn history(
     conn: &mut PgConnection,
     account_id: &AccountId,
+    before: Option<DateTime<Utc>>,
+    limit: u32,
 ) -> Result<Vec<LevelPeriodRow>, sqlx::Error> {
     sqlx::query_as(
         "select level, effective_from, effective_to, window_points, evaluation_month from member_level \
-         where account_id = $1 order by effective_from desc",
+         where account_id = $1 and ($2::timestamptz is null or effective_from < $2) \
+         order by effective_from desc limit $3",
     )
     .bind(account_id)
+    .bind(before)
+    .bind(i64::from(limit))
     .fetch_all(conn)
     .await
 }

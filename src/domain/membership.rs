@@ -356,18 +356,32 @@ impl Membership {
         })
     }
 
-    /// The member's level periods, newest first.
+    /// A page of the member's level periods, newest first, starting before the
+    /// period that began at `before` (the previous page's last); and where the
+    /// next page starts, if there is one.
     #[tracing::instrument(skip_all, fields(account_id = %account_id))]
-    pub async fn history(&self, account_id: &AccountId) -> Result<Vec<LevelPeriod>, Error> {
+    pub async fn history(
+        &self,
+        account_id: &AccountId,
+        before: Option<DateTime<Utc>>,
+        page_size: u32,
+    ) -> Result<(Vec<LevelPeriod>, Option<DateTime<Utc>>), Error> {
         let mut conn = db::acquire(&self.pool).await?;
         db::members::get(&mut conn, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?;
-        db::levels::history(&mut conn, account_id)
+        let mut periods = db::levels::history(&mut conn, account_id, before, page_size + 1)
             .await?
             .into_iter()
             .map(LevelPeriod::try_from)
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if periods.len() > page_size as usize {
+            periods.truncate(page_size as usize);
+            periods.last().map(|p| p.effective_from)
+        } else {
+            None
+        };
+        Ok((periods, next))
     }
 
     /// The membership view now.

@@ -190,7 +190,7 @@ impl CheckoutOrder {
             }
             if line.unit_price < 0 {
                 return Err(Error::invalid(
-                    format!("order.lines[{i}].unit_price_minor"),
+                    format!("order.lines[{i}].unit_price.amount_minor"),
                     "must not be negative",
                 ));
             }

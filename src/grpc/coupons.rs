@@ -19,8 +19,7 @@ use crate::domain::pricing::{
 };
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    money_pb, page_size, page_token, parse_page_token, parse_text_page_token, required_enum,
-    required_instant, text_page_token, timestamp,
+    PageQuery, money_in, money_pb, optional_money_in, page_size, required_enum, required_instant, timestamp,
 };
 use crate::pb;
 
@@ -100,20 +99,28 @@ fn issuer_pb(issuer: &Issuer) -> (pb::Issuer, String) {
     }
 }
 
-fn discount_pb(discount: &Discount) -> pb::Discount {
+fn discount_pb(discount: &Discount, currency: Currency) -> pb::Discount {
     pb::Discount {
         kind: Some(match *discount {
-            Discount::AmountOff(amount) => pb::discount::Kind::AmountOffMinor(amount),
+            Discount::AmountOff(amount) => pb::discount::Kind::AmountOff(money_pb(amount, currency)),
             Discount::PercentOff {
                 basis_points,
                 max_minor,
             } => pb::discount::Kind::PercentOff(pb::PercentOff {
                 basis_points: i32::try_from(basis_points).unwrap_or(i32::MAX),
-                max_discount_minor: max_minor.unwrap_or(0),
+                max_discount: max_minor.map(|max| money_pb(max, currency)),
             }),
         }),
     }
 }
+
+/// A minimum purchase on the wire: absent when there is none.
+fn min_purchase_pb(min_purchase: i64, currency: Currency) -> Option<pb::Money> {
+    (min_purchase > 0).then(|| money_pb(min_purchase, currency))
+}
+
+/// Keeps the template's amounts in its currency.
+const TEMPLATE_CURRENCY: &str = "template.currency_code";
 
 fn template_spec(template: Option<pb::CouponTemplate>) -> Result<TemplateSpec, Error> {
     let t = template.ok_or_else(|| Error::invalid("template", "is required"))?;
@@ -128,25 +135,38 @@ fn template_spec(template: Option<pb::CouponTemplate>) -> Result<TemplateSpec, E
         pb::Issuer::Seller => Issuer::Seller(SellerId::parse(&t.seller_id).field("template.seller_id")?),
         pb::Issuer::Unspecified => return Err(Error::invalid("template.issuer", "is required")),
     };
+    let currency = Currency::parse(&t.currency_code).field(TEMPLATE_CURRENCY)?;
     let discount = match t.discount.and_then(|d| d.kind) {
-        Some(pb::discount::Kind::AmountOffMinor(amount)) => Discount::AmountOff(amount),
+        Some(pb::discount::Kind::AmountOff(amount)) => Discount::AmountOff(
+            money_in(
+                Some(amount),
+                "template.discount.amount_off",
+                currency,
+                TEMPLATE_CURRENCY,
+            )?
+            .minor(),
+        ),
         Some(pb::discount::Kind::PercentOff(p)) => Discount::PercentOff {
             basis_points: u32::try_from(p.basis_points).map_err(|_| {
                 Error::invalid("template.discount.percent_off.basis_points", "must be 1 to 10000")
             })?,
-            max_minor: match p.max_discount_minor {
-                0 => None,
-                max if max < 0 => {
-                    return Err(Error::invalid(
-                        "template.discount.percent_off.max_discount_minor",
-                        "must not be negative",
-                    ));
-                }
-                max => Some(max),
-            },
+            max_minor: optional_money_in(
+                p.max_discount,
+                "template.discount.percent_off.max_discount",
+                currency,
+                TEMPLATE_CURRENCY,
+            )?
+            .map(|max| max.minor()),
         },
         None => return Err(Error::invalid("template.discount", "is required")),
     };
+    let min_purchase = optional_money_in(
+        t.min_purchase,
+        "template.min_purchase",
+        currency,
+        TEMPLATE_CURRENCY,
+    )?
+    .map_or(0, |min| min.minor());
     let validity = match t.validity.and_then(|v| v.kind) {
         Some(pb::validity::Kind::Window(w)) => Validity::Window {
             from: required_instant(w.valid_from, "template.validity.window.valid_from")?,
@@ -170,8 +190,8 @@ fn template_spec(template: Option<pb::CouponTemplate>) -> Result<TemplateSpec, E
         description: t.description,
         issuer,
         discount,
-        currency: Currency::parse(&t.currency_code).field("template.currency_code")?,
-        min_purchase: t.min_purchase_minor,
+        currency,
+        min_purchase,
         validity,
         total_stock: t.total_stock,
         daily_stock: t.daily_stock,
@@ -196,9 +216,9 @@ fn template_pb(template: Template) -> pb::CouponTemplate {
         description: spec.description,
         issuer: issuer.into(),
         seller_id,
-        discount: Some(discount_pb(&spec.discount)),
+        discount: Some(discount_pb(&spec.discount, spec.currency)),
         currency_code: spec.currency.to_string(),
-        min_purchase_minor: spec.min_purchase,
+        min_purchase: min_purchase_pb(spec.min_purchase, spec.currency),
         validity: Some(pb::Validity {
             kind: Some(match spec.validity {
                 Validity::Window { from, until } => pb::validity::Kind::Window(pb::ValidityWindow {
@@ -236,9 +256,9 @@ pub(crate) fn coupon_pb(coupon: Coupon) -> pb::Coupon {
         status: status_pb(coupon.status).into(),
         issuer: issuer.into(),
         seller_id,
-        discount: Some(discount_pb(&coupon.discount)),
+        discount: Some(discount_pb(&coupon.discount, coupon.currency)),
         currency_code: coupon.currency.to_string(),
-        min_purchase_minor: coupon.min_purchase,
+        min_purchase: min_purchase_pb(coupon.min_purchase, coupon.currency),
         regular_price_only: coupon.regular_price_only,
         valid_from: Some(timestamp(coupon.valid_from)),
         expires_at: Some(timestamp(coupon.expires_at)),
@@ -268,8 +288,12 @@ fn transition_pb(transition: Transition) -> pb::CouponTransition {
     }
 }
 
+/// Keeps the order's amounts in its currency.
+const ORDER_CURRENCY: &str = "order.currency_code";
+
 fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Error> {
     let order = order.ok_or_else(|| Error::invalid("order", "is required"))?;
+    let currency = Currency::parse(&order.currency_code).field(ORDER_CURRENCY)?;
     let lines = order
         .lines
         .into_iter()
@@ -281,7 +305,7 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
                 seller_id: SellerId::parse(&l.seller_id).field(&field("seller_id"))?,
                 product_id: ProductId::parse(&l.product_id).field(&field("product_id"))?,
                 category_id: CategoryId::parse(&l.category_id).field(&field("category_id"))?,
-                unit_price: l.unit_price_minor,
+                unit_price: money_in(l.unit_price, &field("unit_price"), currency, ORDER_CURRENCY)?.minor(),
                 quantity: u32::try_from(l.quantity)
                     .map_err(|_| Error::invalid(field("quantity"), "must be 1 to 10000"))?,
                 sale_price: l.sale_price,
@@ -291,7 +315,7 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
     CheckoutOrder::new(
         OrderId::parse(&order.order_id).field("order.order_id")?,
         AccountId::parse(&order.account_id).field("order.account_id")?,
-        Currency::parse(&order.currency_code).field("order.currency_code")?,
+        currency,
         lines,
     )
 }
@@ -315,6 +339,7 @@ fn picked_ids(ids: &[i64]) -> Result<Vec<i64>, Error> {
 
 fn pricing_pb(lines: &[CheckoutLine], currency: Currency, pricing: Pricing) -> pb::Pricing {
     let line_id = |index: usize| lines[index].line_id.to_string();
+    let money = |minor: i64| Some(money_pb(minor, currency));
     let total = pricing.total();
     pb::Pricing {
         coupons: pricing
@@ -325,13 +350,13 @@ fn pricing_pb(lines: &[CheckoutLine], currency: Currency, pricing: Pricing) -> p
                     coupon_id: outcome.coupon_id,
                     applicable: true,
                     reason: pb::NotApplicableReason::Unspecified.into(),
-                    discount_minor: applied.discount,
+                    discount: money(applied.discount),
                     allocations: applied
                         .allocations
                         .into_iter()
                         .map(|(line, discount)| pb::LineAllocation {
                             line_id: line_id(line),
-                            discount_minor: discount,
+                            discount: money(discount),
                         })
                         .collect(),
                 },
@@ -339,7 +364,7 @@ fn pricing_pb(lines: &[CheckoutLine], currency: Currency, pricing: Pricing) -> p
                     coupon_id: outcome.coupon_id,
                     applicable: false,
                     reason: refusal_pb(refusal).into(),
-                    discount_minor: 0,
+                    discount: money(0),
                     allocations: Vec::new(),
                 },
             })
@@ -350,25 +375,24 @@ fn pricing_pb(lines: &[CheckoutLine], currency: Currency, pricing: Pricing) -> p
             .enumerate()
             .map(|(i, (amount, discount))| pb::LineTotal {
                 line_id: line_id(i),
-                amount_minor: *amount,
-                discount_minor: *discount,
-                total_minor: amount - discount,
+                amount: money(*amount),
+                discount: money(*discount),
+                total: money(amount - discount),
             })
             .collect(),
-        subtotal_minor: pricing.subtotal,
-        discount_minor: pricing.discount,
-        total_minor: total,
-        currency_code: currency.to_string(),
+        subtotal: money(pricing.subtotal),
+        discount: money(pricing.discount),
+        total: money(total),
     }
 }
 
-fn line_pb(line: CheckoutLine) -> pb::CheckoutLine {
+fn line_pb(line: CheckoutLine, currency: Currency) -> pb::CheckoutLine {
     pb::CheckoutLine {
         line_id: line.line_id.to_string(),
         seller_id: line.seller_id.to_string(),
         product_id: line.product_id.to_string(),
         category_id: line.category_id.to_string(),
-        unit_price_minor: line.unit_price,
+        unit_price: Some(money_pb(line.unit_price, currency)),
         quantity: i32::try_from(line.quantity).unwrap_or(i32::MAX),
         sale_price: line.sale_price,
     }
@@ -419,7 +443,11 @@ fn order_pb(order: OrderCheckout) -> pb::OrderCheckout {
         hold_expire_time: (order.status == OrderStatus::Open).then(|| timestamp(order.hold_until)),
         currency_code: currency.to_string(),
         pricing: Some(pricing_pb(&order.lines, currency, order.pricing)),
-        lines: order.lines.into_iter().map(line_pb).collect(),
+        lines: order
+            .lines
+            .into_iter()
+            .map(|line| line_pb(line, currency))
+            .collect(),
         coupons: order.coupons.into_iter().map(coupon_pb).collect(),
         refunds: order
             .refunds
@@ -492,7 +520,7 @@ fn refund_extent(extent: Option<pb::refund_order_request::Extent>) -> Result<Ref
 const TEMPLATE_PAGE_KIND: &str = "templates.v1";
 
 /// Keeps coupon page tokens apart from other listings' tokens.
-const PAGE_KIND: &str = "coupons.v1";
+const COUPON_PAGE_KIND: &str = "coupons.v1";
 
 #[tonic::async_trait]
 impl pb::coupons_server::Coupons for CouponsService {
@@ -525,13 +553,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ListCouponTemplatesResponse>, Status> {
         let request = request.into_inner();
         let page_size = page_size(request.page_size)?;
-        let after = parse_text_page_token(TEMPLATE_PAGE_KIND, &request.page_token)?;
+        // No account and no filter: the token is bound to the listing only.
+        let query = PageQuery::new(TEMPLATE_PAGE_KIND);
+        let after: Option<String> = query.parse(&request.page_token)?;
         let (templates, next) = self.coupons.templates(after.as_deref(), page_size).await?;
         Ok(Response::new(pb::ListCouponTemplatesResponse {
             templates: templates.into_iter().map(template_pb).collect(),
-            next_page_token: next
-                .map(|key| text_page_token(TEMPLATE_PAGE_KIND, &key))
-                .unwrap_or_default(),
+            next_page_token: next.map(|key| query.token(&key)).unwrap_or_default(),
         }))
     }
 
@@ -731,14 +759,17 @@ impl pb::coupons_server::Coupons for CouponsService {
             .map(|(i, &s)| status_domain(s, &format!("statuses[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let page_size = page_size(request.page_size)?;
-        let before = parse_page_token(PAGE_KIND, &request.page_token)?;
+        let query = PageQuery::new(COUPON_PAGE_KIND)
+            .with("account_id", &account_id)
+            .with_set("statuses", statuses.iter().map(|s| status_pb(*s).as_str_name()));
+        let before = query.parse(&request.page_token)?;
         let (coupons, next) = self
             .coupons
             .list(&account_id, &statuses, before, page_size)
             .await?;
         Ok(Response::new(pb::ListCouponsResponse {
             coupons: coupons.into_iter().map(coupon_pb).collect(),
-            next_page_token: next.map(|id| page_token(PAGE_KIND, id)).unwrap_or_default(),
+            next_page_token: next.map(|id| query.token(&id)).unwrap_or_default(),
         }))
     }
 

@@ -14,7 +14,8 @@ use crate::domain::membership::{LevelPeriod, Membership, Reward};
 use crate::domain::money::Currency;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    birthday, birthday_pb, date, event_instant, money, required_enum, required_instant, timestamp,
+    PageQuery, birthday, birthday_pb, date, event_instant, money, money_pb, page_size, required_enum,
+    required_instant, timestamp,
 };
 use crate::grpc::coupons::{coupon_pb, level_domain, level_pb};
 use crate::pb;
@@ -44,13 +45,6 @@ impl MembershipService {
         }
     }
 
-    fn money(&self, minor: i64) -> pb::Money {
-        pb::Money {
-            amount_minor: minor,
-            currency_code: self.program_currency.to_string(),
-        }
-    }
-
     fn benefits_pb(&self, benefits: Benefits) -> pb::Benefits {
         pb::Benefits {
             birthday_reward: benefits.birthday_reward,
@@ -61,7 +55,9 @@ impl MembershipService {
                 .unwrap_or(i32::MAX),
             exclusive_member_prices: benefits.exclusive_member_prices,
             exclusive_event_benefits: benefits.exclusive_event_benefits,
-            fast_refund_limit: benefits.fast_refund_limit_minor.map(|limit| self.money(limit)),
+            fast_refund_limit: benefits
+                .fast_refund_limit_minor
+                .map(|limit| money_pb(limit, self.program_currency)),
             limited_daily_coupons: benefits.limited_daily_coupons,
         }
     }
@@ -133,6 +129,9 @@ fn member_pb(member: Member) -> pb::Member {
         fraud_reason,
     }
 }
+
+/// Keeps level history page tokens apart from other listings' tokens.
+const HISTORY_PAGE_KIND: &str = "levels.v1";
 
 #[tonic::async_trait]
 impl pb::membership_server::Membership for MembershipService {
@@ -236,10 +235,15 @@ impl pb::membership_server::Membership for MembershipService {
         &self,
         request: Request<pb::ListLevelHistoryRequest>,
     ) -> Result<Response<pb::ListLevelHistoryResponse>, Status> {
-        let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
-        let periods = self.membership.history(&account_id).await?;
+        let request = request.into_inner();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let page_size = page_size(request.page_size)?;
+        let query = PageQuery::new(HISTORY_PAGE_KIND).with("account_id", &account_id);
+        let before = query.parse(&request.page_token)?;
+        let (periods, next) = self.membership.history(&account_id, before, page_size).await?;
         Ok(Response::new(pb::ListLevelHistoryResponse {
             periods: periods.into_iter().map(period_pb).collect(),
+            next_page_token: next.map(|from| query.token(&from)).unwrap_or_default(),
         }))
     }
 
@@ -254,7 +258,9 @@ impl pb::membership_server::Membership for MembershipService {
         Ok(Response::new(pb::CheckFastRefundResponse {
             eligible: check.eligible,
             level: level_pb(check.level).into(),
-            limit: check.limit_minor.map(|limit| self.money(limit)),
+            limit: check
+                .limit_minor
+                .map(|limit| money_pb(limit, self.program_currency)),
         }))
     }
 

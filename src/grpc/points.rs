@@ -13,8 +13,8 @@ use crate::domain::points::{
 use crate::domain::text;
 use crate::error::{Error, FieldContext};
 use crate::grpc::convert::{
-    date, event_instant, money, optional_instant, optional_instant_not_future, page_size, page_token,
-    parse_page_token, required_enum, timestamp,
+    PageQuery, date, event_instant, money, optional_instant, optional_instant_not_future, page_size,
+    required_enum, timestamp,
 };
 use crate::pb;
 
@@ -251,20 +251,28 @@ impl pb::points_server::Points for PointsService {
                     .ok_or_else(|| Error::invalid(&field, "is required"))
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let start_time = optional_instant(request.start_time, "start_time")?;
+        let end_time = optional_instant(request.end_time, "end_time")?;
+        let page_query = PageQuery::new(PAGE_KIND)
+            .with("account_id", &account_id)
+            .with_set("sources", sources.iter().map(|s| s.as_str()))
+            .with_instant("start_time", start_time)
+            .with_instant("end_time", end_time);
         let query = EntryQuery {
-            account_id: AccountId::parse(&request.account_id).field("account_id")?,
             page_size: page_size(request.page_size)?,
-            before_entry_id: parse_page_token(PAGE_KIND, &request.page_token)?,
+            before_entry_id: page_query.parse(&request.page_token)?,
+            account_id,
             sources,
-            start_time: optional_instant(request.start_time, "start_time")?,
-            end_time: optional_instant(request.end_time, "end_time")?,
+            start_time,
+            end_time,
         };
         let page = self.points.list_entries(&query).await?;
         Ok(Response::new(pb::ListPointEntriesResponse {
             entries: page.entries.into_iter().map(entry_pb).collect(),
             next_page_token: page
                 .next_before_entry_id
-                .map(|id| page_token(PAGE_KIND, id))
+                .map(|id| page_query.token(&id))
                 .unwrap_or_default(),
         }))
     }

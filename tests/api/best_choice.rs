@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use loyalty::pb;
 use sqlx::PgPool;
 
-use crate::helpers::{checkout, checkout_line, platform_template, seller_template, spawn_app};
+use crate::helpers::{
+    checkout, checkout_line, platform_template, seller_template, spawn_app, usd, usd_cents,
+};
 
 #[sqlx::test]
 async fn best_choice_over_40_sellers_is_exact_fast_and_leaves_other_calls_alone(pool: PgPool) {
@@ -25,7 +27,7 @@ async fn best_choice_over_40_sellers_is_exact_fast_and_leaves_other_calls_alone(
     // 30.00 off the whole cart of 400.00 if 372.70 are left after the seller
     // coupons: room for 27.30 of them, all but s0's 0.50 (27.80 in all).
     let mut big = platform_template("big", 3000);
-    big.min_purchase_minor = 40_000 - 2_730;
+    big.min_purchase = Some(usd(40_000 - 2_730));
     big.regular_price_only = Some(false);
     app.create_template(big).await;
     let big = app.issue("alice", "big").await.unwrap().coupon_id;
@@ -82,7 +84,7 @@ async fn best_choice_over_40_sellers_is_exact_fast_and_leaves_other_calls_alone(
         ids.sort();
         assert_eq!(ids, expected, "every seller coupon but s0's, and the 30.00 one");
         let pricing = best.pricing.unwrap();
-        assert_eq!(pricing.discount_minor, 2_730 + 3_000);
+        assert_eq!(usd_cents(&pricing.discount), 2_730 + 3_000);
         assert!(pricing.coupons.iter().all(|c| c.applicable));
     }
     let slowest = balances.await.unwrap();

@@ -4,13 +4,15 @@
 use loyalty::pb;
 use sqlx::PgPool;
 
-use crate::helpers::{checkout, checkout_line, platform_template, seller_template, spawn_app};
+use crate::helpers::{
+    checkout, checkout_line, platform_template, seller_template, spawn_app, usd, usd_cents,
+};
 
 fn allocations(outcome: &pb::CouponOutcome) -> Vec<(&str, i64)> {
     outcome
         .allocations
         .iter()
-        .map(|a| (a.line_id.as_str(), a.discount_minor))
+        .map(|a| (a.line_id.as_str(), usd_cents(&a.discount)))
         .collect()
 }
 
@@ -21,7 +23,7 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
     app.create_template(seller_template("acme-10", "acme", 1000))
         .await;
     let mut platform = platform_template("site-5", 500);
-    platform.min_purchase_minor = 2000;
+    platform.min_purchase = Some(usd(2000));
     platform.regular_price_only = Some(false);
     app.create_template(platform).await;
     let seller = app.issue("alice", "acme-10").await.unwrap();
@@ -61,13 +63,13 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
     );
     assert_eq!(
         (
-            validated.subtotal_minor,
-            validated.discount_minor,
-            validated.total_minor
+            usd_cents(&validated.subtotal),
+            usd_cents(&validated.discount),
+            usd_cents(&validated.total)
         ),
         (3000, 600, 2400)
     );
-    let totals: Vec<i64> = validated.lines.iter().map(|l| l.total_minor).collect();
+    let totals: Vec<i64> = validated.lines.iter().map(|l| usd_cents(&l.total)).collect();
     assert_eq!(totals, vec![745, 414, 1241]);
 
     let best = coupons
@@ -82,7 +84,7 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
     let mut both = vec![seller.coupon_id, site.coupon_id];
     both.sort();
     assert_eq!(best_ids, both);
-    assert_eq!(best.pricing.unwrap().discount_minor, 600);
+    assert_eq!(usd_cents(&best.pricing.unwrap().discount), 600);
 
     let reserved = app
         .reserve(order.clone(), vec![site.coupon_id, seller.coupon_id])
@@ -114,7 +116,7 @@ async fn validate_reserve_complete_refund_to_the_minor_unit(pool: PgPool) {
         .unwrap()
         .into_inner();
     assert!(nothing.coupon_ids.is_empty());
-    assert_eq!(nothing.pricing.unwrap().total_minor, 3000);
+    assert_eq!(usd_cents(&nothing.pricing.unwrap().total), 3000);
 
     let completed = app.complete("alice", "o-9").await.unwrap();
     assert!(
@@ -186,9 +188,130 @@ async fn validate_reports_a_reason_per_coupon_and_changes_nothing(pool: PgPool) 
             pb::NotApplicableReason::NotOwner,
         ]
     );
-    assert_eq!(pricing.total_minor, 900);
+    assert_eq!(usd_cents(&pricing.total), 900);
     assert_eq!(
         app.status_of("alice", p1.coupon_id).await,
         pb::CouponStatus::Valid
     );
+}
+
+#[sqlx::test]
+async fn every_amount_of_an_order_is_in_its_currency(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    let good = || {
+        checkout(
+            "alice",
+            "o-1",
+            vec![
+                checkout_line("l1", "acme", 1000, 1, false),
+                checkout_line("l2", "acme", 500, 1, false),
+                checkout_line("l3", "acme", 250, 2, false),
+            ],
+        )
+    };
+    let with = |f: &dyn Fn(&mut pb::CheckoutOrder)| {
+        let mut order = good();
+        f(&mut order);
+        order
+    };
+    let cases: Vec<(pb::CheckoutOrder, &str)> = vec![
+        (
+            with(&|o| o.lines[2].unit_price.as_mut().unwrap().currency_code = "EUR".into()),
+            "order.lines[2].unit_price.currency_code",
+        ),
+        (
+            with(&|o| o.lines[1].unit_price.as_mut().unwrap().currency_code = "XTS".into()),
+            "order.lines[1].unit_price.currency_code",
+        ),
+        (
+            with(&|o| o.lines[1].unit_price.as_mut().unwrap().amount_minor = -1),
+            "order.lines[1].unit_price.amount_minor",
+        ),
+        (
+            with(&|o| o.lines[0].unit_price = None),
+            "order.lines[0].unit_price",
+        ),
+        (with(&|o| o.currency_code = "ABC".into()), "order.currency_code"),
+    ];
+    for (order, field) in cases {
+        let error = app
+            .coupons
+            .clone()
+            .validate_coupons(pb::ValidateCouponsRequest {
+                order: Some(order),
+                coupon_ids: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{field}: {error:?}");
+        assert_eq!(crate::helpers::bad_fields(&error), vec![field.to_owned()]);
+    }
+}
+
+#[sqlx::test]
+async fn amounts_are_minor_units_of_the_currency_whatever_its_decimals(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    let yen = |amount_minor: i64| pb::Money {
+        amount_minor,
+        currency_code: "JPY".into(),
+    };
+    // 500 yen off orders of at least 2000 yen: the yen has no minor unit, so
+    // these are whole yen.
+    let mut template = platform_template("yen-500", 0);
+    template.currency_code = "JPY".into();
+    template.discount = Some(pb::Discount {
+        kind: Some(pb::discount::Kind::AmountOff(yen(500))),
+    });
+    template.min_purchase = Some(yen(2000));
+    let stored = app.create_template(template).await;
+    assert_eq!(stored.min_purchase, Some(yen(2000)));
+    let coupon = app.issue("alice", "yen-500").await.unwrap();
+    assert_eq!(coupon.currency_code, "JPY");
+    let mut order = checkout("alice", "o-1", Vec::new());
+    order.currency_code = "JPY".into();
+    let mut line = checkout_line("l1", "acme", 0, 1, false);
+    line.unit_price = Some(yen(1999));
+    order.lines = vec![line.clone()];
+
+    let below = app
+        .coupons
+        .clone()
+        .validate_coupons(pb::ValidateCouponsRequest {
+            order: Some(order.clone()),
+            coupon_ids: vec![coupon.coupon_id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pricing
+        .unwrap();
+    assert_eq!(
+        below.coupons[0].reason(),
+        pb::NotApplicableReason::MinPurchaseNotMet,
+        "1999 yen is below 2000 yen"
+    );
+    assert_eq!(below.coupons[0].discount, Some(yen(0)));
+    assert_eq!(below.total, Some(yen(1999)));
+
+    line.quantity = 2;
+    order.lines = vec![line];
+    let priced = app
+        .coupons
+        .clone()
+        .validate_coupons(pb::ValidateCouponsRequest {
+            order: Some(order),
+            coupon_ids: vec![coupon.coupon_id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pricing
+        .unwrap();
+    assert_eq!(
+        (priced.subtotal, priced.discount, priced.total),
+        (Some(yen(3998)), Some(yen(500)), Some(yen(3498)))
+    );
+    assert_eq!(priced.lines[0].total, Some(yen(3498)));
 }

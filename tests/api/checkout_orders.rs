@@ -314,7 +314,10 @@ async fn cart_revisions_replay_refuse_replace_and_go_stale(pool: PgPool) {
     let first = app.new_coupon(platform_template("p", 500)).await;
     let second = app.new_coupon(seller_template("s", "s1", 1000)).await;
     let mut too_big = seller_template("big", "s2", 1000);
-    too_big.min_purchase_minor = 1_000_000;
+    too_big.min_purchase = Some(pb::Money {
+        amount_minor: 1_000_000,
+        currency_code: "USD".into(),
+    });
     let refused_one = app.new_coupon(too_big).await;
     let cart = |lines: Vec<pb::CheckoutLine>| checkout("alice", "o-1", lines);
     let one_line = || vec![checkout_line("l1", "s1", 2000, 1, false)];
@@ -458,7 +461,7 @@ async fn racing_revisions_of_one_order_leave_the_newest_accepted_one_whole(
         .coupons
         .iter()
         .flat_map(|c| c.allocations.clone())
-        .map(|a| a.discount_minor)
+        .map(|a| amount(&a.discount))
         .sum();
     assert_eq!(
         discount,
@@ -500,7 +503,7 @@ fn allocations(order: &pb::OrderCheckout) -> BTreeMap<(String, i64), i64> {
         .flat_map(|c| {
             c.allocations
                 .iter()
-                .map(move |a| ((a.line_id.clone(), c.coupon_id), a.discount_minor))
+                .map(move |a| ((a.line_id.clone(), c.coupon_id), amount(&a.discount)))
         })
         .collect()
 }

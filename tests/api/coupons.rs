@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use tonic::Code;
 
 use crate::helpers::{
-    TestApp, checkout, checkout_line, default_now, platform_template, reason, spawn_app, ts,
+    TestApp, checkout, checkout_line, default_now, platform_template, reason, spawn_app, ts, usd,
 };
 
 fn claim(account_id: &str, code: &str) -> pb::ClaimCouponRequest {
@@ -100,17 +100,64 @@ async fn a_malformed_template_names_the_bad_field(pool: PgPool) {
         (
             with(&|t| {
                 t.discount = Some(pb::Discount {
-                    kind: Some(pb::discount::Kind::AmountOffMinor(0)),
+                    kind: Some(pb::discount::Kind::AmountOff(usd(0))),
                 })
             }),
-            "template.discount.amount_off_minor",
+            "template.discount.amount_off.amount_minor",
+        ),
+        (
+            with(&|t| {
+                t.discount = Some(pb::Discount {
+                    kind: Some(pb::discount::Kind::AmountOff(pb::Money {
+                        amount_minor: 500,
+                        currency_code: "EUR".into(),
+                    })),
+                })
+            }),
+            "template.discount.amount_off.currency_code",
+        ),
+        (
+            with(&|t| {
+                t.discount = Some(pb::Discount {
+                    kind: Some(pb::discount::Kind::AmountOff(pb::Money {
+                        amount_minor: 500,
+                        currency_code: "XAU".into(),
+                    })),
+                })
+            }),
+            "template.discount.amount_off.currency_code",
+        ),
+        (
+            with(&|t| {
+                t.discount = Some(pb::Discount {
+                    kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
+                        basis_points: 1000,
+                        max_discount: Some(pb::Money {
+                            amount_minor: 500,
+                            currency_code: "JPY".into(),
+                        }),
+                    })),
+                })
+            }),
+            "template.discount.percent_off.max_discount.currency_code",
+        ),
+        (
+            with(&|t| {
+                t.discount = Some(pb::Discount {
+                    kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
+                        basis_points: 1000,
+                        max_discount: Some(usd(0)),
+                    })),
+                })
+            }),
+            "template.discount.percent_off.max_discount.amount_minor",
         ),
         (
             with(&|t| {
                 t.discount = Some(pb::Discount {
                     kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
                         basis_points: 10_001,
-                        max_discount_minor: 0,
+                        max_discount: None,
                     })),
                 })
             }),
@@ -121,8 +168,21 @@ async fn a_malformed_template_names_the_bad_field(pool: PgPool) {
             "template.currency_code",
         ),
         (
-            with(&|t| t.min_purchase_minor = -1),
-            "template.min_purchase_minor",
+            with(&|t| t.currency_code = "ABC".into()),
+            "template.currency_code",
+        ),
+        (
+            with(&|t| t.min_purchase = Some(usd(-1))),
+            "template.min_purchase.amount_minor",
+        ),
+        (
+            with(&|t| {
+                t.min_purchase = Some(pb::Money {
+                    amount_minor: 2000,
+                    currency_code: "EUR".into(),
+                })
+            }),
+            "template.min_purchase.currency_code",
         ),
         (
             with(&|t| {
@@ -186,7 +246,7 @@ async fn changing_a_template_never_changes_issued_coupons(pool: PgPool) {
     );
     assert_eq!(
         after.discount.unwrap().kind,
-        Some(pb::discount::Kind::AmountOffMinor(900))
+        Some(pb::discount::Kind::AmountOff(usd(900)))
     );
     assert_eq!(
         after.expires_at,
@@ -676,7 +736,7 @@ async fn a_reservation_is_all_or_nothing(pool: PgPool) {
     app.register("alice").await;
     app.create_template(platform_template("good", 100)).await;
     let mut minimum = crate::helpers::seller_template("min", "s1", 1000);
-    minimum.min_purchase_minor = 100_000;
+    minimum.min_purchase = Some(usd(100_000));
     app.create_template(minimum).await;
     let good = app.issue("alice", "good").await.unwrap();
     let too_big = app.issue("alice", "min").await.unwrap();

@@ -273,10 +273,7 @@ pub fn order_request(
     pb::RecordConfirmedOrderRequest {
         account_id: account_id.to_owned(),
         order_id: order_id.to_owned(),
-        amount: Some(pb::Money {
-            amount_minor,
-            currency_code: "USD".to_owned(),
-        }),
+        amount: Some(usd(amount_minor)),
         confirmed_at: Some(ts(at)),
         products: products
             .iter()
@@ -318,14 +315,30 @@ pub fn points_of(entries: &[pb::PointEntry]) -> Vec<i32> {
     entries.iter().map(|e| e.points).collect()
 }
 
-/// A platform template: `amount_off` minor units off, valid 30 days from issuance.
+/// An amount of US dollars on the wire: `amount_minor` cents.
+pub fn usd(amount_minor: i64) -> pb::Money {
+    pb::Money {
+        amount_minor,
+        currency_code: "USD".to_owned(),
+    }
+}
+
+/// The cents of an amount the server answered in US dollars; panics on an
+/// absent amount or another currency.
+pub fn usd_cents(money: &Option<pb::Money>) -> i64 {
+    let money = money.as_ref().expect("an amount");
+    assert_eq!(money.currency_code, "USD", "an amount in US dollars");
+    money.amount_minor
+}
+
+/// A USD platform template: `amount_off` cents off, valid 30 days from issuance.
 pub fn platform_template(template_id: &str, amount_off: i64) -> pb::CouponTemplate {
     pb::CouponTemplate {
         template_id: template_id.to_owned(),
         name: format!("{template_id} name"),
         issuer: pb::Issuer::Platform.into(),
         discount: Some(pb::Discount {
-            kind: Some(pb::discount::Kind::AmountOffMinor(amount_off)),
+            kind: Some(pb::discount::Kind::AmountOff(usd(amount_off))),
         }),
         currency_code: "USD".to_owned(),
         validity: Some(pb::Validity {
@@ -343,14 +356,14 @@ pub fn seller_template(template_id: &str, seller_id: &str, basis_points: i32) ->
         discount: Some(pb::Discount {
             kind: Some(pb::discount::Kind::PercentOff(pb::PercentOff {
                 basis_points,
-                max_discount_minor: 0,
+                max_discount: None,
             })),
         }),
         ..platform_template(template_id, 1)
     }
 }
 
-/// A checkout line: (line id, seller, unit price, quantity, sale price).
+/// A checkout line: (line id, seller, unit price in US cents, quantity, sale price).
 pub fn checkout_line(
     line_id: &str,
     seller_id: &str,
@@ -363,7 +376,7 @@ pub fn checkout_line(
         seller_id: seller_id.to_owned(),
         product_id: format!("p-{line_id}"),
         category_id: "cat".to_owned(),
-        unit_price_minor,
+        unit_price: Some(usd(unit_price_minor)),
         quantity,
         sale_price: sale,
     }

@@ -168,6 +168,7 @@ async fn the_rolling_window_drops_points_older_than_twelve_months(pool: PgPool) 
         .clone()
         .list_level_history(pb::ListLevelHistoryRequest {
             account_id: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -217,6 +218,7 @@ async fn an_evaluation_runs_once_per_month_in_order_and_only_after_the_month(poo
         .clone()
         .list_level_history(pb::ListLevelHistoryRequest {
             account_id: "alice".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -660,4 +662,105 @@ async fn a_benefits_file_decides_which_levels_get_birthday_rewards(pool: PgPool)
     );
     assert_eq!(coupons_of(&app, "gold").await.len(), 1);
     std::fs::remove_file(file).ok();
+}
+
+/// Records `count` consecutive monthly level periods of `account`, alternating
+/// Gold and Silver, the last one open: from January 2020 on.
+async fn record_periods(pool: &PgPool, account: &str, count: i32) {
+    sqlx::query(
+        "insert into member_level (account_id, effective_from, effective_to, level, window_points) \
+         select $1, timestamptz '2020-01-08 00:00:00+00' + make_interval(months => n), \
+                case when n < $2 - 1 then timestamptz '2020-01-08 00:00:00+00' + make_interval(months => n + 1) end, \
+                case when n % 2 = 0 then 'gold' else 'silver' end, n \
+         from generate_series(0, $2 - 1) as n",
+    )
+    .bind(account)
+    .bind(count)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn history_page(
+    app: &TestApp,
+    account: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<pb::ListLevelHistoryResponse, tonic::Status> {
+    app.members
+        .clone()
+        .list_level_history(pb::ListLevelHistoryRequest {
+            account_id: account.into(),
+            page_size,
+            page_token: page_token.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[sqlx::test]
+async fn the_level_history_is_paged_newest_first_with_stable_pages(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    record_periods(&pool, "alice", 45).await;
+
+    let all = history_page(&app, "alice", 100, "").await.unwrap();
+    assert_eq!(all.periods.len(), 45);
+    assert!(all.next_page_token.is_empty());
+    let starts: Vec<i64> = all
+        .periods
+        .iter()
+        .map(|p| p.effective_from.unwrap().seconds)
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] > w[1]), "newest first");
+    assert_eq!(all.periods[0].effective_to, None, "the open period comes first");
+
+    let first = history_page(&app, "alice", 0, "").await.unwrap();
+    assert_eq!(first.periods.len(), 20, "0 means 20");
+    // A period recorded after the first page does not shift the next ones.
+    sqlx::query(
+        "update member_level set effective_to = timestamptz '2030-01-01 00:00:00+00' \
+         where account_id = 'alice' and effective_to is null",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into member_level (account_id, effective_from, level, window_points) \
+         values ('alice', timestamptz '2030-01-01 00:00:00+00', 'diamond', 2000)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut walked = first.periods;
+    let mut token = first.next_page_token;
+    let mut pages = 1;
+    while !token.is_empty() {
+        let page = history_page(&app, "alice", 20, &token).await.unwrap();
+        walked.extend(page.periods);
+        token = page.next_page_token;
+        pages += 1;
+    }
+    assert_eq!(pages, 3, "20 + 20 + 5");
+    let walked_starts: Vec<i64> = walked.iter().map(|p| p.effective_from.unwrap().seconds).collect();
+    assert_eq!(walked_starts, starts, "every period once, in order");
+
+    let fresh = history_page(&app, "alice", 1, "").await.unwrap();
+    assert_eq!(
+        fresh.periods[0].level(),
+        pb::Level::Diamond,
+        "a new listing shows it"
+    );
+
+    let oversized = history_page(&app, "alice", 1000, "").await.unwrap();
+    assert_eq!(oversized.periods.len(), 46, "more than 100 means 100");
+    for (page_size, page_token, field) in [(-1, "", "page_size"), (10, "not-a-token", "page_token")] {
+        let error = history_page(&app, "alice", page_size, page_token)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument);
+        assert_eq!(crate::helpers::bad_fields(&error), vec![field.to_owned()]);
+    }
+    let unknown = history_page(&app, "nobody", 10, "").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
 }

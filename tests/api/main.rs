@@ -15,5 +15,6 @@ mod ledger;
 mod levels;
 mod members;
 mod orders;
+mod page_tokens;
 mod server;
 mod time_zones;

@@ -338,6 +338,14 @@ async fn a_malformed_order_names_the_bad_field_and_records_nothing(pool: PgPool)
             with(&|r| r.amount.as_mut().unwrap().currency_code = "usd".into()),
             "amount.currency_code",
         ),
+        (
+            with(&|r| r.amount.as_mut().unwrap().currency_code = "ABC".into()),
+            "amount.currency_code",
+        ),
+        (
+            with(&|r| r.amount.as_mut().unwrap().currency_code = "XAU".into()),
+            "amount.currency_code",
+        ),
         (with(&|r| r.confirmed_at = None), "confirmed_at"),
         (
             with(&|r| r.confirmed_at = Some(ts("2026-06-15T12:05:01Z"))),

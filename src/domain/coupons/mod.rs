@@ -88,18 +88,23 @@ impl TemplateSpec {
         text::check(&self.description, 2000).field("template.description")?;
         match self.discount {
             Discount::AmountOff(amount) if amount <= 0 => {
-                return bad("discount.amount_off_minor", "must be positive");
+                return bad("discount.amount_off.amount_minor", "must be positive");
             }
             Discount::PercentOff { basis_points, .. } if !(1..=10_000).contains(&basis_points) => {
                 return bad("discount.percent_off.basis_points", "must be 1 to 10000");
             }
             Discount::PercentOff {
                 max_minor: Some(max), ..
-            } if max <= 0 => return bad("discount.percent_off.max_discount_minor", "must not be negative"),
+            } if max <= 0 => {
+                return bad(
+                    "discount.percent_off.max_discount.amount_minor",
+                    "must be positive",
+                );
+            }
             _ => {}
         }
         if self.min_purchase < 0 {
-            return bad("min_purchase_minor", "must not be negative");
+            return bad("min_purchase.amount_minor", "must not be negative");
         }
         match self.validity {
             Validity::Window { from, until } if until <= from => {
