@@ -296,11 +296,15 @@ impl Membership {
             for reward in &batch {
                 let (coupon, note) = match self.issue_reward(reward).await {
                     Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
-                    Err(
-                        Error::FailedPrecondition { reason, message } | Error::NotFound { reason, message },
-                    ) => {
+                    Err(refusal)
+                        if matches!(
+                            refusal.inner(),
+                            Error::FailedPrecondition { .. } | Error::NotFound { .. }
+                        ) =>
+                    {
+                        let reason = refusal.reason();
                         tracing::info!(account_id = %reward.account_id, reason, "reward skipped");
-                        (None, format!("{reason}: {message}"))
+                        (None, format!("{reason}: {refusal}"))
                     }
                     Err(other) => return Err(other),
                 };
