@@ -435,9 +435,12 @@ impl Membership {
         for template in templates {
             db::coupons::get_template(&mut tx, template, false)
                 .await?
-                .ok_or_else(|| Error::NotFound {
-                    reason: "TEMPLATE_NOT_FOUND",
-                    message: format!("no coupon template {template}"),
+                .ok_or_else(|| {
+                    Error::NotFound {
+                        reason: "TEMPLATE_NOT_FOUND",
+                        message: format!("no coupon template {template}"),
+                    }
+                    .concerning("template_id", template)
                 })?;
         }
         let (name, level) = reward.columns();
@@ -493,6 +496,11 @@ impl Membership {
                 IssuePolicy::Reward { level: Some(level) },
             )
             .await
+            .map_err(|error| {
+                error
+                    .concerning("template_id", &template)
+                    .concerning("issuance_id", &issuance)
+            })
     }
 
     /// The month an automatic evaluation would run now: the previous month.

@@ -2,6 +2,8 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::call;
+
 use crate::domain::coupons::{
     ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, RefundKind, Template, TemplateSpec, Transition,
     Validity,
@@ -292,6 +294,24 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
     )
 }
 
+/// Declares, from the request as sent, the member and order a call on an order
+/// concerns (the well-formed ids; the handler parses them again).
+fn concerns_order(account_id: &str, order_id: &str) {
+    if let Ok(account_id) = AccountId::parse(account_id) {
+        call::concerns([("account_id", &account_id)]);
+    }
+    if let Ok(order_id) = OrderId::parse(order_id) {
+        call::concerns([("order_id", &order_id)]);
+    }
+}
+
+/// [`concerns_order`] for a request carrying a checkout order.
+fn concerns_checkout(order: Option<&pb::CheckoutOrder>) {
+    if let Some(order) = order {
+        concerns_order(&order.account_id, &order.order_id);
+    }
+}
+
 fn picked_ids(ids: &[i64], at_least_one: bool) -> Result<Vec<i64>, Error> {
     if ids.len() > MAX_PICKED || (at_least_one && ids.is_empty()) {
         let least = if at_least_one { 1 } else { 0 };
@@ -372,10 +392,12 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::CreateCouponTemplateRequest>,
     ) -> Result<Response<pb::CreateCouponTemplateResponse>, Status> {
         let spec = template_spec(request.into_inner().template)?;
+        call::concerns([("template_id", &spec.template_id)]);
         let (template, replayed) = self.coupons.create_template(&spec).await?;
         Ok(Response::new(pb::CreateCouponTemplateResponse {
             template: Some(template_pb(template)),
             replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -384,6 +406,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::GetCouponTemplateRequest>,
     ) -> Result<Response<pb::GetCouponTemplateResponse>, Status> {
         let template_id = TemplateId::parse(&request.get_ref().template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let template = self.coupons.template(&template_id).await?;
         Ok(Response::new(pb::GetCouponTemplateResponse {
             template: Some(template_pb(template)),
@@ -411,9 +434,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::UpdateCouponTemplateRequest>,
     ) -> Result<Response<pb::UpdateCouponTemplateResponse>, Status> {
         let spec = template_spec(request.into_inner().template)?;
+        call::concerns([("template_id", &spec.template_id)]);
         let template = self.coupons.update_template(&spec).await?;
         Ok(Response::new(pb::UpdateCouponTemplateResponse {
             template: Some(template_pb(template)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -423,9 +448,11 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::SetCouponTemplatePausedResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let template = self.coupons.set_paused(&template_id, request.paused).await?;
         Ok(Response::new(pb::SetCouponTemplatePausedResponse {
             template: Some(template_pb(template)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -435,11 +462,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::CreatePublicCodeResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let code = ClaimCode::parse(&request.code).field("code")?;
         let replayed = self.coupons.create_public_code(&template_id, &code).await?;
         Ok(Response::new(pb::CreatePublicCodeResponse {
             code: code.to_string(),
             replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -463,11 +492,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ClaimCouponResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let code = ClaimCode::parse(&request.code).field("code")?;
         let issued = self.coupons.claim(&account_id, &code).await?;
         Ok(Response::new(pb::ClaimCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -479,6 +510,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
         let issuance_id = IssuanceId::parse(&request.issuance_id).field("issuance_id")?;
+        call::concerns([
+            ("account_id", &account_id),
+            ("template_id", &template_id),
+            ("issuance_id", &issuance_id),
+        ]);
         let issued = self
             .coupons
             .issue(&account_id, &template_id, &issuance_id, IssuePolicy::Caller)
@@ -486,6 +522,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         Ok(Response::new(pb::IssueCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -495,6 +532,7 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ValidateCouponsResponse>, Status> {
         let request = request.into_inner();
         let order = checkout_order(request.order)?;
+        call::concerns([("account_id", &order.account_id), ("order_id", &order.order_id)]);
         let ids = picked_ids(&request.coupon_ids, false)?;
         let pricing = self.coupons.validate(&order, &ids).await?;
         Ok(Response::new(pb::ValidateCouponsResponse {
@@ -507,6 +545,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::BestCouponsRequest>,
     ) -> Result<Response<pb::BestCouponsResponse>, Status> {
         let order = checkout_order(request.into_inner().order)?;
+        call::concerns([("account_id", &order.account_id), ("order_id", &order.order_id)]);
         let (coupon_ids, pricing) = self.coupons.best(&order).await?;
         Ok(Response::new(pb::BestCouponsResponse {
             coupon_ids,
@@ -518,6 +557,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::ReserveCouponsRequest>,
     ) -> Result<Response<pb::ReserveCouponsResponse>, Status> {
+        concerns_checkout(request.get_ref().order.as_ref());
         let request = request.into_inner();
         let order = checkout_order(request.order)?;
         let ids = picked_ids(&request.coupon_ids, true)?;
@@ -533,6 +573,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let order_id = OrderId::parse(&request.order_id).field("order_id")?;
@@ -546,6 +587,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let order_id = OrderId::parse(&request.order_id).field("order_id")?;
@@ -559,6 +601,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let order_id = OrderId::parse(&request.order_id).field("order_id")?;
@@ -579,6 +622,7 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ListCouponsResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let statuses = request
             .statuses
             .iter()
@@ -603,6 +647,10 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::GetCouponResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
+        if request.coupon_id > 0 {
+            call::concerns([("coupon_id", &request.coupon_id)]);
+        }
         let (coupon, history) = self.coupons.get(&account_id, request.coupon_id).await?;
         Ok(Response::new(pb::GetCouponResponse {
             coupon: Some(coupon_pb(coupon)),

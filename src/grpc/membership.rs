@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use chrono::{Datelike, NaiveDate};
 
+use crate::call;
 use crate::clock::Clock;
 use crate::domain::ids::{AccountId, TemplateId};
 use crate::domain::levels::{Benefits, Level};
@@ -142,6 +143,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::RegisterMemberResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let registered_at = event_instant(request.registered_at, "registered_at", self.clock.now())?;
         let birthday = request
             .birthday
@@ -153,6 +155,7 @@ impl pb::membership_server::Membership for MembershipService {
         Ok(Response::new(pb::RegisterMemberResponse {
             member: Some(member_pb(registration.member)),
             replayed: registration.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -161,6 +164,7 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::GetMemberRequest>,
     ) -> Result<Response<pb::GetMemberResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let member = self.members.get(&account_id).await?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member_pb(member)),
@@ -173,6 +177,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::UpdateBirthdayResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let birthday = request
             .birthday
             .as_ref()
@@ -182,6 +187,7 @@ impl pb::membership_server::Membership for MembershipService {
         let member = self.members.update_birthday(&account_id, birthday).await?;
         Ok(Response::new(pb::UpdateBirthdayResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -191,10 +197,12 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::FlagMemberResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let reason = FraudReason::parse(&request.reason).field("reason")?;
         let member = self.members.flag(&account_id, &reason).await?;
         Ok(Response::new(pb::FlagMemberResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -203,6 +211,7 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::GetMembershipRequest>,
     ) -> Result<Response<pb::GetMembershipResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let view = self.membership.view(&account_id).await?;
         Ok(Response::new(pb::GetMembershipResponse {
             account_id: view.account_id.to_string(),
@@ -225,6 +234,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::GetLevelAtResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let at = required_instant(request.at, "at")?;
         let period = self.membership.level_at(&account_id, at).await?;
         Ok(Response::new(pb::GetLevelAtResponse {
@@ -237,6 +247,7 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::ListLevelHistoryRequest>,
     ) -> Result<Response<pb::ListLevelHistoryResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let periods = self.membership.history(&account_id).await?;
         Ok(Response::new(pb::ListLevelHistoryResponse {
             periods: periods.into_iter().map(period_pb).collect(),
@@ -249,6 +260,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::CheckFastRefundResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let amount = money(request.amount, "amount")?;
         let check = self.membership.fast_refund(&account_id, amount).await?;
         Ok(Response::new(pb::CheckFastRefundResponse {
@@ -273,6 +285,7 @@ impl pb::membership_server::Membership for MembershipService {
             level_ups: run.level_ups,
             replayed: outcome.replayed,
             rewards_settled: i64::try_from(outcome.rewards_settled).unwrap_or(i64::MAX),
+            request_id: call::request_id(),
         }))
     }
 
@@ -289,6 +302,7 @@ impl pb::membership_server::Membership for MembershipService {
             anniversary_rewards: run.anniversary_rewards,
             replayed: outcome.replayed,
             rewards_settled: i64::try_from(outcome.rewards_settled).unwrap_or(i64::MAX),
+            request_id: call::request_id(),
         }))
     }
 
@@ -332,6 +346,7 @@ impl pb::membership_server::Membership for MembershipService {
         self.membership.set_reward_templates(reward, &templates).await?;
         Ok(Response::new(pb::SetRewardTemplatesResponse {
             rewards: self.rewards_pb().await?,
+            request_id: call::request_id(),
         }))
     }
 
@@ -349,10 +364,12 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::ClaimDailyCouponRequest>,
     ) -> Result<Response<pb::ClaimDailyCouponResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let issued = self.membership.claim_daily_coupon(&account_id).await?;
         Ok(Response::new(pb::ClaimDailyCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -361,9 +378,11 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::UnflagMemberRequest>,
     ) -> Result<Response<pb::UnflagMemberResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let member = self.members.unflag(&account_id).await?;
         Ok(Response::new(pb::UnflagMemberResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 }
