@@ -100,6 +100,11 @@ external_id!(
     /// A caller's idempotency key for a coupon issuance.
     IssuanceId
 );
+external_id!(
+    /// A caller's idempotency key for a batch of single-use codes (the
+    /// `request_id` of `GenerateSingleUseCodes`).
+    BatchRequestId
+);
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use crate::domain::coupons::{
     Validity,
 };
 use crate::domain::ids::{
-    AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, SellerId, TemplateId,
+    AccountId, BatchRequestId, CategoryId, IssuanceId, LineId, OrderId, ProductId, SellerId, TemplateId,
 };
 use crate::domain::levels::Level;
 use crate::domain::money::Currency;
@@ -478,11 +478,24 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::GenerateSingleUseCodesResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let batch_request_id = BatchRequestId::parse(&request.request_id).field("request_id")?;
+        call::concerns([("template_id", &template_id), ("request_id", &batch_request_id)]);
         let count =
             u32::try_from(request.count).map_err(|_| Error::invalid("count", "must be 1 to 10000"))?;
-        let codes = self.coupons.generate_codes(&template_id, count).await?;
+        let batch = self
+            .coupons
+            .generate_codes(&batch_request_id, &template_id, count)
+            .await?;
         Ok(Response::new(pb::GenerateSingleUseCodesResponse {
-            codes: codes.into_iter().map(|c| c.to_string()).collect(),
+            codes: batch.codes.iter().map(ToString::to_string).collect(),
+            batch: Some(pb::CodeBatch {
+                batch_id: batch.batch_id,
+                template_id: batch.template_id.to_string(),
+                count: i32::try_from(batch.count).unwrap_or(i32::MAX),
+                create_time: Some(timestamp(batch.created_at)),
+            }),
+            replayed: batch.replayed,
+            request_id: call::request_id(),
         }))
     }
 

@@ -4,6 +4,7 @@
 mod best_choice;
 mod bounds;
 mod checkout;
+mod code_batches;
 mod concurrency;
 mod coupon_concurrency;
 mod coupons;
