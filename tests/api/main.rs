@@ -3,6 +3,7 @@
 
 mod best_choice;
 mod bounds;
+mod call_context;
 mod checkout;
 mod code_batches;
 mod concurrency;
