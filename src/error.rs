@@ -7,11 +7,17 @@
 //! Errors a caller may retry (`ABORTED`, `UNAVAILABLE`, `RESOURCE_EXHAUSTED`)
 //! carry a `google.rpc.RetryInfo`.
 //!
+//! The `ErrorInfo.metadata` of every error names the ids it concerns
+//! (`account_id`, `order_id`, `template_id`, ...): those the handler declared
+//! for the call ([`crate::call::concerns`]), and those only the domain knew,
+//! added to the error itself with [`Error::concerning`] (which win over the
+//! call's when both name the same key).
+//!
 //! Each failed call is logged once, here, at the level its cause deserves: a
 //! caller's mistake or a refused rule at INFO, an outage or overload at WARN, a
 //! bug at ERROR.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -28,6 +34,58 @@ pub struct FieldViolation {
     pub field: String,
     /// What is wrong with it, for a person.
     pub description: String,
+}
+
+/// The ids an error concerns, by key (`account_id`, `coupon_id`, ...): the
+/// `metadata` of its `google.rpc.ErrorInfo`. At most [`Ids::MAX`] keys, each
+/// value cut like any echo (see [`cut`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ids(BTreeMap<&'static str, String>);
+
+impl Ids {
+    /// The most ids kept: the metadata travels in the response's trailers.
+    pub const MAX: usize = 8;
+
+    /// Sets `key` to `value`, replacing an earlier value of the key; a new key
+    /// beyond [`Ids::MAX`] is left out.
+    pub fn set(&mut self, key: &'static str, value: impl fmt::Display) {
+        if self.0.len() < Self::MAX || self.0.contains_key(key) {
+            self.0.insert(key, cut(&value.to_string()));
+        }
+    }
+
+    /// Adds every id of `other`, whose values win over this one's.
+    pub fn extend(&mut self, other: Ids) {
+        for (key, value) in other.0 {
+            self.set(key, value);
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_metadata(self) -> HashMap<String, String> {
+        self.0
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
+    }
+}
+
+impl fmt::Display for Ids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            let space = if i == 0 { "" } else { " " };
+            write!(f, "{space}{key}={value}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything a call can fail with.
@@ -89,6 +147,10 @@ pub enum Error {
     /// `INTERNAL`: a bug or an unexpected database failure.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// The code and reason of `error`, with ids only the domain knew (built by
+    /// [`Error::concerning`]; match on [`Error::inner`], not on this variant).
+    #[error("{error}")]
+    Concerning { error: Box<Error>, ids: Ids },
 }
 
 impl Error {
@@ -98,6 +160,51 @@ impl Error {
             field: field.into(),
             description: description.to_string(),
         })
+    }
+
+    /// This error, saying it concerns `key` = `value` (`coupon_id` = 42): an id
+    /// only the domain knows, which the call did not declare. Works on any
+    /// variant; the id goes to the `ErrorInfo.metadata` of the answer.
+    pub fn concerning(self, key: &'static str, value: impl fmt::Display) -> Self {
+        let (error, mut ids) = self.into_parts();
+        ids.set(key, value);
+        Error::Concerning {
+            error: Box::new(error),
+            ids,
+        }
+    }
+
+    /// The error itself, without the ids [`Error::concerning`] added: what to
+    /// match a variant on.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Concerning { error, .. } => error.inner(),
+            error => error,
+        }
+    }
+
+    /// The ids [`Error::concerning`] added (empty when none).
+    pub fn ids(&self) -> Ids {
+        match self {
+            Error::Concerning { error, ids } => {
+                let mut all = error.ids();
+                all.extend(ids.clone());
+                all
+            }
+            _ => Ids::default(),
+        }
+    }
+
+    /// The error itself and the ids added to it.
+    fn into_parts(self) -> (Error, Ids) {
+        match self {
+            Error::Concerning { error, ids } => {
+                let (error, mut all) = error.into_parts();
+                all.extend(ids);
+                (error, all)
+            }
+            error => (error, Ids::default()),
+        }
     }
 
     /// The machine-readable reason of a caller-facing error.
@@ -116,6 +223,7 @@ impl Error {
             Error::Unavailable(_) => "DATABASE_UNAVAILABLE",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
+            Error::Concerning { error, .. } => error.reason(),
         }
     }
 
@@ -132,12 +240,13 @@ impl Error {
             Error::DeadlineExceeded => Code::DeadlineExceeded,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
+            Error::Concerning { error, .. } => error.code(),
         }
     }
 
     /// When a caller should retry, for the errors a retry can cure.
     fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.inner() {
             Error::Aborted { .. } => Some(Duration::from_millis(50)),
             Error::Unavailable(_) | Error::ShuttingDown => Some(Duration::from_secs(1)),
             Error::ResourceExhausted { retry_after, .. } => *retry_after,
@@ -148,7 +257,7 @@ impl Error {
     /// The level a failure is logged at: a caller's mistake or a refused rule
     /// is INFO (it must page nobody), an outage or overload WARN, a bug ERROR.
     fn log_level(&self) -> tracing::Level {
-        match self {
+        match self.inner() {
             Error::Internal(_) => tracing::Level::ERROR,
             Error::Unavailable(_)
             | Error::Aborted { .. }
@@ -159,16 +268,17 @@ impl Error {
         }
     }
 
-    /// Logs the failure once, at [`Error::log_level`].
-    fn log(&self) {
+    /// Logs the failure once, at [`Error::log_level`], with the ids it concerns.
+    fn log(&self, ids: &Ids) {
         let reason = self.reason();
-        match (self.log_level(), self) {
-            (_, Error::Internal(source)) => tracing::error!(error = ?source, "internal error"),
+        let ids = (!ids.is_empty()).then(|| tracing::field::display(ids));
+        match (self.log_level(), self.inner()) {
+            (_, Error::Internal(source)) => tracing::error!(error = ?source, ids, "internal error"),
             (_, Error::Unavailable(source) | Error::Aborted { source, .. }) => {
-                tracing::warn!(error = %source, reason, "call failed in the database");
+                tracing::warn!(error = %source, reason, ids, "call failed in the database");
             }
-            (tracing::Level::WARN, _) => tracing::warn!(reason, "call not served"),
-            _ => tracing::info!(code = ?self.code(), reason, "call refused"),
+            (tracing::Level::WARN, _) => tracing::warn!(reason, ids, "call not served"),
+            _ => tracing::info!(code = ?self.code(), reason, ids, "call refused"),
         }
     }
 }
@@ -235,12 +345,18 @@ pub fn cut(text: &str) -> String {
 }
 
 impl From<Error> for Status {
+    /// The status of `error`: its code, its message, and its details: an
+    /// `ErrorInfo` whose metadata holds the ids the call declared and those
+    /// added to the error, plus what its variant adds.
     fn from(error: Error) -> Self {
-        error.log();
+        let (error, own) = error.into_parts();
+        let mut ids = crate::call::concerned_ids();
+        ids.extend(own);
+        error.log(&ids);
         let code = error.code();
         let reason = error.reason();
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        details.set_error_info(reason, ERROR_DOMAIN, ids.into_metadata());
         if let Some(delay) = error.retry_after() {
             details.set_retry_info(Some(delay));
         }
@@ -321,5 +437,58 @@ mod tests {
                 .get_details_retry_info()
                 .is_some()
         );
+    }
+
+    #[tokio::test]
+    async fn error_info_names_the_calls_ids_and_the_errors_own() {
+        let refused = Error::FailedPrecondition {
+            reason: "ORDER_CLOSED",
+            message: "closed".into(),
+        }
+        .concerning("coupon_id", 42)
+        .concerning("order_id", "o-from-the-domain");
+        assert!(matches!(refused.inner(), Error::FailedPrecondition { .. }));
+        assert_eq!(refused.reason(), "ORDER_CLOSED");
+        assert_eq!(refused.to_string(), "closed");
+
+        let context = crate::call::CallContext::new("req-1".into());
+        let status = context
+            .scope(async {
+                crate::call::concerns([("account_id", &"alice"), ("order_id", &"o-1")]);
+                Status::from(refused)
+            })
+            .await;
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(status.message(), "closed");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "ORDER_CLOSED");
+        let metadata: std::collections::BTreeMap<_, _> = info.metadata.into_iter().collect();
+        let expected = [
+            ("account_id", "alice"),
+            ("coupon_id", "42"),
+            ("order_id", "o-from-the-domain"),
+        ];
+        assert_eq!(
+            metadata,
+            expected.map(|(k, v)| (k.to_owned(), v.to_owned())).into()
+        );
+    }
+
+    #[test]
+    fn error_info_metadata_stays_small() {
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let error = keys.iter().fold(Error::DeadlineExceeded, |error, key| {
+            error.concerning(key, "x".repeat(10_000))
+        });
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.metadata.len(), Ids::MAX);
+        assert!(info.metadata.values().all(|value| value.len() < 300));
+        // Outside a call, with nothing added, the metadata is empty.
+        let info = Status::from(Error::ShuttingDown)
+            .get_details_error_info()
+            .unwrap();
+        assert!(info.metadata.is_empty());
     }
 }

@@ -4,7 +4,9 @@
 //! [`CallLayer`] sits in front of the services. For each call it:
 //!
 //! 1. names it: the caller's `x-request-id` when it sends a sane one, else a new
-//!    one; it is on the call's log span and in the response metadata;
+//!    one; it is on the call's log span and in the response metadata, and
+//!    handlers read it from the call's [`CallContext`] ([`request_id`]), where
+//!    they also declare the ids the call concerns ([`concerns`]);
 //! 2. gives it a deadline: the caller's `grpc-timeout`, capped by the server's
 //!    call timeout (the job timeout for the admin jobs);
 //! 3. sheds it with `RESOURCE_EXHAUSTED` (and a `RetryInfo`) when
@@ -12,7 +14,8 @@
 //! 4. reads its request within the deadline and the size limit (a larger one is
 //!    `RESOURCE_EXHAUSTED`), and checks the gRPC framing: exactly one
 //!    uncompressed message (anything else is `INVALID_ARGUMENT`);
-//! 5. runs the handler in a task of its own, with the call's [`Budget`], and
+//! 5. runs the handler in a task of its own, with the call's [`Budget`] and
+//!    [`CallContext`], and
 //!    answers `DEADLINE_EXCEEDED` when the deadline passes first. The task is
 //!    never cancelled halfway through a database exchange (sqlx can then hand a
 //!    connection back inside a transaction): PostgreSQL ends its statements and
@@ -28,6 +31,7 @@
 //! see the health of an overloaded server.
 
 pub mod budget;
+pub mod context;
 mod framing;
 
 use std::convert::Infallible;
@@ -53,6 +57,7 @@ use tracing::Instrument;
 use crate::connections::{ConnInfo, StreamGuard};
 use crate::error::Error;
 use budget::Budget;
+pub use context::{CallContext, concerned_ids, concerns, request_id};
 
 /// The response header (and accepted request header) carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -171,17 +176,25 @@ where
             .get::<ConnInfo>()
             .map(ConnInfo::stream_started);
         Box::pin(async move {
-            let request_id = request_id(request.headers());
+            let request_id = request_id_of(request.headers());
             let span = tracing::info_span!(
                 "call",
                 method = %method_label(request.uri().path()),
                 request_id = %request_id,
             );
-            let mut response = shared
-                .serve(ready, request, stream, span.clone())
-                .instrument(span)
-                .await
-                .unwrap_or_else(|error| Status::from(error).into_http());
+            let context = CallContext::new(request_id.clone());
+            // The layer's own failures are mapped in the call's context too, so
+            // they name what the handler declared.
+            let mut response = context
+                .clone()
+                .scope(async move {
+                    shared
+                        .serve(ready, request, stream, context, span.clone())
+                        .instrument(span)
+                        .await
+                        .unwrap_or_else(|error| Status::from(error).into_http())
+                })
+                .await;
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
@@ -196,6 +209,7 @@ impl Shared {
         inner: S,
         request: Request<Body>,
         stream: Option<StreamGuard>,
+        context: Arc<CallContext>,
         span: tracing::Span,
     ) -> Result<Response<Body>, Error>
     where
@@ -247,8 +261,8 @@ impl Shared {
             _ => self.limits.conflict_attempts.max(1),
         };
         let task = self.tasks.spawn(
-            budget
-                .scope(serve_with_retries(inner, parts, message, attempts))
+            context
+                .scope(budget.scope(serve_with_retries(inner, parts, message, attempts)))
                 .instrument(span),
         );
         let response = tokio::select! {
@@ -393,7 +407,7 @@ fn margin(timeout: Duration) -> Duration {
 
 /// The caller's request id when it is 1 to 128 visible ASCII characters;
 /// otherwise a new one (32 hex digits).
-fn request_id(headers: &HeaderMap) -> String {
+fn request_id_of(headers: &HeaderMap) -> String {
     let theirs = headers
         .get(REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
@@ -506,12 +520,12 @@ mod tests {
     #[test]
     fn a_sane_request_id_is_kept_and_a_missing_or_odd_one_replaced() {
         assert_eq!(
-            request_id(&headers(&[(REQUEST_ID_HEADER, "checkout-42")])),
+            request_id_of(&headers(&[(REQUEST_ID_HEADER, "checkout-42")])),
             "checkout-42"
         );
-        let fresh = request_id(&HeaderMap::new());
+        let fresh = request_id_of(&HeaderMap::new());
         assert_eq!(fresh.len(), 32);
-        let odd = request_id(&headers(&[(REQUEST_ID_HEADER, &"x".repeat(200))]));
+        let odd = request_id_of(&headers(&[(REQUEST_ID_HEADER, &"x".repeat(200))]));
         assert_eq!(odd.len(), 32);
     }
 

@@ -104,6 +104,11 @@ external_id!(
     /// A refund of an order, chosen by the order service (its idempotency key).
     RefundId
 );
+external_id!(
+    /// A caller's idempotency key for a batch of single-use codes (the
+    /// `request_id` of `GenerateSingleUseCodes`).
+    BatchRequestId
+);
 
 #[cfg(test)]
 mod tests {

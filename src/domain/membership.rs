@@ -296,11 +296,15 @@ impl Membership {
             for reward in &batch {
                 let (coupon, note) = match self.issue_reward(reward).await {
                     Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
-                    Err(
-                        Error::FailedPrecondition { reason, message } | Error::NotFound { reason, message },
-                    ) => {
+                    Err(refusal)
+                        if matches!(
+                            refusal.inner(),
+                            Error::FailedPrecondition { .. } | Error::NotFound { .. }
+                        ) =>
+                    {
+                        let reason = refusal.reason();
                         tracing::info!(account_id = %reward.account_id, reason, "reward skipped");
-                        (None, format!("{reason}: {message}"))
+                        (None, format!("{reason}: {refusal}"))
                     }
                     Err(other) => return Err(other),
                 };
@@ -445,9 +449,12 @@ impl Membership {
         for template in templates {
             db::coupons::get_template(&mut tx, template, false)
                 .await?
-                .ok_or_else(|| Error::NotFound {
-                    reason: "TEMPLATE_NOT_FOUND",
-                    message: format!("no coupon template {template}"),
+                .ok_or_else(|| {
+                    Error::NotFound {
+                        reason: "TEMPLATE_NOT_FOUND",
+                        message: format!("no coupon template {template}"),
+                    }
+                    .concerning("template_id", template)
                 })?;
         }
         let (name, level) = reward.columns();
@@ -503,6 +510,11 @@ impl Membership {
                 IssuePolicy::Reward { level: Some(level) },
             )
             .await
+            .map_err(|error| {
+                error
+                    .concerning("template_id", &template)
+                    .concerning("issuance_id", &issuance)
+            })
     }
 
     /// The month an automatic evaluation would run now: the previous month.

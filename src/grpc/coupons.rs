@@ -4,12 +4,15 @@ use tonic::{Request, Response, Status};
 
 use std::time::Duration;
 
+use crate::call;
+
 use crate::domain::coupons::{
     ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, OrderCheckout, OrderStatus, Refund, RefundExtent,
     ReserveRequest, Template, TemplateSpec, Transition, Validity, check_hold,
 };
 use crate::domain::ids::{
-    AccountId, CategoryId, IssuanceId, LineId, OrderId, ProductId, RefundId, SellerId, TemplateId,
+    AccountId, BatchRequestId, CategoryId, IssuanceId, LineId, OrderId, ProductId, RefundId, SellerId,
+    TemplateId,
 };
 use crate::domain::levels::Level;
 use crate::domain::money::Currency;
@@ -320,6 +323,24 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
     )
 }
 
+/// Declares, from the request as sent, the member and order a call on an order
+/// concerns (the well-formed ids; the handler parses them again).
+fn concerns_order(account_id: &str, order_id: &str) {
+    if let Ok(account_id) = AccountId::parse(account_id) {
+        call::concerns([("account_id", &account_id)]);
+    }
+    if let Ok(order_id) = OrderId::parse(order_id) {
+        call::concerns([("order_id", &order_id)]);
+    }
+}
+
+/// [`concerns_order`] for a request carrying a checkout order.
+fn concerns_checkout(order: Option<&pb::CheckoutOrder>) {
+    if let Some(order) = order {
+        concerns_order(&order.account_id, &order.order_id);
+    }
+}
+
 fn picked_ids(ids: &[i64]) -> Result<Vec<i64>, Error> {
     if ids.len() > MAX_PICKED {
         return Err(Error::invalid(
@@ -529,10 +550,12 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::CreateCouponTemplateRequest>,
     ) -> Result<Response<pb::CreateCouponTemplateResponse>, Status> {
         let spec = template_spec(request.into_inner().template)?;
+        call::concerns([("template_id", &spec.template_id)]);
         let (template, replayed) = self.coupons.create_template(&spec).await?;
         Ok(Response::new(pb::CreateCouponTemplateResponse {
             template: Some(template_pb(template)),
             replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -541,6 +564,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::GetCouponTemplateRequest>,
     ) -> Result<Response<pb::GetCouponTemplateResponse>, Status> {
         let template_id = TemplateId::parse(&request.get_ref().template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let template = self.coupons.template(&template_id).await?;
         Ok(Response::new(pb::GetCouponTemplateResponse {
             template: Some(template_pb(template)),
@@ -568,9 +592,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::UpdateCouponTemplateRequest>,
     ) -> Result<Response<pb::UpdateCouponTemplateResponse>, Status> {
         let spec = template_spec(request.into_inner().template)?;
+        call::concerns([("template_id", &spec.template_id)]);
         let template = self.coupons.update_template(&spec).await?;
         Ok(Response::new(pb::UpdateCouponTemplateResponse {
             template: Some(template_pb(template)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -580,9 +606,11 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::SetCouponTemplatePausedResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let template = self.coupons.set_paused(&template_id, request.paused).await?;
         Ok(Response::new(pb::SetCouponTemplatePausedResponse {
             template: Some(template_pb(template)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -592,11 +620,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::CreatePublicCodeResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        call::concerns([("template_id", &template_id)]);
         let code = ClaimCode::parse(&request.code).field("code")?;
         let replayed = self.coupons.create_public_code(&template_id, &code).await?;
         Ok(Response::new(pb::CreatePublicCodeResponse {
             code: code.to_string(),
             replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -606,11 +636,24 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::GenerateSingleUseCodesResponse>, Status> {
         let request = request.into_inner();
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
+        let batch_request_id = BatchRequestId::parse(&request.request_id).field("request_id")?;
+        call::concerns([("template_id", &template_id), ("request_id", &batch_request_id)]);
         let count =
             u32::try_from(request.count).map_err(|_| Error::invalid("count", "must be 1 to 10000"))?;
-        let codes = self.coupons.generate_codes(&template_id, count).await?;
+        let batch = self
+            .coupons
+            .generate_codes(&batch_request_id, &template_id, count)
+            .await?;
         Ok(Response::new(pb::GenerateSingleUseCodesResponse {
-            codes: codes.into_iter().map(|c| c.to_string()).collect(),
+            codes: batch.codes.iter().map(ToString::to_string).collect(),
+            batch: Some(pb::CodeBatch {
+                batch_id: batch.batch_id,
+                template_id: batch.template_id.to_string(),
+                count: i32::try_from(batch.count).unwrap_or(i32::MAX),
+                create_time: Some(timestamp(batch.created_at)),
+            }),
+            replayed: batch.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -620,11 +663,13 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ClaimCouponResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let code = ClaimCode::parse(&request.code).field("code")?;
         let issued = self.coupons.claim(&account_id, &code).await?;
         Ok(Response::new(pb::ClaimCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -636,6 +681,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
         let template_id = TemplateId::parse(&request.template_id).field("template_id")?;
         let issuance_id = IssuanceId::parse(&request.issuance_id).field("issuance_id")?;
+        call::concerns([
+            ("account_id", &account_id),
+            ("template_id", &template_id),
+            ("issuance_id", &issuance_id),
+        ]);
         let issued = self
             .coupons
             .issue(&account_id, &template_id, &issuance_id, IssuePolicy::Caller)
@@ -643,6 +693,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         Ok(Response::new(pb::IssueCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -652,6 +703,7 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ValidateCouponsResponse>, Status> {
         let request = request.into_inner();
         let order = checkout_order(request.order)?;
+        call::concerns([("account_id", &order.account_id), ("order_id", &order.order_id)]);
         let ids = picked_ids(&request.coupon_ids)?;
         let pricing = self.coupons.validate(&order, &ids).await?;
         Ok(Response::new(pb::ValidateCouponsResponse {
@@ -664,6 +716,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         request: Request<pb::BestCouponsRequest>,
     ) -> Result<Response<pb::BestCouponsResponse>, Status> {
         let order = checkout_order(request.into_inner().order)?;
+        call::concerns([("account_id", &order.account_id), ("order_id", &order.order_id)]);
         let (coupon_ids, pricing) = self.coupons.best(&order).await?;
         Ok(Response::new(pb::BestCouponsResponse {
             coupon_ids,
@@ -675,6 +728,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::ReserveCouponsRequest>,
     ) -> Result<Response<pb::ReserveCouponsResponse>, Status> {
+        concerns_checkout(request.get_ref().order.as_ref());
         let request = request.into_inner();
         let reserve = ReserveRequest {
             order: checkout_order(request.order)?,
@@ -686,7 +740,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         Ok(Response::new(pb::ReserveCouponsResponse {
             order: Some(order_pb(reservation.order)),
             replayed: reservation.replayed,
-            request_id: String::new(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -705,11 +759,12 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
         let order = self.coupons.complete(&account_id, &order_id).await?;
         Ok(Response::new(pb::CompleteOrderResponse {
             order: Some(order_pb(order)),
-            request_id: String::new(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -717,11 +772,12 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
         let order = self.coupons.cancel(&account_id, &order_id).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_pb(order)),
-            request_id: String::new(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -729,6 +785,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
+        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let request = request.into_inner();
         let (account_id, order_id) = order_key(&request.account_id, &request.order_id)?;
         let refund_id = RefundId::parse(&request.refund_id).field("refund_id")?;
@@ -742,7 +799,7 @@ impl pb::coupons_server::Coupons for CouponsService {
             order: Some(order_pb(refunded.order)),
             refund: Some(refund_pb(refunded.refund, currency)),
             replayed: refunded.replayed,
-            request_id: String::new(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -752,6 +809,7 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::ListCouponsResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let statuses = request
             .statuses
             .iter()
@@ -779,6 +837,10 @@ impl pb::coupons_server::Coupons for CouponsService {
     ) -> Result<Response<pb::GetCouponResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
+        if request.coupon_id > 0 {
+            call::concerns([("coupon_id", &request.coupon_id)]);
+        }
         let (coupon, history) = self.coupons.get(&account_id, request.coupon_id).await?;
         Ok(Response::new(pb::GetCouponResponse {
             coupon: Some(coupon_pb(coupon)),

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use chrono::{Datelike, NaiveDate};
 
+use crate::call;
 use crate::clock::Clock;
 use crate::domain::ids::{AccountId, TemplateId};
 use crate::domain::levels::{Benefits, Level};
@@ -141,6 +142,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::RegisterMemberResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let registered_at = event_instant(request.registered_at, "registered_at", self.clock.now())?;
         let birthday = request
             .birthday
@@ -152,6 +154,7 @@ impl pb::membership_server::Membership for MembershipService {
         Ok(Response::new(pb::RegisterMemberResponse {
             member: Some(member_pb(registration.member)),
             replayed: registration.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -160,6 +163,7 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::GetMemberRequest>,
     ) -> Result<Response<pb::GetMemberResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let member = self.members.get(&account_id).await?;
         Ok(Response::new(pb::GetMemberResponse {
             member: Some(member_pb(member)),
@@ -172,6 +176,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::UpdateBirthdayResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let birthday = request
             .birthday
             .as_ref()
@@ -181,6 +186,7 @@ impl pb::membership_server::Membership for MembershipService {
         let member = self.members.update_birthday(&account_id, birthday).await?;
         Ok(Response::new(pb::UpdateBirthdayResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -190,10 +196,12 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::FlagMemberResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let reason = FraudReason::parse(&request.reason).field("reason")?;
         let member = self.members.flag(&account_id, &reason).await?;
         Ok(Response::new(pb::FlagMemberResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 
@@ -202,6 +210,7 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::GetMembershipRequest>,
     ) -> Result<Response<pb::GetMembershipResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let view = self.membership.view(&account_id).await?;
         Ok(Response::new(pb::GetMembershipResponse {
             account_id: view.account_id.to_string(),
@@ -224,6 +233,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::GetLevelAtResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let at = required_instant(request.at, "at")?;
         let period = self.membership.level_at(&account_id, at).await?;
         Ok(Response::new(pb::GetLevelAtResponse {
@@ -237,6 +247,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::ListLevelHistoryResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let page_size = page_size(request.page_size)?;
         let query = PageQuery::new(HISTORY_PAGE_KIND).with("account_id", &account_id);
         let before = query.parse(&request.page_token)?;
@@ -253,6 +264,7 @@ impl pb::membership_server::Membership for MembershipService {
     ) -> Result<Response<pb::CheckFastRefundResponse>, Status> {
         let request = request.into_inner();
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let amount = money(request.amount, "amount")?;
         let check = self.membership.fast_refund(&account_id, amount).await?;
         Ok(Response::new(pb::CheckFastRefundResponse {
@@ -279,6 +291,7 @@ impl pb::membership_server::Membership for MembershipService {
             level_ups: run.level_ups,
             replayed: outcome.replayed,
             rewards_settled: i64::try_from(outcome.rewards_settled).unwrap_or(i64::MAX),
+            request_id: call::request_id(),
         }))
     }
 
@@ -295,6 +308,7 @@ impl pb::membership_server::Membership for MembershipService {
             anniversary_rewards: run.anniversary_rewards,
             replayed: outcome.replayed,
             rewards_settled: i64::try_from(outcome.rewards_settled).unwrap_or(i64::MAX),
+            request_id: call::request_id(),
         }))
     }
 
@@ -338,6 +352,7 @@ impl pb::membership_server::Membership for MembershipService {
         self.membership.set_reward_templates(reward, &templates).await?;
         Ok(Response::new(pb::SetRewardTemplatesResponse {
             rewards: self.rewards_pb().await?,
+            request_id: call::request_id(),
         }))
     }
 
@@ -355,10 +370,12 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::ClaimDailyCouponRequest>,
     ) -> Result<Response<pb::ClaimDailyCouponResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let issued = self.membership.claim_daily_coupon(&account_id).await?;
         Ok(Response::new(pb::ClaimDailyCouponResponse {
             coupon: Some(coupon_pb(issued.coupon)),
             replayed: issued.replayed,
+            request_id: call::request_id(),
         }))
     }
 
@@ -367,9 +384,11 @@ impl pb::membership_server::Membership for MembershipService {
         request: Request<pb::UnflagMemberRequest>,
     ) -> Result<Response<pb::UnflagMemberResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let member = self.members.unflag(&account_id).await?;
         Ok(Response::new(pb::UnflagMemberResponse {
             member: Some(member_pb(member)),
+            request_id: call::request_id(),
         }))
     }
 }

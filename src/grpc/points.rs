@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::call;
 use crate::clock::Clock;
 use crate::domain::ids::{AccountId, CampaignId, CategoryId, OrderId, PostId, ProductId, ReviewId};
 use crate::domain::points::{
@@ -112,9 +113,12 @@ impl pb::points_server::Points for PointsService {
                 ))
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
+        call::concerns([("account_id", &account_id), ("order_id", &order_id)]);
         let order = ConfirmedOrder::new(
-            AccountId::parse(&request.account_id).field("account_id")?,
-            OrderId::parse(&request.order_id).field("order_id")?,
+            account_id,
+            order_id,
             money(request.amount, "amount")?,
             event_instant(request.confirmed_at, "confirmed_at", self.clock.now())?,
             products,
@@ -124,6 +128,7 @@ impl pb::points_server::Points for PointsService {
             points_awarded: award.points(),
             replayed: award.replayed,
             entries: award.entries.into_iter().map(entry_pb).collect(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -137,9 +142,12 @@ impl pb::points_server::Points for PointsService {
             pb::ReversalReason::Fraud => ReversalReason::Fraud,
             pb::ReversalReason::Unspecified => return Err(Error::invalid("reason", "is required").into()),
         };
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let order_id = OrderId::parse(&request.order_id).field("order_id")?;
+        call::concerns([("account_id", &account_id), ("order_id", &order_id)]);
         let reversal = OrderReversal {
-            account_id: AccountId::parse(&request.account_id).field("account_id")?,
-            order_id: OrderId::parse(&request.order_id).field("order_id")?,
+            account_id,
+            order_id,
             reason,
             reversed_at: event_instant(request.reversed_at, "reversed_at", self.clock.now())?,
         };
@@ -148,6 +156,7 @@ impl pb::points_server::Points for PointsService {
             points_reversed: award.points(),
             replayed: award.replayed,
             entries: award.entries.into_iter().map(entry_pb).collect(),
+            request_id: call::request_id(),
         }))
     }
 
@@ -163,8 +172,18 @@ impl pb::points_server::Points for PointsService {
             product_id: ProductId::parse(&request.product_id).field("product_id")?,
             published_at: event_instant(request.published_at, "published_at", self.clock.now())?,
         };
+        call::concerns([
+            ("account_id", &review.account_id),
+            ("review_id", &review.review_id),
+            ("order_id", &review.order_id),
+            ("product_id", &review.product_id),
+        ]);
         let (entry, replayed) = single_entry(self.points.record_review(&review).await?)?;
-        Ok(Response::new(pb::RecordReviewResponse { entry, replayed }))
+        Ok(Response::new(pb::RecordReviewResponse {
+            entry,
+            replayed,
+            request_id: call::request_id(),
+        }))
     }
 
     async fn record_visit(
@@ -177,13 +196,19 @@ impl pb::points_server::Points for PointsService {
             pb::VisitChannel::App => VisitChannel::App,
             pb::VisitChannel::Unspecified => return Err(Error::invalid("channel", "is required").into()),
         };
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let visit = Visit {
-            account_id: AccountId::parse(&request.account_id).field("account_id")?,
+            account_id,
             channel,
             visited_at: event_instant(request.visited_at, "visited_at", self.clock.now())?,
         };
         let (entry, replayed) = single_entry(self.points.record_visit(&visit).await?)?;
-        Ok(Response::new(pb::RecordVisitResponse { entry, replayed }))
+        Ok(Response::new(pb::RecordVisitResponse {
+            entry,
+            replayed,
+            request_id: call::request_id(),
+        }))
     }
 
     async fn record_post(
@@ -196,8 +221,13 @@ impl pb::points_server::Points for PointsService {
             post_id: PostId::parse(&request.post_id).field("post_id")?,
             published_at: event_instant(request.published_at, "published_at", self.clock.now())?,
         };
+        call::concerns([("account_id", &post.account_id), ("post_id", &post.post_id)]);
         let (entry, replayed) = single_entry(self.points.record_post(&post).await?)?;
-        Ok(Response::new(pb::RecordPostResponse { entry, replayed }))
+        Ok(Response::new(pb::RecordPostResponse {
+            entry,
+            replayed,
+            request_id: call::request_id(),
+        }))
     }
 
     async fn grant_bonus(
@@ -206,16 +236,23 @@ impl pb::points_server::Points for PointsService {
     ) -> Result<Response<pb::GrantBonusResponse>, Status> {
         let request = request.into_inner();
         let now = self.clock.now();
+        let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        let campaign_id = CampaignId::parse(&request.campaign_id).field("campaign_id")?;
+        call::concerns([("account_id", &account_id), ("campaign_id", &campaign_id)]);
         text::check(&request.description, 500).field("description")?;
         let bonus = Bonus {
-            account_id: AccountId::parse(&request.account_id).field("account_id")?,
-            campaign_id: CampaignId::parse(&request.campaign_id).field("campaign_id")?,
+            account_id,
+            campaign_id,
             points: request.points,
             description: request.description,
             granted_at: optional_instant_not_future(request.granted_at, "granted_at", now)?.unwrap_or(now),
         };
         let (entry, replayed) = single_entry(self.points.grant_bonus(&bonus).await?)?;
-        Ok(Response::new(pb::GrantBonusResponse { entry, replayed }))
+        Ok(Response::new(pb::GrantBonusResponse {
+            entry,
+            replayed,
+            request_id: call::request_id(),
+        }))
     }
 
     async fn get_balance(
@@ -223,6 +260,7 @@ impl pb::points_server::Points for PointsService {
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
         let account_id = AccountId::parse(&request.get_ref().account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let balance = self.points.balance(&account_id).await?;
         Ok(Response::new(pb::GetBalanceResponse {
             account_id: balance.account_id.to_string(),
@@ -252,6 +290,7 @@ impl pb::points_server::Points for PointsService {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let account_id = AccountId::parse(&request.account_id).field("account_id")?;
+        call::concerns([("account_id", &account_id)]);
         let start_time = optional_instant(request.start_time, "start_time")?;
         let end_time = optional_instant(request.end_time, "end_time")?;
         let page_query = PageQuery::new(PAGE_KIND)

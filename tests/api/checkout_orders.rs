@@ -215,6 +215,10 @@ async fn a_lapsed_hold_frees_the_coupon_and_the_first_order_loses_it(pool: PgPoo
         (Code::FailedPrecondition, "HOLD_LOST")
     );
     assert!(lost.message().contains(&coupon.to_string()), "{}", lost.message());
+    use tonic_types::StatusExt;
+    let metadata = lost.get_details_error_info().unwrap().metadata;
+    assert_eq!(metadata.get("coupon_id"), Some(&coupon.to_string()));
+    assert_eq!(metadata.get("order_id").map(String::as_str), Some("o-1"));
     let history: Vec<(String, String)> = app
         .coupon("alice", coupon)
         .await

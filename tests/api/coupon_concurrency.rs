@@ -169,6 +169,7 @@ async fn one_single_use_code_claimed_by_twenty_members_at_once_goes_to_one(
         .generate_single_use_codes(pb::GenerateSingleUseCodesRequest {
             template_id: "gift".into(),
             count: 1,
+            request_id: "gift-batch-1".into(),
         })
         .await
         .unwrap()

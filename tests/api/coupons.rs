@@ -351,6 +351,7 @@ async fn single_use_codes_are_returned_once_stored_hashed_and_claimed_once(pool:
         .generate_single_use_codes(pb::GenerateSingleUseCodesRequest {
             template_id: "gift".into(),
             count: 50,
+            request_id: "gift-batch-1".into(),
         })
         .await
         .unwrap()

@@ -3,8 +3,10 @@
 
 mod best_choice;
 mod bounds;
+mod call_context;
 mod checkout;
 mod checkout_orders;
+mod code_batches;
 mod concurrency;
 mod coupon_concurrency;
 mod coupons;

@@ -1,6 +1,7 @@
-//! Templates and claim codes.
+//! Templates, claim codes and batches of single-use codes.
 
 use super::*;
+use crate::domain::ids::BatchRequestId;
 
 /// A `coupon_template` row.
 #[derive(sqlx::FromRow)]
@@ -241,19 +242,70 @@ pub async fn insert_public_code(
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Inserts single-use codes by their hashes; returns how many were inserted.
+/// A `code_batch` row: a batch of single-use codes.
+#[derive(Debug, sqlx::FromRow)]
+pub struct CodeBatchRow {
+    pub code_batch_id: i64,
+    pub template_id: String,
+    pub code_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+const CODE_BATCH_COLUMNS: &str = "code_batch_id, template_id, code_count, created_at";
+
+/// Inserts the batch of `request_id`; `None` when the request id already has
+/// one. A twin insert waits on the unique key until the first one's
+/// transaction ends, then finds the key taken (or inserts, after a rollback).
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id, count))]
+pub async fn insert_code_batch(
+    conn: &mut PgConnection,
+    request_id: &BatchRequestId,
+    template_id: &TemplateId,
+    count: u32,
+    now: DateTime<Utc>,
+) -> Result<Option<CodeBatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "insert into code_batch (request_id, template_id, code_count, created_at) values ($1, $2, $3, $4) \
+         on conflict (request_id) do nothing returning {CODE_BATCH_COLUMNS}"
+    ))
+    .bind(request_id.as_str())
+    .bind(template_id.as_str())
+    .bind(i32::try_from(count).unwrap_or(i32::MAX))
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The batch of `request_id`, if any.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn get_code_batch(
+    conn: &mut PgConnection,
+    request_id: &BatchRequestId,
+) -> Result<Option<CodeBatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {CODE_BATCH_COLUMNS} from code_batch where request_id = $1"
+    ))
+    .bind(request_id.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Inserts the single-use codes of a batch by their hashes; returns how many
+/// were inserted.
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id, codes = hashes.len()))]
 pub async fn insert_single_use_codes(
     conn: &mut PgConnection,
     template_id: &TemplateId,
+    code_batch_id: i64,
     hashes: &[Vec<u8>],
 ) -> Result<u64, sqlx::Error> {
     let inserted = sqlx::query(
-        "insert into claim_code (code_hash, template_id, kind) \
-         select h, $1, 'single_use' from unnest($2::bytea[]) as t (h) \
+        "insert into claim_code (code_hash, template_id, kind, code_batch_id) \
+         select h, $1, 'single_use', $2 from unnest($3::bytea[]) as t (h) \
          on conflict (code_hash) do nothing",
     )
     .bind(template_id.as_str())
+    .bind(code_batch_id)
     .bind(hashes)
     .execute(conn)
     .await?;

@@ -19,6 +19,8 @@ impl Coupons {
                 reason: "CODE_NOT_FOUND",
                 message: "no such claim code".to_owned(),
             })?;
+        let template_id =
+            TemplateId::parse(&found.template_id).map_err(|e| anyhow::anyhow!("stored code: {e}"))?;
         if let Some(coupon) = db::coupons::find_issued(&mut tx, account_id, Some(&hash), None, now).await? {
             return Ok(Issued {
                 coupon,
@@ -33,17 +35,15 @@ impl Coupons {
         }
         let source = if found.kind == "single_use" {
             if !db::coupons::consume_code(&mut tx, &hash, account_id, now).await? {
-                return Err(refused(
-                    "CODE_ALREADY_USED",
-                    "this single-use code was already claimed",
-                ));
+                return Err(
+                    refused("CODE_ALREADY_USED", "this single-use code was already claimed")
+                        .concerning("template_id", &template_id),
+                );
             }
             CouponSource::SingleUseCode
         } else {
             CouponSource::PublicCode
         };
-        let template_id =
-            TemplateId::parse(&found.template_id).map_err(|e| anyhow::anyhow!("stored code: {e}"))?;
         let new = NewCoupon {
             account_id,
             template_id: &template_id,
@@ -51,7 +51,10 @@ impl Coupons {
             claim_code_hash: Some(&hash),
             issuance_id: None,
         };
-        self.issue_new(tx, &new, IssuePolicy::Caller, now).await
+        // The caller named a code, not a template: a refusal says which.
+        self.issue_new(tx, &new, IssuePolicy::Caller, now)
+            .await
+            .map_err(|error| error.concerning("template_id", &template_id))
     }
 
     /// Issues a coupon directly, idempotent by `issuance_id`.
@@ -78,7 +81,8 @@ impl Coupons {
                         "issuance {issuance_id} already issued template {}",
                         coupon.template_id
                     ),
-                });
+                }
+                .concerning("coupon_id", coupon.coupon_id));
             }
             return Ok(Issued {
                 coupon,

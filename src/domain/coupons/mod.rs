@@ -44,7 +44,7 @@ mod orders;
 mod refunds;
 mod templates;
 
-pub use templates::{ClaimCode, MAX_CODES_PER_BATCH};
+pub use templates::{ClaimCode, CodeBatch, MAX_CODES_PER_BATCH};
 
 /// When coupons of a template can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,7 +55,8 @@ impl Coupons {
                             "the hold of order {order_id} lapsed and coupon {first} was taken since \
                              (coupons lost: {lost:?}); nothing was completed"
                         ),
-                    ));
+                    )
+                    .concerning("coupon_id", first));
                 }
                 let changes: Vec<Change> = coupons
                     .iter()

@@ -1,7 +1,9 @@
 //! Templates and claim codes: creating, reading, changing and pausing
-//! templates; public codes and single-use codes (stored hashed).
+//! templates; public codes and batches of single-use codes (stored hashed,
+//! idempotent by the caller's request id).
 
 use super::*;
+use crate::domain::ids::BatchRequestId;
 
 /// A claim code as typed: case and dashes do not matter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,26 +174,54 @@ impl Coupons {
         }
     }
 
-    /// Generates `count` single-use codes for a template, in one transaction.
+    /// Generates a batch of `count` single-use codes for a template, idempotent
+    /// by `request_id`: the batch row and the codes' hashes are written in one
+    /// transaction. A retry with the same content gets the same batch back,
+    /// `replayed` and without codes (only their hashes were kept); the same
+    /// request id with another template or count is `ALREADY_EXISTS`
+    /// (`IDEMPOTENCY_KEY_REUSED`). Twin requests meet on the batch's unique key:
+    /// one generates, the other waits for it and replays.
     #[tracing::instrument(skip_all, fields(template_id = %template_id, count))]
     pub async fn generate_codes(
         &self,
+        request_id: &BatchRequestId,
         template_id: &TemplateId,
         count: u32,
-    ) -> Result<Vec<ClaimCode>, Error> {
+    ) -> Result<CodeBatch, Error> {
         if !(1..=MAX_CODES_PER_BATCH).contains(&count) {
             return Err(Error::invalid(
                 "count",
                 format!("must be 1 to {MAX_CODES_PER_BATCH}"),
             ));
         }
-        let codes: Vec<ClaimCode> = (0..count).map(|_| ClaimCode::generate()).collect();
-        let hashes: Vec<Vec<u8>> = codes.iter().map(ClaimCode::hash).collect();
         let mut tx = db::begin(&self.pool).await?;
         db::coupons::get_template(&mut tx, template_id, false)
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
-        let inserted = db::coupons::insert_single_use_codes(&mut tx, template_id, &hashes).await?;
+        let now = self.clock.now();
+        let Some(batch) =
+            db::coupons::insert_code_batch(&mut tx, request_id, template_id, count, now).await?
+        else {
+            let batch = db::coupons::get_code_batch(&mut tx, request_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("code batch {request_id} vanished after a conflict"))?;
+            let batch = CodeBatch::from_row(batch, Vec::new(), true)?;
+            if batch.template_id != *template_id || batch.count != count {
+                return Err(Error::AlreadyExists {
+                    reason: "IDEMPOTENCY_KEY_REUSED",
+                    message: format!(
+                        "request {request_id} already generated {} codes of template {}",
+                        batch.count, batch.template_id
+                    ),
+                }
+                .concerning("batch_id", batch.batch_id));
+            }
+            return Ok(batch);
+        };
+        let codes: Vec<ClaimCode> = (0..count).map(|_| ClaimCode::generate()).collect();
+        let hashes: Vec<Vec<u8>> = codes.iter().map(ClaimCode::hash).collect();
+        let inserted =
+            db::coupons::insert_single_use_codes(&mut tx, template_id, batch.code_batch_id, &hashes).await?;
         if inserted != u64::from(count) {
             // 80 random bits per code: a collision means a broken generator.
             return Err(anyhow::anyhow!(
@@ -201,7 +231,40 @@ impl Coupons {
             .into());
         }
         db::commit(tx).await?;
-        Ok(codes)
+        CodeBatch::from_row(batch, codes, false)
+    }
+}
+
+/// A batch of single-use codes.
+#[derive(Debug, Clone)]
+pub struct CodeBatch {
+    pub batch_id: i64,
+    pub template_id: TemplateId,
+    pub count: u32,
+    pub created_at: DateTime<Utc>,
+    /// The codes, shown only in the answer of the call that generated them:
+    /// empty on a replay.
+    pub codes: Vec<ClaimCode>,
+    /// True when the request id already had this batch: nothing was generated.
+    pub replayed: bool,
+}
+
+impl CodeBatch {
+    fn from_row(
+        row: db::coupons::CodeBatchRow,
+        codes: Vec<ClaimCode>,
+        replayed: bool,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            batch_id: row.code_batch_id,
+            template_id: TemplateId::parse(&row.template_id)
+                .map_err(|e| anyhow::anyhow!("stored code batch: {e}"))?,
+            count: u32::try_from(row.code_count)
+                .map_err(|_| anyhow::anyhow!("stored code batch of {} codes", row.code_count))?,
+            created_at: row.created_at,
+            codes,
+            replayed,
+        })
     }
 }
 

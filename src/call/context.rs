@@ -1,0 +1,102 @@
+//! The context of the call being served: its request id, and the ids of what
+//! it concerns (the account, the order, the template, ...).
+//!
+//! The call layer sets it, as a task-local, around the whole call: the task
+//! that runs the handler, and the layer's own answer when the call fails
+//! there (a deadline that passes). Handlers read the request id to echo it in
+//! the answer of a write ([`request_id`]) and declare, once the request is
+//! parsed, the ids the call concerns ([`concerns`]); the mapping of an
+//! [`Error`](crate::error::Error) to a `Status` puts those ids in the
+//! `ErrorInfo.metadata` of a failure ([`concerned_ids`]).
+//!
+//! Code outside any call (the scheduler's jobs, tests calling the domain
+//! directly) has no context: its request id is empty and what it declares goes
+//! nowhere.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::Ids;
+
+tokio::task_local! {
+    static CONTEXT: Arc<CallContext>;
+}
+
+/// What the layer knows of a call, shared by the layer and the call's task.
+#[derive(Debug)]
+pub struct CallContext {
+    request_id: String,
+    /// Set by the handler while the call runs, read when it fails.
+    ids: Mutex<Ids>,
+}
+
+impl CallContext {
+    /// The context of a call named `request_id`.
+    pub fn new(request_id: String) -> Arc<Self> {
+        Arc::new(Self {
+            request_id,
+            ids: Mutex::new(Ids::default()),
+        })
+    }
+
+    /// Runs `future` with this context as the current call's.
+    pub async fn scope<F: Future>(self: Arc<Self>, future: F) -> F::Output {
+        CONTEXT.scope(self, future).await
+    }
+}
+
+/// The request id of the current call (the caller's `x-request-id`, or the one
+/// the layer gave the call); empty outside a call.
+pub fn request_id() -> String {
+    CONTEXT
+        .try_with(|context| context.request_id.clone())
+        .unwrap_or_default()
+}
+
+/// Declares the ids the current call concerns, once its request is parsed:
+/// `call::concerns([("account_id", &account_id), ("order_id", &order_id)])`.
+/// A failure of the call names them in its `ErrorInfo.metadata`. A key given
+/// again replaces its value; outside a call this does nothing.
+pub fn concerns<const N: usize>(ids: [(&'static str, &dyn fmt::Display); N]) {
+    let _ = CONTEXT.try_with(|context| {
+        let mut declared = context.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in ids {
+            declared.set(key, value);
+        }
+    });
+}
+
+/// The ids the current call declared (none outside a call).
+pub fn concerned_ids() -> Ids {
+    CONTEXT
+        .try_with(|context| context.ids.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_context_is_visible_inside_its_scope_only() {
+        concerns([("account_id", &"outside")]);
+        assert_eq!(request_id(), "");
+        assert_eq!(concerned_ids(), Ids::default());
+
+        let context = CallContext::new("req-1".to_owned());
+        let (inside, ids) = context
+            .clone()
+            .scope(async {
+                concerns([("account_id", &"alice"), ("coupon_id", &42)]);
+                concerns([("account_id", &"bob")]);
+                (request_id(), concerned_ids())
+            })
+            .await;
+        assert_eq!(inside, "req-1");
+        assert_eq!(ids.get("account_id"), Some("bob"));
+        assert_eq!(ids.get("coupon_id"), Some("42"));
+        // The layer, holding the same context, sees what the handler declared.
+        assert_eq!(context.scope(async { concerned_ids() }).await, ids);
+    }
+}
