@@ -1,8 +1,11 @@
 //! Generates the gRPC code and the reflection descriptor set from `proto/`.
 //!
 //! `protox` parses the `.proto` files in pure Rust, so the build needs no system
-//! `protoc`. The descriptor set (with its imports) is written to `OUT_DIR` for
-//! server reflection.
+//! `protoc`. Imports resolve from `proto/`: the vendored
+//! `google/api/field_behavior.proto` is there, and `protox` bundles the
+//! `google/protobuf` files (`descriptor.proto`, `timestamp.proto`, ...). The
+//! descriptor set (with its imports) is written to `OUT_DIR` for server
+//! reflection.
 
 use std::path::PathBuf;
 
