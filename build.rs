@@ -1,12 +1,13 @@
 //! Generates the gRPC code and the reflection descriptor set from `proto/`.
 //!
 //! `protox` parses the `.proto` files in pure Rust, so the build needs no system
-//! `protoc`. The descriptor set (with its imports) is written to `OUT_DIR` for
-//! server reflection.
+//! `protoc`. Imports resolve from `proto/`: the vendored
+//! `google/api/field_behavior.proto` is there, and `protox` bundles the
+//! `google/protobuf` files (`descriptor.proto`, `timestamp.proto`, ...). The
+//! descriptor set (with its imports) is written to `OUT_DIR` for server
+//! reflection.
 
 use std::path::PathBuf;
-
-use prost::Message;
 
 const PROTOS: &[&str] = &[
     "proto/loyalty/v1/common.proto",
@@ -17,16 +18,19 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::Compiler::new(["proto"])?
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?
-        .file_descriptor_set();
+        .open_files(PROTOS)?;
+    let descriptors = compiler.file_descriptor_set();
 
+    // Reflection serves the encoding that keeps extension options such as
+    // `(google.api.field_behavior)`; `prost_types` (and so `descriptors`) drops them.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("loyalty_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
 
     tonic_prost_build::configure()

@@ -139,6 +139,119 @@ async fn reflection_v1_and_v1alpha_list_the_loyalty_services(pool: PgPool) {
     }
 }
 
+/// Just enough of `google.protobuf.FileDescriptorProto` to read the
+/// `google.api.field_behavior` extension of its fields, which `prost_types`
+/// drops.
+mod annotated {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct File {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, repeated, tag = "3")]
+        pub dependency: Vec<String>,
+        #[prost(message, repeated, tag = "4")]
+        pub message_type: Vec<Message>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Message {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, repeated, tag = "2")]
+        pub field: Vec<Field>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Field {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(message, optional, tag = "8")]
+        pub options: Option<Options>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Options {
+        /// `(google.api.field_behavior)`: 2 is REQUIRED, 3 OUTPUT_ONLY.
+        #[prost(int32, repeated, packed = "false", tag = "1052")]
+        pub field_behavior: Vec<i32>,
+    }
+}
+
+/// The file reflection serves for a symbol (`symbol`) or a file name.
+async fn reflected_file_v1(channel: Channel, symbol: Option<&str>, file: &str) -> annotated::File {
+    use prost::Message;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(match symbol {
+            Some(symbol) => MessageRequest::FileContainingSymbol(symbol.into()),
+            None => MessageRequest::FileByFilename(file.into()),
+        }),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => {
+            let files: Vec<annotated::File> = files
+                .file_descriptor_proto
+                .iter()
+                .map(|bytes| annotated::File::decode(bytes.as_slice()).unwrap())
+                .collect();
+            files
+                .into_iter()
+                .find(|f| f.name == file)
+                .unwrap_or_else(|| panic!("reflection did not serve {file}"))
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+#[sqlx::test]
+async fn reflection_serves_the_field_behavior_annotations_and_their_definition(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let coupons = reflected_file_v1(
+        app.channel.clone(),
+        Some("loyalty.v1.Coupons"),
+        "loyalty/v1/coupons.proto",
+    )
+    .await;
+    assert!(
+        coupons
+            .dependency
+            .iter()
+            .any(|d| d == "google/api/field_behavior.proto"),
+        "{:?}",
+        coupons.dependency
+    );
+    // A client resolving the annotation finds its definition and what it extends.
+    let field_behavior =
+        reflected_file_v1(app.channel.clone(), None, "google/api/field_behavior.proto").await;
+    assert_eq!(field_behavior.dependency, ["google/protobuf/descriptor.proto"]);
+    reflected_file_v1(app.channel.clone(), None, "google/protobuf/descriptor.proto").await;
+    let behavior = |message: &str, field: &str| {
+        let message = coupons.message_type.iter().find(|m| m.name == message).unwrap();
+        let field = message.field.iter().find(|f| f.name == field).unwrap();
+        field
+            .options
+            .as_ref()
+            .map(|o| o.field_behavior.clone())
+            .unwrap_or_default()
+    };
+    const REQUIRED: i32 = 2;
+    const OUTPUT_ONLY: i32 = 3;
+    assert_eq!(behavior("RefundOrderRequest", "refund_id"), [REQUIRED]);
+    assert_eq!(behavior("CouponTemplate", "template_id"), [REQUIRED]);
+    assert_eq!(behavior("CouponTemplate", "issued_count"), [OUTPUT_ONLY]);
+    assert_eq!(behavior("ReserveCouponsResponse", "request_id"), [OUTPUT_ONLY]);
+    assert_eq!(behavior("ReserveCouponsRequest", "cart_revision"), [] as [i32; 0]);
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
