@@ -136,3 +136,13 @@ join coupon c on c.account_id = t.account_id and c.coupon_id = t.coupon_id
 where t.order_id is not null and t.action = 'reserve'
    or t.order_id is not null and t.action in ('complete', 'cancel')
 group by t.account_id, t.order_id;
+
+-- Their full refunds, as one refund each that returned the whole order (so the
+-- order reads REFUNDED and refuses another refund).
+insert into checkout_refund (account_id, order_id, refund_id, content_digest, whole_order, completes_order,
+                             created_at)
+select t.account_id, t.order_id, 'legacy-full-refund', '\x'::bytea, true, true, min(t.occurred_at)
+from coupon_transition t
+where t.action = 'refund_full' and t.order_id is not null
+  and exists (select 1 from checkout_order o where o.account_id = t.account_id and o.order_id = t.order_id)
+group by t.account_id, t.order_id;

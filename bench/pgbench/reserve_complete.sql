@@ -1,54 +1,127 @@
--- The SQL of ReserveCoupons then CompleteOrder for a fresh coupon
--- (src/domain/coupons.rs reserve and complete, src/db/coupons.rs).
+-- The SQL of ReserveCoupons then CompleteOrder for a fresh coupon on a fresh
+-- order of two lines, statement for statement as the service sends them
+-- (taken from the PostgreSQL log with log_statement = all; src/domain/coupons/
+-- checkout.rs reserve, orders.rs complete and read_order, src/db/coupons/).
 select nextval('bench_seq') as c \gset
 \set m (:c - 1) % :members + 1
+-- ReserveCoupons
 begin;
 select pg_advisory_xact_lock(hashtextextended('m' || :m || '/' || 'b-' || :c, 0));
 select fraud_flagged_at is not null from member where account_id = 'm' || :m;
+select status as state, cart_revision, content_digest, currency, coupon_ids, hold_until, created_at, updated_at
+from checkout_order where account_id = 'm' || :m and order_id = 'b-' || :c;
 select coupon_id, account_id, template_id,
-       case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,
-       order_id, name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points,
-       max_discount_minor, currency, min_purchase_minor, regular_price_only, valid_from, expires_at,
-       source, issued_at
+       case when (status = 'valid' or (status = 'inactive' and hold_until <= now())) and expires_at <= now() then 'expired'
+            when (status = 'inactive' and hold_until <= now()) then 'valid' else status end as status,
+       case when (status = 'inactive' and hold_until <= now()) then null else order_id end as order_id,
+       case when (status = 'inactive' and hold_until <= now()) then null else hold_until end as hold_until,
+       case when (status = 'inactive' and hold_until <= now()) then order_id end as lapsed_order,
+       name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points, max_discount_minor,
+       currency, min_purchase_minor, regular_price_only, valid_from, expires_at, source, issued_at
 from coupon where account_id = 'm' || :m
   and (coupon_id = any (array[:c]::bigint[]) or (order_id = 'b-' || :c and status = 'inactive'))
 order by coupon_id for update;
-select distinct action from coupon_transition where account_id = 'm' || :m and order_id = 'b-' || :c;
-with moved as (
-    update coupon set status = 'inactive', order_id = 'b-' || :c, updated_at = now()
-    where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) and status = 'valid'
-      and valid_from <= now() and expires_at > now()
-    returning *
-), transition as (
-    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, occurred_at)
-    select 'm' || :m, coupon_id, 'reserve', 'valid', 'inactive', 'b-' || :c, now() from moved
+with change as (
+    select * from unnest(array[:c]::bigint[], array['valid']::text[], array[null]::text[], array['inactive']::text[],
+                         array['b-' || :c]::text[], array[now() + interval '30 minutes']::timestamptz[],
+                         array['reserve']::text[], array['']::text[])
+        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note)
+), moved as (
+    update coupon k
+    set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = now()
+    from change c
+    where k.account_id = 'm' || :m and k.coupon_id = c.coupon_id and k.status = c.from_status
+      and k.order_id is not distinct from c.from_order
+    returning k.coupon_id, c.from_status, c.to_status, coalesce(c.to_order, c.from_order) as order_id, c.action, c.note
+), recorded as (
+    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
+    select 'm' || :m, coupon_id, action, from_status, to_status, order_id, note, now() from moved where action is not null
 )
+select count(*) from moved;
+insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, coupon_ids,
+                            hold_until, created_at, updated_at)
+values ('m' || :m, 'b-' || :c, 'open', 0, sha256(('b-' || :c)::bytea), 'USD', array[:c]::bigint[],
+        now() + interval '30 minutes', now(), now())
+on conflict (account_id, order_id) do update
+set status = excluded.status, cart_revision = excluded.cart_revision, content_digest = excluded.content_digest,
+    currency = excluded.currency, coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until,
+    updated_at = excluded.updated_at;
+with lines as (
+    insert into checkout_order_line (account_id, order_id, line_id, position, seller_id, product_id, category_id,
+                                     unit_price_minor, quantity, sale_price)
+    select 'm' || :m, 'b-' || :c, * from unnest(array['l1', 'l2']::text[], array[0, 1]::int[], array['s1', 's2']::text[],
+                                                array['p-l1', 'p-l2']::text[], array['c1', 'c1']::text[],
+                                                array[2500, 1333]::bigint[], array[1, 1]::int[], array[false, false]::bool[])
+    returning line_id
+)
+insert into checkout_allocation (account_id, order_id, coupon_id, line_id, discount_minor)
+select 'm' || :m, 'b-' || :c, a.coupon_id, a.line_id, a.discount
+from unnest(array[:c, :c]::bigint[], array['l1', 'l2']::text[], array[326, 174]::bigint[]) as a (coupon_id, line_id, discount)
+join lines using (line_id);
+select line_id, seller_id, product_id, category_id, unit_price_minor, quantity, sale_price
+from checkout_order_line where account_id = 'm' || :m and order_id = 'b-' || :c order by position;
+select coupon_id, line_id, discount_minor from checkout_allocation
+where account_id = 'm' || :m and order_id = 'b-' || :c order by coupon_id, line_id;
 select coupon_id, account_id, template_id,
-       case when status = 'valid' and expires_at <= now() then 'expired' else status end as status,
-       order_id, name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points,
-       max_discount_minor, currency, min_purchase_minor, regular_price_only, valid_from, expires_at,
-       source, issued_at
-from moved order by coupon_id;
+       case when (status = 'valid' or (status = 'inactive' and hold_until <= now())) and expires_at <= now() then 'expired'
+            when (status = 'inactive' and hold_until <= now()) then 'valid' else status end as status,
+       case when (status = 'inactive' and hold_until <= now()) then null else order_id end as order_id,
+       case when (status = 'inactive' and hold_until <= now()) then null else hold_until end as hold_until,
+       case when (status = 'inactive' and hold_until <= now()) then order_id end as lapsed_order,
+       name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points, max_discount_minor,
+       currency, min_purchase_minor, regular_price_only, valid_from, expires_at, source, issued_at
+from coupon where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) order by coupon_id;
+select refund_id, content_digest, whole_order, completes_order, created_at from checkout_refund
+where account_id = 'm' || :m and order_id = 'b-' || :c order by created_at, refund_id;
 commit;
+-- CompleteOrder
 begin;
-select fraud_flagged_at is not null from member where account_id = 'm' || :m;
 select pg_advisory_xact_lock(hashtextextended('m' || :m || '/' || 'b-' || :c, 0));
-select distinct action from coupon_transition where account_id = 'm' || :m and order_id = 'b-' || :c;
-with moved as (
-    update coupon set status = 'used', updated_at = now()
-    where account_id = 'm' || :m and order_id = 'b-' || :c and status = 'inactive'
-    returning coupon_id
+select status as state, cart_revision, content_digest, currency, coupon_ids, hold_until, created_at, updated_at
+from checkout_order where account_id = 'm' || :m and order_id = 'b-' || :c;
+select coupon_id, account_id, template_id,
+       case when (status = 'valid' or (status = 'inactive' and hold_until <= now())) and expires_at <= now() then 'expired'
+            when (status = 'inactive' and hold_until <= now()) then 'valid' else status end as status,
+       case when (status = 'inactive' and hold_until <= now()) then null else order_id end as order_id,
+       case when (status = 'inactive' and hold_until <= now()) then null else hold_until end as hold_until,
+       case when (status = 'inactive' and hold_until <= now()) then order_id end as lapsed_order,
+       name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points, max_discount_minor,
+       currency, min_purchase_minor, regular_price_only, valid_from, expires_at, source, issued_at
+from coupon where account_id = 'm' || :m
+  and (coupon_id = any (array[:c]::bigint[]) or (order_id = 'b-' || :c and status = 'inactive'))
+order by coupon_id for update;
+with change as (
+    select * from unnest(array[:c]::bigint[], array['inactive']::text[], array['b-' || :c]::text[], array['used']::text[],
+                         array['b-' || :c]::text[], array[null]::timestamptz[],
+                         array['complete']::text[], array['']::text[])
+        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note)
+), moved as (
+    update coupon k
+    set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = now()
+    from change c
+    where k.account_id = 'm' || :m and k.coupon_id = c.coupon_id and k.status = c.from_status
+      and k.order_id is not distinct from c.from_order
+    returning k.coupon_id, c.from_status, c.to_status, coalesce(c.to_order, c.from_order) as order_id, c.action, c.note
+), recorded as (
+    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
+    select 'm' || :m, coupon_id, action, from_status, to_status, order_id, note, now() from moved where action is not null
 )
-insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, occurred_at)
-select 'm' || :m, coupon_id, 'complete', 'inactive', 'used', 'b-' || :c, now() from moved;
-select c.coupon_id, c.account_id, c.template_id,
-       case when c.status = 'valid' and c.expires_at <= now() then 'expired' else c.status end as status,
-       c.order_id, c.name, c.issuer, c.seller_id, c.discount_kind, c.amount_off_minor, c.percent_basis_points,
-       c.max_discount_minor, c.currency, c.min_purchase_minor, c.regular_price_only, c.valid_from, c.expires_at,
-       c.source, c.issued_at
-from coupon c where c.account_id = 'm' || :m and exists (
-    select 1 from coupon_transition t
-    where t.account_id = c.account_id and t.coupon_id = c.coupon_id
-      and t.order_id = 'b-' || :c and t.action = any (array['complete']))
-order by c.coupon_id;
+select count(*) from moved;
+update checkout_order set status = 'completed', updated_at = now()
+where account_id = 'm' || :m and order_id = 'b-' || :c;
+select line_id, seller_id, product_id, category_id, unit_price_minor, quantity, sale_price
+from checkout_order_line where account_id = 'm' || :m and order_id = 'b-' || :c order by position;
+select coupon_id, line_id, discount_minor from checkout_allocation
+where account_id = 'm' || :m and order_id = 'b-' || :c order by coupon_id, line_id;
+select coupon_id, account_id, template_id,
+       case when (status = 'valid' or (status = 'inactive' and hold_until <= now())) and expires_at <= now() then 'expired'
+            when (status = 'inactive' and hold_until <= now()) then 'valid' else status end as status,
+       case when (status = 'inactive' and hold_until <= now()) then null else order_id end as order_id,
+       case when (status = 'inactive' and hold_until <= now()) then null else hold_until end as hold_until,
+       case when (status = 'inactive' and hold_until <= now()) then order_id end as lapsed_order,
+       name, issuer, seller_id, discount_kind, amount_off_minor, percent_basis_points, max_discount_minor,
+       currency, min_purchase_minor, regular_price_only, valid_from, expires_at, source, issued_at
+from coupon where account_id = 'm' || :m and coupon_id = any (array[:c]::bigint[]) order by coupon_id;
+select refund_id, content_digest, whole_order, completes_order, created_at from checkout_refund
+where account_id = 'm' || :m and order_id = 'b-' || :c order by created_at, refund_id;
 commit;

@@ -13,7 +13,7 @@ pub mod members;
 pub mod points;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::call::budget::Budget;
 use crate::error::Error;
@@ -44,6 +44,16 @@ pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), Error> {
         budget.remaining()?;
     }
     Ok(tx.commit().await?)
+}
+
+/// Makes the transaction just begun a read-only snapshot (repeatable read):
+/// several reads that must agree see one state of the database. Call it before
+/// the transaction's first query.
+pub async fn read_only_snapshot(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// A transaction for the current call, its statements and lock waits bounded by

@@ -488,6 +488,17 @@ fn order_key(account_id: &str, order_id: &str) -> Result<(AccountId, OrderId), E
     ))
 }
 
+/// A cart revision: 0 to 2^63 - 1 (what the database stores).
+fn cart_revision(revision: u64) -> Result<u64, Error> {
+    if i64::try_from(revision).is_err() {
+        return Err(Error::invalid(
+            "cart_revision",
+            format!("must be at most {}", i64::MAX),
+        ));
+    }
+    Ok(revision)
+}
+
 /// A hold's length on the wire: absent for the default; else 1 minute to 24 hours.
 fn hold_duration(duration: Option<prost_types::Duration>) -> Result<Option<Duration>, Error> {
     let Some(duration) = duration else {
@@ -733,7 +744,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         let reserve = ReserveRequest {
             order: checkout_order(request.order)?,
             coupon_ids: picked_ids(&request.coupon_ids)?,
-            cart_revision: request.cart_revision,
+            cart_revision: cart_revision(request.cart_revision)?,
             hold: hold_duration(request.hold_duration)?,
         };
         let reservation = self.coupons.reserve(&reserve).await?;

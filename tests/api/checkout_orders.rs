@@ -815,3 +815,147 @@ async fn a_checkout_story_from_reserve_to_restore(pool: PgPool) {
         "the restored coupon serves another order"
     );
 }
+
+#[sqlx::test]
+async fn a_revision_beyond_what_is_stored_is_refused_and_expired_coupons_are_not_held_again(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    let mut short = platform_template("short", 100);
+    short.validity = Some(pb::Validity {
+        kind: Some(pb::validity::Kind::DaysFromIssuance(1)),
+    });
+    let expiring = app.new_coupon(short).await;
+
+    let too_high = app
+        .reserve_with(reserve_request(order_of("alice", "o-1"), vec![], u64::MAX, None))
+        .await
+        .unwrap_err();
+    app.clock.advance(TimeDelta::hours(12));
+    app.reserve_with(reserve_request(
+        order_of("alice", "o-1"),
+        vec![expiring],
+        1,
+        Some(minutes(24 * 60)),
+    ))
+    .await
+    .unwrap();
+    // Past its expiry (a day after issuance), still held: a new revision
+    // cannot hold it again.
+    app.clock.advance(TimeDelta::hours(12) + TimeDelta::minutes(1));
+    let again = app
+        .reserve_with(reserve_request(order_of("alice", "o-1"), vec![expiring], 2, None))
+        .await
+        .unwrap_err();
+
+    assert_eq!(too_high.code(), Code::InvalidArgument);
+    assert_eq!(bad_fields(&too_high), vec!["cart_revision"]);
+    assert_eq!(reason(&again), "COUPON_NOT_APPLICABLE");
+    use tonic_types::StatusExt;
+    assert_eq!(
+        again.get_details_precondition_failure().unwrap().violations[0].r#type,
+        "EXPIRED"
+    );
+    assert_eq!(
+        app.status_of("alice", expiring).await,
+        pb::CouponStatus::Inactive,
+        "revision 1 still holds it"
+    );
+    let cancelled = app.cancel("alice", "o-1").await.unwrap();
+    assert_eq!(cancelled.coupons[0].status(), pb::CouponStatus::Expired);
+}
+
+#[sqlx::test]
+async fn reading_an_order_while_its_cart_changes_sees_one_revision_whole(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    let coupon = app.new_coupon(platform_template("p", 500)).await;
+    let cart = |revision: u64| {
+        checkout(
+            "alice",
+            "o-1",
+            vec![checkout_line(
+                &format!("l{revision}"),
+                "s1",
+                1000 + i64::try_from(revision).unwrap(),
+                1,
+                false,
+            )],
+        )
+    };
+    app.reserve_with(reserve_request(cart(0), vec![coupon], 0, None))
+        .await
+        .unwrap();
+
+    let writer = async {
+        for revision in 1..=40 {
+            app.reserve_with(reserve_request(cart(revision), vec![coupon], revision, None))
+                .await
+                .unwrap();
+        }
+    };
+    let reader = async {
+        let mut reads = Vec::new();
+        for _ in 0..120 {
+            reads.push(app.checkout_order("alice", "o-1").await);
+        }
+        reads
+    };
+    let ((), reads) = futures::join!(writer, reader);
+
+    for read in reads {
+        let order = read.expect("a read never fails");
+        let line = &order.lines[0].line_id;
+        assert_eq!(
+            *line,
+            format!("l{}", order.cart_revision),
+            "the header and the cart agree"
+        );
+        let allocated: Vec<&String> = order.pricing.as_ref().unwrap().coupons[0]
+            .allocations
+            .iter()
+            .map(|a| &a.line_id)
+            .collect();
+        assert_eq!(allocated, vec![line], "the allocations are the cart's");
+    }
+}
+
+#[sqlx::test]
+async fn an_order_reserved_before_revisions_existed_is_adopted_by_its_retry(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    let coupon = app.new_coupon(platform_template("p", 500)).await;
+    app.reserve(order_of("alice", "o-1"), vec![coupon]).await.unwrap();
+    // What the migration leaves of an order reserved by the previous release:
+    // no digest, no cart.
+    sqlx::query("update checkout_order set content_digest = null")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from checkout_order_line")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let adopted = app.reserve(order_of("alice", "o-1"), vec![coupon]).await.unwrap();
+    let replayed = app.reserve(order_of("alice", "o-1"), vec![coupon]).await.unwrap();
+    let other = app.reserve(order_of("alice", "o-1"), vec![]).await.unwrap_err();
+
+    assert!(!adopted.replayed && replayed.replayed);
+    assert_eq!(adopted.order.unwrap().lines.len(), 1, "its cart is stored now");
+    assert_eq!(reason(&other), "IDEMPOTENCY_KEY_REUSED");
+
+    // A completed legacy order without a cart refunds whole, not by line.
+    app.complete("alice", "o-1").await.unwrap();
+    sqlx::query("delete from checkout_order_line")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let by_line = app.refund("alice", "o-1", "r-1", &[("l1", 1)]).await.unwrap_err();
+    let whole = app.refund("alice", "o-1", "r-2", &[]).await.unwrap();
+    assert_eq!(
+        (by_line.code(), reason(&by_line).as_str()),
+        (Code::FailedPrecondition, "ORDER_HAS_NO_LINES")
+    );
+    assert!(whole.refund.unwrap().completes_order);
+    assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
+}

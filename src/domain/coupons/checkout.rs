@@ -59,7 +59,7 @@ impl Coupons {
         // The order's operations take turns; then one statement locks the picked
         // coupons and those the order holds, in id order; then every read.
         db::coupons::lock_order(&mut tx, account_id, order_id).await?;
-        if db::members::is_flagged(&mut tx, account_id)
+        if db::members::is_flagged_locked(&mut tx, account_id)
             .await?
             .ok_or_else(|| member_not_found(account_id))?
         {
@@ -71,7 +71,17 @@ impl Coupons {
         let stored = db::coupons::order(&mut tx, account_id, order_id).await?;
         if let Some(stored) = &stored {
             match request.cart_revision.cmp(&stored.cart_revision) {
-                Ordering::Equal if stored.content_digest.as_deref() == Some(&digest[..]) => {
+                // An order reserved before revisions existed has no digest: the
+                // same coupons again adopt this request as its revision 0 while
+                // it is open (its cart is stored now), and replay once closed.
+                Ordering::Equal
+                    if stored.content_digest.is_none()
+                        && stored.coupon_ids == request.coupon_ids
+                        && stored.state == OrderState::Open => {}
+                Ordering::Equal
+                    if stored.content_digest.as_deref() == Some(&digest[..])
+                        || (stored.content_digest.is_none() && stored.coupon_ids == request.coupon_ids) =>
+                {
                     let order = self
                         .read_order(&mut tx, account_id, order_id, stored, now)
                         .await?;
@@ -111,7 +121,23 @@ impl Coupons {
         }
         let locked =
             db::coupons::lock_coupons(&mut tx, account_id, &request.coupon_ids, Some(order_id), now).await?;
-        let pricing = price_picked(order, &request.coupon_ids, &locked, now);
+        // A coupon this order holds past its expiry stays held until the order
+        // closes, but a new revision cannot hold it again: that would extend
+        // its validity.
+        let priced: Vec<Coupon> = locked
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if c.status == CouponStatus::Inactive
+                    && c.order_id.as_ref() == Some(order_id)
+                    && now >= c.expires_at
+                {
+                    c.status = CouponStatus::Expired;
+                }
+                c
+            })
+            .collect();
+        let pricing = price_picked(order, &request.coupon_ids, &priced, now);
         let refusals = pricing.refusals();
         if !refusals.is_empty() {
             return Err(Error::CouponsNotApplicable(

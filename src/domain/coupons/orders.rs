@@ -10,10 +10,16 @@ impl Coupons {
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id))]
     pub async fn order(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
-        let mut conn = db::acquire(&self.pool).await?;
-        let record = find_order(&mut conn, account_id, order_id).await?;
-        self.read_order(&mut conn, account_id, order_id, &record, now)
-            .await
+        // One snapshot for the header, the cart and the refunds: a revision
+        // committed meanwhile is seen whole or not at all.
+        let mut tx = db::begin(&self.pool).await?;
+        db::read_only_snapshot(&mut tx).await?;
+        let record = find_order(&mut tx, account_id, order_id).await?;
+        let order = self
+            .read_order(&mut tx, account_id, order_id, &record, now)
+            .await?;
+        db::commit(tx).await?;
+        Ok(order)
     }
 
     /// The order closed: its coupons go INACTIVE -> USED. A coupon whose hold

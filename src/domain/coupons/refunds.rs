@@ -64,6 +64,12 @@ impl Coupons {
                 format!("every unit of order {order_id} was refunded already"),
             ));
         }
+        if lines.is_empty() && *extent != RefundExtent::WholeOrder {
+            return Err(refused(
+                "ORDER_HAS_NO_LINES",
+                format!("order {order_id} was reserved before carts were stored: refund it whole"),
+            ));
+        }
         let refunded = refunded_units(&lines, &earlier);
         let units = units_to_refund(&lines, &refunded, extent)?;
         let after: Vec<u32> = refunded
