@@ -7,7 +7,7 @@ select nextval('bench_seq') as c \gset
 -- ReserveCoupons
 begin;
 select pg_advisory_xact_lock(hashtextextended('m' || :m || '/' || 'b-' || :c, 0));
-select fraud_flagged_at is not null from member where account_id = 'm' || :m;
+select fraud_flagged_at is not null from member where account_id = 'm' || :m for share;
 select status as state, cart_revision, content_digest, currency, coupon_ids, hold_until, created_at, updated_at
 from checkout_order where account_id = 'm' || :m and order_id = 'b-' || :c;
 select coupon_id, account_id, template_id,

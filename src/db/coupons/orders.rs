@@ -131,16 +131,17 @@ pub struct Change {
 
 /// Applies the changes, each guarded by the stored state it expects, and
 /// records their transitions (for the order the coupon goes to, else the one
-/// it leaves); returns how many coupons changed. One statement.
+/// it leaves); returns the coupons that changed, as of `now`, in id order. One
+/// statement.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, changes = changes.len()))]
 pub async fn change(
     conn: &mut PgConnection,
     account_id: &AccountId,
     changes: &[Change],
     now: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<Coupon>, sqlx::Error> {
     if changes.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let ids: Vec<i64> = changes.iter().map(|c| c.coupon_id).collect();
     let from: Vec<CouponStatus> = changes.iter().map(|c| c.from.0).collect();
@@ -150,7 +151,7 @@ pub async fn change(
     let hold: Vec<Option<DateTime<Utc>>> = changes.iter().map(|c| c.hold_until).collect();
     let action: Vec<Option<Action>> = changes.iter().map(|c| c.action).collect();
     let note: Vec<&str> = changes.iter().map(|c| c.note.as_str()).collect();
-    let changed: i64 = sqlx::query_scalar(
+    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
         "with change as ( \
              select * from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
                                   $7::timestamptz[], $8::text[], $9::text[]) \
@@ -161,16 +162,17 @@ pub async fn change(
              from change c \
              where k.account_id = $1 and k.coupon_id = c.coupon_id and k.status = c.from_status \
                and k.order_id is not distinct from c.from_order \
-             returning k.coupon_id, c.from_status, c.to_status, coalesce(c.to_order, c.from_order) as order_id, \
-                       c.action, c.note \
+             returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order, \
+                       c.action as change_action, c.note as change_note \
          ), recorded as ( \
              insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
                                             order_id, note, occurred_at) \
-             select $1, coupon_id, action, from_status, to_status, order_id, note, $10 \
-             from moved where action is not null \
+             select $1, coupon_id, change_action, change_from, status, change_order, change_note, $10 \
+             from moved where change_action is not null \
          ) \
-         select count(*) from moved",
-    )
+         select {} from moved m order by m.coupon_id",
+        coupon_columns("m.", "$10")
+    ))
     .bind(account_id)
     .bind(&ids)
     .bind(&from)
@@ -181,9 +183,9 @@ pub async fn change(
     .bind(&action)
     .bind(&note)
     .bind(now)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(u64::try_from(changed).unwrap_or(0))
+    into_coupons(rows)
 }
 
 /// A page of a member's coupons, newest first, optionally by status as of `now`.

@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use super::orders::order_view;
 use super::*;
 use crate::db::coupons::Change;
 
@@ -153,7 +154,7 @@ impl Coupons {
         // Holds that lapsed on another order are closed first, then every hold
         // of this revision is taken.
         apply(&mut tx, account_id, &lapses, now).await?;
-        apply(&mut tx, account_id, &holds, now).await?;
+        let held = apply(&mut tx, account_id, &holds, now).await?;
         let record = OrderRecord {
             state: OrderState::Open,
             cart_revision: request.cart_revision,
@@ -184,10 +185,22 @@ impl Coupons {
             })
             .collect();
         db::coupons::put_cart(&mut tx, account_id, order_id, order.lines(), &allocations).await?;
-        let order = self
-            .read_order(&mut tx, account_id, order_id, &record, now)
-            .await?;
         db::commit(tx).await?;
+        // The view from what was just written: every picked coupon was held by
+        // one of the changes, and an open order has no refund.
+        let coupons = held
+            .into_iter()
+            .filter(|c| request.coupon_ids.contains(&c.coupon_id))
+            .collect();
+        let order = order_view(
+            order_id,
+            account_id,
+            &record,
+            order.lines().to_vec(),
+            &allocations,
+            coupons,
+            Vec::new(),
+        );
         Ok(Reservation {
             order,
             replayed: false,
@@ -250,18 +263,24 @@ fn hold_changes(
     (lapses, holds)
 }
 
-/// Applies guarded changes to coupons the call has locked: every one must take.
+/// Applies guarded changes to coupons the call has locked: every one must
+/// take. Returns the changed coupons as they now read, in id order.
 pub(super) async fn apply(
     conn: &mut PgConnection,
     account_id: &AccountId,
     changes: &[Change],
     now: DateTime<Utc>,
-) -> Result<(), Error> {
+) -> Result<Vec<Coupon>, Error> {
     let changed = db::coupons::change(conn, account_id, changes, now).await?;
-    if changed != changes.len() as u64 {
-        return Err(anyhow::anyhow!("{changed} of {} changes of locked coupons took", changes.len()).into());
+    if changed.len() != changes.len() {
+        return Err(anyhow::anyhow!(
+            "{} of {} changes of locked coupons took",
+            changed.len(),
+            changes.len()
+        )
+        .into());
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// The digest of what a reservation carries: its cart, coupons and the hold it

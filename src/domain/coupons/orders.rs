@@ -80,11 +80,24 @@ impl Coupons {
                         },
                     })
                     .collect();
-                apply(&mut tx, account_id, &changes, now).await?;
+                let used = apply(&mut tx, account_id, &changes, now).await?;
                 db::coupons::set_order_state(&mut tx, account_id, order_id, OrderState::Completed, now)
                     .await?;
                 record.state = OrderState::Completed;
                 record.updated_at = now;
+                // The view from the changes: every coupon of the order was used
+                // by them, and an order just completed has no refund.
+                let (lines, allocations) = db::coupons::cart(&mut tx, account_id, order_id).await?;
+                db::commit(tx).await?;
+                return Ok(order_view(
+                    order_id,
+                    account_id,
+                    &record,
+                    lines,
+                    &allocations,
+                    used,
+                    Vec::new(),
+                ));
             }
         }
         let order = self
@@ -152,29 +165,51 @@ impl Coupons {
         now: DateTime<Utc>,
     ) -> Result<OrderCheckout, Error> {
         let (lines, allocations) = db::coupons::cart(conn, account_id, order_id).await?;
-        let mut coupons = db::coupons::coupons_by_ids(conn, account_id, &record.coupon_ids, now).await?;
-        coupons.sort_by_key(|c| record.coupon_ids.iter().position(|id| *id == c.coupon_id));
+        let coupons = db::coupons::coupons_by_ids(conn, account_id, &record.coupon_ids, now).await?;
         let refunds = db::coupons::refunds(conn, account_id, order_id).await?;
-        let status = match record.state {
-            OrderState::Open => OrderStatus::Open,
-            OrderState::Cancelled => OrderStatus::Cancelled,
-            OrderState::Completed if refunds.iter().any(|r| r.completes_order) => OrderStatus::Refunded,
-            OrderState::Completed => OrderStatus::Completed,
-        };
-        Ok(OrderCheckout {
-            order_id: order_id.clone(),
-            account_id: account_id.clone(),
-            status,
-            cart_revision: record.cart_revision,
-            currency: record.currency,
-            hold_until: record.hold_until,
-            pricing: stored_pricing(&lines, &record.coupon_ids, &allocations),
+        Ok(order_view(
+            order_id,
+            account_id,
+            record,
             lines,
+            &allocations,
             coupons,
             refunds,
-            created_at: record.created_at,
-            updated_at: record.updated_at,
-        })
+        ))
+    }
+}
+
+/// The order as the checkout sees it, from its stored parts; `coupons` in any
+/// order (they are put in the order picked).
+pub(super) fn order_view(
+    order_id: &OrderId,
+    account_id: &AccountId,
+    record: &OrderRecord,
+    lines: Vec<CheckoutLine>,
+    allocations: &[Allocation],
+    mut coupons: Vec<Coupon>,
+    refunds: Vec<Refund>,
+) -> OrderCheckout {
+    coupons.sort_by_key(|c| record.coupon_ids.iter().position(|id| *id == c.coupon_id));
+    let status = match record.state {
+        OrderState::Open => OrderStatus::Open,
+        OrderState::Cancelled => OrderStatus::Cancelled,
+        OrderState::Completed if refunds.iter().any(|r| r.completes_order) => OrderStatus::Refunded,
+        OrderState::Completed => OrderStatus::Completed,
+    };
+    OrderCheckout {
+        order_id: order_id.clone(),
+        account_id: account_id.clone(),
+        status,
+        cart_revision: record.cart_revision,
+        currency: record.currency,
+        hold_until: record.hold_until,
+        pricing: stored_pricing(&lines, &record.coupon_ids, allocations),
+        lines,
+        coupons,
+        refunds,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
     }
 }
 
