@@ -1,6 +1,7 @@
 //! Templates, claim codes and batches of single-use codes.
 
 use super::*;
+use crate::domain::coupons::CodeKind;
 use crate::domain::ids::BatchRequestId;
 
 /// A `coupon_template` row.
@@ -218,7 +219,7 @@ pub async fn set_paused(
 #[derive(Debug, sqlx::FromRow)]
 pub struct CodeRow {
     pub template_id: String,
-    pub kind: String,
+    pub kind: CodeKind,
     pub consumed_by: Option<String>,
 }
 
@@ -231,11 +232,12 @@ pub async fn insert_public_code(
     code: &str,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "insert into claim_code (code_hash, template_id, kind, public_code) values ($1, $2, 'public', $3) \
+        "insert into claim_code (code_hash, template_id, kind, public_code) values ($1, $2, $3, $4) \
          on conflict (code_hash) do nothing",
     )
     .bind(code_hash)
     .bind(template_id.as_str())
+    .bind(CodeKind::Public)
     .bind(code)
     .execute(conn)
     .await?;
@@ -301,10 +303,11 @@ pub async fn insert_single_use_codes(
 ) -> Result<u64, sqlx::Error> {
     let inserted = sqlx::query(
         "insert into claim_code (code_hash, template_id, kind, code_batch_id) \
-         select h, $1, 'single_use', $2 from unnest($3::bytea[]) as t (h) \
+         select h, $1, $2, $3 from unnest($4::bytea[]) as t (h) \
          on conflict (code_hash) do nothing",
     )
     .bind(template_id.as_str())
+    .bind(CodeKind::SingleUse)
     .bind(code_batch_id)
     .bind(hashes)
     .execute(conn)
@@ -331,11 +334,12 @@ pub async fn consume_code(
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "update claim_code set consumed_by = $2, consumed_at = $3 \
-         where code_hash = $1 and kind = 'single_use' and consumed_by is null",
+         where code_hash = $1 and kind = $4 and consumed_by is null",
     )
     .bind(code_hash)
     .bind(account_id)
     .bind(now)
+    .bind(CodeKind::SingleUse)
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)

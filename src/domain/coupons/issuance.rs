@@ -33,7 +33,7 @@ impl Coupons {
                 format!("member {account_id} is flagged as fraudulent"),
             ));
         }
-        let source = if found.kind == "single_use" {
+        let source = if found.kind == CodeKind::SingleUse {
             if !db::coupons::consume_code(&mut tx, &hash, account_id, now).await? {
                 return Err(
                     refused("CODE_ALREADY_USED", "this single-use code was already claimed")

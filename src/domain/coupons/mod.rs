@@ -151,6 +151,16 @@ pub enum CouponSource {
     Issuance,
 }
 
+/// The kind of a claim code (stored as text, `public` or `single_use`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum CodeKind {
+    /// Shared by a promotion: every member may claim it once.
+    Public,
+    /// Generated in a batch: one member claims it, once.
+    SingleUse,
+}
+
 /// What moved a coupon (stored as text in its history, `reserve`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]

@@ -164,7 +164,9 @@ impl Coupons {
             return Ok(false);
         }
         match db::coupons::find_code(&mut tx, &hash).await? {
-            Some(existing) if existing.kind == "public" && existing.template_id == template_id.as_str() => {
+            Some(existing)
+                if existing.kind == CodeKind::Public && existing.template_id == template_id.as_str() =>
+            {
                 Ok(true)
             }
             _ => Err(Error::AlreadyExists {
