@@ -959,3 +959,36 @@ async fn an_order_reserved_before_revisions_existed_is_adopted_by_its_retry(pool
     assert!(whole.refund.unwrap().completes_order);
     assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
 }
+
+#[sqlx::test]
+async fn an_order_takes_a_bounded_number_of_refunds_then_only_the_rest_whole(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.register("alice").await;
+    let coupon = app.new_coupon(platform_template("p", 500)).await;
+    let order = checkout("alice", "o-1", vec![checkout_line("l1", "s1", 100, 102, false)]);
+    app.reserve(order, vec![coupon]).await.unwrap();
+    app.complete("alice", "o-1").await.unwrap();
+
+    for i in 0..100 {
+        app.refund("alice", "o-1", &format!("r-{i}"), &[("l1", 1)])
+            .await
+            .unwrap();
+    }
+    let one_more = app
+        .refund("alice", "o-1", "r-100", &[("l1", 1)])
+        .await
+        .unwrap_err();
+    let retry = app.refund("alice", "o-1", "r-99", &[("l1", 1)]).await.unwrap();
+    let rest = app.refund("alice", "o-1", "r-101", &[]).await.unwrap();
+
+    assert_eq!(
+        (one_more.code(), reason(&one_more).as_str()),
+        (Code::FailedPrecondition, "TOO_MANY_REFUNDS")
+    );
+    assert!(retry.replayed, "a retry of an earlier refund still replays");
+    let last = rest.refund.unwrap();
+    assert!(last.completes_order);
+    assert_eq!(last.lines[0].quantity, 2);
+    assert_eq!(rest.order.unwrap().refunds.len(), 101);
+    assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
+}

@@ -8,6 +8,10 @@ use super::orders::find_order;
 use super::*;
 use crate::db::coupons::Change;
 
+/// The most refunds one order takes before the one that returns the rest of
+/// it: an order's answer lists its refunds, so their number stays bounded.
+pub const MAX_REFUNDS_PER_ORDER: usize = 100;
+
 impl Coupons {
     /// Refunds `extent` of a completed order as refund `refund_id`.
     #[tracing::instrument(skip_all, fields(account_id = %account_id, order_id = %order_id, refund_id = %refund_id))]
@@ -77,6 +81,19 @@ impl Coupons {
             .zip(&units)
             .map(|(before, now)| before + now)
             .collect();
+        let completes_order = lines
+            .iter()
+            .zip(&after)
+            .all(|(line, after)| *after == line.quantity);
+        if earlier.len() >= MAX_REFUNDS_PER_ORDER && !completes_order {
+            return Err(refused(
+                "TOO_MANY_REFUNDS",
+                format!(
+                    "order {order_id} has {MAX_REFUNDS_PER_ORDER} refunds; refund the rest of it whole \
+                     (whole_order)"
+                ),
+            ));
+        }
         let refund = Refund {
             refund_id: refund_id.clone(),
             content_digest: digest,
