@@ -200,8 +200,147 @@ async fn wait_serving(addr: &str, seconds: u64) -> anyhow::Result<()> {
     anyhow::bail!("{addr} not SERVING after {seconds} s")
 }
 
-/// One idempotent write, fully determined by its key: `bonus-...-N` or `order-...-N`.
-async fn write(points: &mut PointsClient<Channel>, members: u64, key: &str) -> Result<(), tonic::Status> {
+/// The clients of the idempotent writes.
+#[derive(Clone)]
+struct Writers {
+    points: PointsClient<Channel>,
+    coupons: CouponsClient<Channel>,
+}
+
+impl Writers {
+    fn new(addr: &str) -> anyhow::Result<Self> {
+        let channel = channel(addr, HANG_GUARD)?;
+        Ok(Self {
+            points: PointsClient::new(channel.clone()),
+            coupons: CouponsClient::new(channel),
+        })
+    }
+}
+
+/// The platform template of the `checkout` writes.
+const CHECKOUT_TEMPLATE: &str = "chaos-checkout";
+
+/// Creates the template of the `checkout` writes (idempotent).
+async fn create_checkout_template(addr: &str) -> anyhow::Result<()> {
+    let usd = |amount_minor| pb::Money {
+        amount_minor,
+        currency_code: "USD".to_owned(),
+    };
+    CouponsClient::new(channel(addr, LONG)?)
+        .create_coupon_template(request(
+            pb::CreateCouponTemplateRequest {
+                template: Some(pb::CouponTemplate {
+                    template_id: CHECKOUT_TEMPLATE.to_owned(),
+                    name: "chaos 5.00 off".to_owned(),
+                    issuer: pb::Issuer::Platform.into(),
+                    discount: Some(pb::Discount {
+                        kind: Some(pb::discount::Kind::AmountOff(usd(500))),
+                    }),
+                    currency_code: "USD".to_owned(),
+                    validity: Some(pb::Validity {
+                        kind: Some(pb::validity::Kind::DaysFromIssuance(365)),
+                    }),
+                    per_member_limit: 1_000_000,
+                    regular_price_only: Some(false),
+                    ..Default::default()
+                }),
+            },
+            Duration::from_secs(5),
+        ))
+        .await?;
+    Ok(())
+}
+
+/// A whole checkout, every step idempotent by the key: issue a coupon, reserve
+/// it for order `key` (revision 1), complete the order, refund one unit of a
+/// line (`r1`), then the rest (`r2`, the full refund that restores the coupon).
+async fn checkout(
+    coupons: &mut CouponsClient<Channel>,
+    account_id: String,
+    key: &str,
+) -> Result<(), tonic::Status> {
+    let coupon = coupons
+        .issue_coupon(request(
+            pb::IssueCouponRequest {
+                account_id: account_id.clone(),
+                template_id: CHECKOUT_TEMPLATE.to_owned(),
+                issuance_id: key.to_owned(),
+            },
+            DEADLINE,
+        ))
+        .await?
+        .into_inner()
+        .coupon
+        .map_or(0, |c| c.coupon_id);
+    let line = |line_id: &str, seller_id: &str, amount_minor, quantity| pb::CheckoutLine {
+        line_id: line_id.to_owned(),
+        seller_id: seller_id.to_owned(),
+        product_id: format!("p-{line_id}"),
+        category_id: "c1".to_owned(),
+        unit_price: Some(pb::Money {
+            amount_minor,
+            currency_code: "USD".to_owned(),
+        }),
+        quantity,
+        sale_price: false,
+    };
+    coupons
+        .reserve_coupons(request(
+            pb::ReserveCouponsRequest {
+                order: Some(pb::CheckoutOrder {
+                    order_id: key.to_owned(),
+                    account_id: account_id.clone(),
+                    currency_code: "USD".to_owned(),
+                    lines: vec![line("l1", "s1", 1000, 3), line("l2", "s2", 700, 1)],
+                }),
+                coupon_ids: vec![coupon],
+                cart_revision: 1,
+                hold_duration: None,
+            },
+            DEADLINE,
+        ))
+        .await?;
+    coupons
+        .complete_order(request(
+            pb::CompleteOrderRequest {
+                account_id: account_id.clone(),
+                order_id: key.to_owned(),
+            },
+            DEADLINE,
+        ))
+        .await?;
+    use pb::refund_order_request::Extent;
+    for (refund_id, extent) in [
+        (
+            "r1",
+            Extent::Lines(pb::RefundLines {
+                lines: vec![pb::RefundLine {
+                    line_id: "l1".to_owned(),
+                    quantity: 1,
+                }],
+            }),
+        ),
+        ("r2", Extent::WholeOrder(pb::WholeOrder {})),
+    ] {
+        coupons
+            .refund_order(request(
+                pb::RefundOrderRequest {
+                    account_id: account_id.clone(),
+                    order_id: key.to_owned(),
+                    refund_id: refund_id.to_owned(),
+                    extent: Some(extent),
+                },
+                DEADLINE,
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// One idempotent write, fully determined by its key: `bonus-...-N`,
+/// `order-...-N` or `checkout-...-N` (a whole checkout, see [`checkout`]).
+async fn write(writers: &mut Writers, members: u64, key: &str) -> Result<(), tonic::Status> {
+    let points = &mut writers.points;
     let (kind, _) = key.split_once('-').expect("key is kind-...-N");
     let (_, n) = key.rsplit_once('-').expect("key is kind-...-N");
     let n: u64 = n.parse().expect("key ends in a number");
@@ -210,7 +349,9 @@ async fn write(points: &mut PointsClient<Channel>, members: u64, key: &str) -> R
         seconds: 1_780_000_000 + i64::try_from(n % 3600).unwrap_or(0),
         nanos: 0,
     };
-    if kind == "bonus" {
+    if kind == "checkout" {
+        checkout(&mut writers.coupons, account_id, key).await?;
+    } else if kind == "bonus" {
         points
             .grant_bonus(request(
                 pb::GrantBonusRequest {
@@ -286,7 +427,8 @@ async fn writes(
     out: &Path,
 ) -> anyhow::Result<()> {
     register(addr, members).await?;
-    let points = PointsClient::new(channel(addr, HANG_GUARD)?);
+    create_checkout_template(addr).await?;
+    let writers = Writers::new(addr)?;
     let sequence = Arc::new(AtomicU64::new(0));
     let attempted = Arc::new(Mutex::new(Vec::new()));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -294,14 +436,15 @@ async fn writes(
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut callers = Vec::new();
     for _ in 0..concurrency {
-        let (mut points, sequence) = (points.clone(), sequence.clone());
+        let (mut writers, sequence) = (writers.clone(), sequence.clone());
         let (attempted, acked, codes) = (attempted.clone(), acked.clone(), codes.clone());
         callers.push(tokio::spawn(async move {
             while Instant::now() < until {
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
-                let key = format!("{}-{n}", if n % 2 == 0 { "bonus" } else { "order" });
+                let kind = ["bonus", "order", "checkout"][usize::try_from(n % 3).unwrap_or(0)];
+                let key = format!("{kind}-{n}");
                 attempted.lock().unwrap().push(key.clone());
-                let code = match write(&mut points, members, &key).await {
+                let code = match write(&mut writers, members, &key).await {
                     Ok(()) => {
                         acked.lock().unwrap().push(key);
                         "OK".to_owned()
@@ -333,13 +476,13 @@ async fn writes(
 /// Scenario 1, second half: every attempted key again, each until OK (at most 20 tries).
 async fn retry(addr: &str, members: u64, out: &Path) -> anyhow::Result<()> {
     let keys = std::fs::read_to_string(out.join("attempted"))?;
-    let points = PointsClient::new(channel(addr, HANG_GUARD)?);
+    let writers = Writers::new(addr)?;
     let failures: Vec<String> = futures::stream::iter(keys.lines().filter(|k| !k.is_empty()))
         .map(|key| {
-            let mut points = points.clone();
+            let mut writers = writers.clone();
             async move {
                 for _ in 0..20 {
-                    if write(&mut points, members, key).await.is_ok() {
+                    if write(&mut writers, members, key).await.is_ok() {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -464,7 +607,10 @@ async fn fault(
     };
     let mut callers = Vec::new();
     for caller in 0..8u64 {
-        let mut points = PointsClient::new(channel.clone());
+        let mut writers = Writers {
+            points: PointsClient::new(channel.clone()),
+            coupons: CouponsClient::new(channel.clone()),
+        };
         let (stop, sequence, samples) = (stop.clone(), sequence.clone(), samples.clone());
         callers.push(tokio::spawn(async move {
             // Bounded by `stop`, which is set at the latest 40 s after the start.
@@ -472,7 +618,8 @@ async fn fault(
                 let n = sequence.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let result = if caller % 2 == 0 {
-                    points
+                    writers
+                        .points
                         .get_balance(request(
                             pb::GetBalanceRequest {
                                 account_id: format!("m{}", n % members + 1),
@@ -482,7 +629,7 @@ async fn fault(
                         .await
                         .map(|_| ())
                 } else {
-                    write(&mut points, members, &format!("bonus-{tag}-{n}")).await
+                    write(&mut writers, members, &format!("bonus-{tag}-{n}")).await
                 };
                 let took = started.elapsed();
                 let code = match result {
