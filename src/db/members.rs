@@ -115,22 +115,6 @@ pub async fn is_flagged(
         .await
 }
 
-/// Whether the member is flagged, with a share lock on its row until the
-/// transaction ends: a concurrent flag (which updates the row) waits for the
-/// caller, and the caller waits for a flag under way, so a reservation and a
-/// flag never miss each other. Shared: reservations of one member do not wait
-/// for each other. `None` when there is no such member.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn is_flagged_locked(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar("select fraud_flagged_at is not null from member where account_id = $1 for share")
-        .bind(account_id)
-        .fetch_optional(conn)
-        .await
-}
-
 /// Whether the member is flagged, locking its row until the transaction ends:
 /// the member's issuances take turns (so a twin retry finds the first one's
 /// coupon) and a concurrent flag waits. `no key update` leaves the foreign-key

@@ -19,6 +19,24 @@ struct OrderRow {
     updated_at: DateTime<Utc>,
 }
 
+impl OrderRow {
+    fn into_record(self) -> Result<OrderRecord, sqlx::Error> {
+        Ok(OrderRecord {
+            state: self.state,
+            cart_revision: u64::try_from(self.cart_revision).map_err(|e| decode("cart_revision", e))?,
+            content_digest: self.content_digest,
+            currency: currency_from(&self.currency)?,
+            coupon_ids: self.coupon_ids,
+            hold_until: self.hold_until,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const ORDER_COLUMNS: &str = "o.status as state, o.cart_revision, o.content_digest, o.currency, o.coupon_ids, \
+                             o.hold_until, o.created_at, o.updated_at";
+
 /// The order's header, if the checkout reserved for it.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn order(
@@ -26,61 +44,49 @@ pub async fn order(
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<Option<OrderRecord>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(
-        "select status as state, cart_revision, content_digest, currency, coupon_ids, hold_until, \
-                created_at, updated_at \
-         from checkout_order where account_id = $1 and order_id = $2",
-    )
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "select {ORDER_COLUMNS} from checkout_order o where o.account_id = $1 and o.order_id = $2"
+    ))
     .bind(account_id)
     .bind(order_id)
     .fetch_optional(conn)
     .await?;
-    row.map(|row| {
-        Ok(OrderRecord {
-            state: row.state,
-            cart_revision: u64::try_from(row.cart_revision).map_err(|e| decode("cart_revision", e))?,
-            content_digest: row.content_digest,
-            currency: currency_from(&row.currency)?,
-            coupon_ids: row.coupon_ids,
-            hold_until: row.hold_until,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-        })
-    })
-    .transpose()
+    row.map(OrderRow::into_record).transpose()
 }
 
-/// Writes the order's header (a new order, or a newer revision of an open one).
+/// Whether the member is flagged, and the order's header if the checkout
+/// reserved for it; one statement, `None` when there is no such member. The
+/// member's row is share-locked until the transaction ends: a concurrent flag
+/// (which updates the row) waits for the caller, and the caller waits for a
+/// flag under way, so a reservation and a flag never miss each other; shared,
+/// so reservations of one member do not wait for each other.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn put_order(
+pub async fn member_and_order(
     conn: &mut PgConnection,
     account_id: &AccountId,
     order_id: &OrderId,
-    record: &OrderRecord,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, \
-                                     coupon_ids, hold_until, created_at, updated_at) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         on conflict (account_id, order_id) do update \
-         set status = excluded.status, cart_revision = excluded.cart_revision, \
-             content_digest = excluded.content_digest, currency = excluded.currency, \
-             coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until, \
-             updated_at = excluded.updated_at",
-    )
+) -> Result<Option<(bool, Option<OrderRecord>)>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "select m.fraud_flagged_at is not null as flagged, o.order_id is not null as found, {ORDER_COLUMNS} \
+         from member m left join checkout_order o on o.account_id = m.account_id and o.order_id = $2 \
+         where m.account_id = $1 for share of m"
+    ))
     .bind(account_id)
     .bind(order_id)
-    .bind(record.state)
-    .bind(i64::try_from(record.cart_revision).unwrap_or(i64::MAX))
-    .bind(&record.content_digest)
-    .bind(record.currency.as_str())
-    .bind(&record.coupon_ids)
-    .bind(record.hold_until)
-    .bind(record.created_at)
-    .bind(record.updated_at)
-    .execute(conn)
+    .fetch_optional(conn)
     .await?;
-    Ok(())
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    use sqlx::Row;
+    let flagged: bool = row.try_get("flagged")?;
+    let found: bool = row.try_get("found")?;
+    let order = if found {
+        Some(<OrderRow as sqlx::FromRow<_>>::from_row(&row)?.into_record()?)
+    } else {
+        None
+    };
+    Ok(Some((flagged, order)))
 }
 
 /// Moves the order to `state`.
@@ -119,12 +125,15 @@ pub async fn delete_cart(
     Ok(())
 }
 
-/// Stores the order's cart and allocations; the order has none ([`delete_cart`]).
+/// Writes the order: its header (a new order, or a newer revision of an open
+/// one), its cart and its allocations, in one statement. The order has no cart
+/// ([`delete_cart`]).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn put_cart(
+pub async fn put_order(
     conn: &mut PgConnection,
     account_id: &AccountId,
     order_id: &OrderId,
+    record: &OrderRecord,
     lines: &[CheckoutLine],
     allocations: &[Allocation],
 ) -> Result<(), sqlx::Error> {
@@ -145,7 +154,16 @@ pub async fn put_cart(
     let allocated_lines: Vec<&LineId> = allocations.iter().map(|a| &lines[a.line].line_id).collect();
     let amounts: Vec<i64> = allocations.iter().map(|a| a.discount).collect();
     sqlx::query(
-        "with lines as ( \
+        "with header as ( \
+             insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, \
+                                         coupon_ids, hold_until, created_at, updated_at) \
+             values ($1, $2, $14, $15, $16, $17, $18, $19, $20, $21) \
+             on conflict (account_id, order_id) do update \
+             set status = excluded.status, cart_revision = excluded.cart_revision, \
+                 content_digest = excluded.content_digest, currency = excluded.currency, \
+                 coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until, \
+                 updated_at = excluded.updated_at \
+         ), lines as ( \
              insert into checkout_order_line (account_id, order_id, line_id, position, seller_id, product_id, \
                                               category_id, unit_price_minor, quantity, sale_price) \
              select $1, $2, * from unnest($3::text[], $4::int[], $5::text[], $6::text[], $7::text[], \
@@ -170,12 +188,20 @@ pub async fn put_cart(
     .bind(&coupon_ids)
     .bind(&allocated_lines)
     .bind(&amounts)
+    .bind(record.state)
+    .bind(i64::try_from(record.cart_revision).unwrap_or(i64::MAX))
+    .bind(&record.content_digest)
+    .bind(record.currency.as_str())
+    .bind(&record.coupon_ids)
+    .bind(record.hold_until)
+    .bind(record.created_at)
+    .bind(record.updated_at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// A `checkout_order_line` row.
+/// A `checkout_order_line` row with its allocations.
 #[derive(sqlx::FromRow)]
 struct LineRow {
     line_id: String,
@@ -185,9 +211,12 @@ struct LineRow {
     unit_price_minor: i64,
     quantity: i32,
     sale_price: bool,
+    coupon_ids: Vec<i64>,
+    discounts: Vec<i64>,
 }
 
-/// The order's cart, in the order of its lines, and its allocations.
+/// The order's cart, in the order of its lines, and its allocations. One
+/// statement: each line with its allocations.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn cart(
     conn: &mut PgConnection,
@@ -195,50 +224,48 @@ pub async fn cart(
     order_id: &OrderId,
 ) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
     let rows: Vec<LineRow> = sqlx::query_as(
-        "select line_id, seller_id, product_id, category_id, unit_price_minor, quantity, sale_price \
-         from checkout_order_line where account_id = $1 and order_id = $2 order by position",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let id = |what: &str, e: String| decode(what, e);
-    let lines = rows
-        .into_iter()
-        .map(|row| {
-            Ok(CheckoutLine {
-                line_id: LineId::parse(&row.line_id).map_err(|e| id("line_id", e))?,
-                seller_id: SellerId::parse(&row.seller_id).map_err(|e| id("seller_id", e))?,
-                product_id: ProductId::parse(&row.product_id).map_err(|e| id("product_id", e))?,
-                category_id: CategoryId::parse(&row.category_id).map_err(|e| id("category_id", e))?,
-                unit_price: row.unit_price_minor,
-                quantity: u32::try_from(row.quantity).map_err(|e| decode("quantity", e))?,
-                sale_price: row.sale_price,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let allocations: Vec<(i64, String, i64)> = sqlx::query_as(
-        "select coupon_id, line_id, discount_minor from checkout_allocation \
-         where account_id = $1 and order_id = $2 order by coupon_id, line_id",
+        "select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity, \
+                l.sale_price, \
+                array_remove(array_agg(a.coupon_id order by a.coupon_id), null) as coupon_ids, \
+                array_remove(array_agg(a.discount_minor order by a.coupon_id), null) as discounts \
+         from checkout_order_line l \
+         left join checkout_allocation a using (account_id, order_id, line_id) \
+         where l.account_id = $1 and l.order_id = $2 \
+         group by l.account_id, l.order_id, l.line_id \
+         order by l.position",
     )
     .bind(account_id)
     .bind(order_id)
     .fetch_all(conn)
     .await?;
-    let allocations = allocations
-        .into_iter()
-        .map(|(coupon_id, line_id, discount)| {
-            let line = lines
+    let id = |what: &str, e: String| decode(what, e);
+    let mut lines = Vec::with_capacity(rows.len());
+    let mut allocations = Vec::new();
+    for (line, row) in rows.into_iter().enumerate() {
+        if row.coupon_ids.len() != row.discounts.len() {
+            return Err(decode("allocations of line", &row.line_id));
+        }
+        allocations.extend(
+            row.coupon_ids
                 .iter()
-                .position(|l| l.line_id.as_str() == line_id)
-                .ok_or_else(|| decode("allocation line", &line_id))?;
-            Ok(Allocation {
-                coupon_id,
-                line,
-                discount,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                .zip(&row.discounts)
+                .map(|(&coupon_id, &discount)| Allocation {
+                    coupon_id,
+                    line,
+                    discount,
+                }),
+        );
+        lines.push(CheckoutLine {
+            line_id: LineId::parse(&row.line_id).map_err(|e| id("line_id", e))?,
+            seller_id: SellerId::parse(&row.seller_id).map_err(|e| id("seller_id", e))?,
+            product_id: ProductId::parse(&row.product_id).map_err(|e| id("product_id", e))?,
+            category_id: CategoryId::parse(&row.category_id).map_err(|e| id("category_id", e))?,
+            unit_price: row.unit_price_minor,
+            quantity: u32::try_from(row.quantity).map_err(|e| decode("quantity", e))?,
+            sale_price: row.sale_price,
+        });
+    }
+    allocations.sort_by_key(|a| (a.coupon_id, a.line));
     Ok((lines, allocations))
 }
 

@@ -60,16 +60,16 @@ impl Coupons {
         // The order's operations take turns; then one statement locks the picked
         // coupons and those the order holds, in id order; then every read.
         db::coupons::lock_order(&mut tx, account_id, order_id).await?;
-        if db::members::is_flagged_locked(&mut tx, account_id)
+        // The member's row is share-locked: a concurrent fraud flag waits.
+        let (flagged, stored) = db::coupons::member_and_order(&mut tx, account_id, order_id)
             .await?
-            .ok_or_else(|| member_not_found(account_id))?
-        {
+            .ok_or_else(|| member_not_found(account_id))?;
+        if flagged {
             return Err(refused(
                 "MEMBER_FLAGGED",
                 format!("member {account_id} is flagged as fraudulent"),
             ));
         }
-        let stored = db::coupons::order(&mut tx, account_id, order_id).await?;
         if let Some(stored) = &stored {
             match request.cart_revision.cmp(&stored.cart_revision) {
                 // An order reserved before revisions existed has no digest: the
@@ -165,7 +165,6 @@ impl Coupons {
             created_at: stored.as_ref().map_or(now, |s| s.created_at),
             updated_at: now,
         };
-        db::coupons::put_order(&mut tx, account_id, order_id, &record).await?;
         if stored.is_some() {
             db::coupons::delete_cart(&mut tx, account_id, order_id).await?;
         }
@@ -184,7 +183,15 @@ impl Coupons {
                     })
             })
             .collect();
-        db::coupons::put_cart(&mut tx, account_id, order_id, order.lines(), &allocations).await?;
+        db::coupons::put_order(
+            &mut tx,
+            account_id,
+            order_id,
+            &record,
+            order.lines(),
+            &allocations,
+        )
+        .await?;
         db::commit(tx).await?;
         // The view from what was just written: every picked coupon was held by
         // one of the changes, and an open order has no refund.
