@@ -172,15 +172,17 @@ async fn a_single_update_blocked_past_its_deadline_never_lands(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_lock_timeout_is_retried_within_the_deadline(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), &["--db-lock-timeout-ms", "200"]).await;
+    let app = spawn_app_with(pool.clone(), &["--db-lock-timeout-ms", "300"]).await;
     app.register("alice").await;
     let blocker = lock_member(&pool, "alice").await;
     let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(450)).await;
         blocker.commit().await.unwrap();
     });
 
-    // Two attempts time out on the lock; the third gets it.
+    // The first attempt times out on the lock (at 300 ms); the second, from
+    // about 310 ms, gets it when the blocker commits at 450 ms (margins of
+    // about 150 ms either way, for a loaded machine).
     let flagged = flag_alice_within(&app, Duration::from_secs(5)).await;
     release.await.unwrap();
     assert!(flagged.unwrap().member.unwrap().fraud_flagged);
