@@ -269,7 +269,7 @@ pub async fn cart(
     Ok((lines, allocations))
 }
 
-/// A `checkout_refund` row.
+/// A `checkout_refund` row with its lines and claw-backs.
 #[derive(sqlx::FromRow)]
 struct RefundRow {
     refund_id: String,
@@ -277,9 +277,15 @@ struct RefundRow {
     whole_order: bool,
     completes_order: bool,
     created_at: DateTime<Utc>,
+    line_ids: Vec<String>,
+    quantities: Vec<i32>,
+    claw_lines: Vec<String>,
+    claw_coupons: Vec<i64>,
+    claw_amounts: Vec<i64>,
 }
 
-/// The order's refunds, oldest first, with their lines and claw-backs.
+/// The order's refunds, oldest first, with their lines and claw-backs. One
+/// statement.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn refunds(
     conn: &mut PgConnection,
@@ -287,27 +293,22 @@ pub async fn refunds(
     order_id: &OrderId,
 ) -> Result<Vec<Refund>, sqlx::Error> {
     let rows: Vec<RefundRow> = sqlx::query_as(
-        "select refund_id, content_digest, whole_order, completes_order, created_at from checkout_refund \
-         where account_id = $1 and order_id = $2 order by created_at, refund_id",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let lines: Vec<(String, String, i32)> = sqlx::query_as(
-        "select refund_id, line_id, quantity from checkout_refund_line \
-         where account_id = $1 and order_id = $2 order by refund_id, line_id",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let clawbacks: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "select refund_id, line_id, coupon_id, discount_minor from checkout_clawback \
-         where account_id = $1 and order_id = $2 order by refund_id, line_id, coupon_id",
+        "select r.refund_id, r.content_digest, r.whole_order, r.completes_order, r.created_at, \
+                l.line_ids, l.quantities, c.claw_lines, c.claw_coupons, c.claw_amounts \
+         from checkout_refund r \
+         cross join lateral ( \
+             select coalesce(array_agg(line_id order by line_id), '{}') as line_ids, \
+                    coalesce(array_agg(quantity order by line_id), '{}') as quantities \
+             from checkout_refund_line \
+             where account_id = r.account_id and order_id = r.order_id and refund_id = r.refund_id) l \
+         cross join lateral ( \
+             select coalesce(array_agg(line_id order by line_id, coupon_id), '{}') as claw_lines, \
+                    coalesce(array_agg(coupon_id order by line_id, coupon_id), '{}') as claw_coupons, \
+                    coalesce(array_agg(discount_minor order by line_id, coupon_id), '{}') as claw_amounts \
+             from checkout_clawback \
+             where account_id = r.account_id and order_id = r.order_id and refund_id = r.refund_id) c \
+         where r.account_id = $1 and r.order_id = $2 \
+         order by r.created_at, r.refund_id",
     )
     .bind(account_id)
     .bind(order_id)
@@ -316,29 +317,37 @@ pub async fn refunds(
     let line_id = |id: &str| LineId::parse(id).map_err(|e| decode("line_id", e));
     rows.into_iter()
         .map(|row| {
+            if row.line_ids.len() != row.quantities.len()
+                || row.claw_lines.len() != row.claw_coupons.len()
+                || row.claw_lines.len() != row.claw_amounts.len()
+            {
+                return Err(decode("refund", &row.refund_id));
+            }
             Ok(Refund {
                 refund_id: RefundId::parse(&row.refund_id).map_err(|e| decode("refund_id", e))?,
                 content_digest: row.content_digest,
                 whole_order: row.whole_order,
                 completes_order: row.completes_order,
-                lines: lines
+                lines: row
+                    .line_ids
                     .iter()
-                    .filter(|l| l.0 == row.refund_id)
-                    .map(|l| {
+                    .zip(&row.quantities)
+                    .map(|(id, quantity)| {
                         Ok(StoredRefundLine {
-                            line_id: line_id(&l.1)?,
-                            quantity: u32::try_from(l.2).map_err(|e| decode("quantity", e))?,
+                            line_id: line_id(id)?,
+                            quantity: u32::try_from(*quantity).map_err(|e| decode("quantity", e))?,
                         })
                     })
                     .collect::<Result<_, sqlx::Error>>()?,
-                clawbacks: clawbacks
+                clawbacks: row
+                    .claw_lines
                     .iter()
-                    .filter(|c| c.0 == row.refund_id)
-                    .map(|c| {
+                    .zip(row.claw_coupons.iter().zip(&row.claw_amounts))
+                    .map(|(id, (coupon_id, discount))| {
                         Ok(Clawback {
-                            line_id: line_id(&c.1)?,
-                            coupon_id: c.2,
-                            discount: c.3,
+                            line_id: line_id(id)?,
+                            coupon_id: *coupon_id,
+                            discount: *discount,
                         })
                     })
                     .collect::<Result<_, sqlx::Error>>()?,

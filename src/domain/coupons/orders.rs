@@ -29,8 +29,7 @@ impl Coupons {
     pub async fn complete(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool).await?;
-        db::coupons::lock_order(&mut tx, account_id, order_id).await?;
-        let mut record = find_order(&mut tx, account_id, order_id).await?;
+        let mut record = lock_order(&mut tx, account_id, order_id).await?;
         match record.state {
             OrderState::Cancelled => {
                 return Err(refused(
@@ -113,8 +112,7 @@ impl Coupons {
     pub async fn cancel(&self, account_id: &AccountId, order_id: &OrderId) -> Result<OrderCheckout, Error> {
         let now = self.clock.now();
         let mut tx = db::begin(&self.pool).await?;
-        db::coupons::lock_order(&mut tx, account_id, order_id).await?;
-        let mut record = find_order(&mut tx, account_id, order_id).await?;
+        let mut record = lock_order(&mut tx, account_id, order_id).await?;
         match record.state {
             OrderState::Completed => {
                 return Err(refused(
@@ -211,6 +209,17 @@ pub(super) fn order_view(
         created_at: record.created_at,
         updated_at: record.updated_at,
     }
+}
+
+/// Takes the order's lock (its operations take turns), then reads its header;
+/// `NOT_FOUND` when the checkout never reserved for it.
+pub(super) async fn lock_order(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+) -> Result<OrderRecord, Error> {
+    db::coupons::lock_order(conn, account_id, order_id).await?;
+    find_order(conn, account_id, order_id).await
 }
 
 /// The order's header, or `NOT_FOUND` when the checkout never reserved for it.

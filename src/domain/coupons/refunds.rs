@@ -3,8 +3,10 @@
 //! stored at reservation; refunds that together return every unit count as the
 //! full refund, which restores the platform coupon once (SPEC §4.2).
 
+use std::collections::HashMap;
+
 use super::checkout::apply;
-use super::orders::find_order;
+use super::orders::lock_order;
 use super::*;
 use crate::db::coupons::Change;
 
@@ -25,8 +27,7 @@ impl Coupons {
         let now = self.clock.now();
         let digest = refund_digest(extent);
         let mut tx = db::begin(&self.pool).await?;
-        db::coupons::lock_order(&mut tx, account_id, order_id).await?;
-        let record = find_order(&mut tx, account_id, order_id).await?;
+        let record = lock_order(&mut tx, account_id, order_id).await?;
         match record.state {
             OrderState::Open => {
                 return Err(refused(
@@ -174,18 +175,25 @@ fn refund_change(coupon: &Coupon, refund: &Refund, flagged: bool, now: DateTime<
     }
 }
 
-/// Units of each line refunded by `refunds`.
+/// Units of each line refunded by `refunds` (one pass over them: an order
+/// takes up to 101 refunds of up to 500 lines each).
 fn refunded_units(lines: &[CheckoutLine], refunds: &[Refund]) -> Vec<u32> {
+    let index = line_index(lines);
+    let mut units = vec![0u32; lines.len()];
+    for line in refunds.iter().flat_map(|r| &r.lines) {
+        if let Some(&l) = index.get(&line.line_id) {
+            units[l] += line.quantity;
+        }
+    }
+    units
+}
+
+/// Each line's position in the cart, by id.
+fn line_index(lines: &[CheckoutLine]) -> HashMap<&LineId, usize> {
     lines
         .iter()
-        .map(|line| {
-            refunds
-                .iter()
-                .flat_map(|r| &r.lines)
-                .filter(|l| l.line_id == line.line_id)
-                .map(|l| l.quantity)
-                .sum()
-        })
+        .enumerate()
+        .map(|(i, line)| (&line.line_id, i))
         .collect()
 }
 
@@ -203,8 +211,9 @@ fn units_to_refund(
             }
         }
         RefundExtent::Lines(asked) => {
+            let index = line_index(lines);
             for (i, (line_id, quantity)) in asked.iter().enumerate() {
-                let Some(l) = lines.iter().position(|line| &line.line_id == line_id) else {
+                let Some(&l) = index.get(line_id) else {
                     return Err(Error::invalid(
                         format!("lines.lines[{i}].line_id"),
                         format!("is not a line of the order ({line_id})"),
