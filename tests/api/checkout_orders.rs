@@ -63,6 +63,21 @@ impl TestApp {
     }
 }
 
+/// Alice's coupon, held for her order `order_id` for one minute.
+async fn held_for_a_minute(app: &TestApp, order_id: &str) -> i64 {
+    app.register("alice").await;
+    let coupon = app.new_coupon(platform_template("t", 100)).await;
+    app.reserve_with(reserve_request(
+        order_of("alice", order_id),
+        vec![coupon],
+        0,
+        Some(minutes(1)),
+    ))
+    .await
+    .unwrap();
+    coupon
+}
+
 fn seconds(timestamp: &Option<prost_types::Timestamp>) -> i64 {
     timestamp.as_ref().expect("a timestamp").seconds
 }
@@ -151,16 +166,7 @@ async fn a_hold_lasts_what_was_asked_within_one_minute_to_a_day(pool: PgPool) {
 #[sqlx::test]
 async fn a_lapsed_hold_frees_the_coupon_and_the_first_order_loses_it(pool: PgPool) {
     let app = spawn_app(pool).await;
-    app.register("alice").await;
-    let coupon = app.new_coupon(platform_template("t", 100)).await;
-    app.reserve_with(reserve_request(
-        order_of("alice", "o-1"),
-        vec![coupon],
-        0,
-        Some(minutes(1)),
-    ))
-    .await
-    .unwrap();
+    let coupon = held_for_a_minute(&app, "o-1").await;
     let taken = app
         .reserve(order_of("alice", "o-2"), vec![coupon])
         .await
@@ -248,16 +254,7 @@ async fn a_lapsed_hold_frees_the_coupon_and_the_first_order_loses_it(pool: PgPoo
 #[sqlx::test]
 async fn completing_after_a_lapse_succeeds_when_no_other_order_took_the_coupon(pool: PgPool) {
     let app = spawn_app(pool).await;
-    app.register("alice").await;
-    let coupon = app.new_coupon(platform_template("t", 100)).await;
-    app.reserve_with(reserve_request(
-        order_of("alice", "o-1"),
-        vec![coupon],
-        0,
-        Some(minutes(1)),
-    ))
-    .await
-    .unwrap();
+    let coupon = held_for_a_minute(&app, "o-1").await;
     app.clock.advance(TimeDelta::minutes(5));
 
     let completed = app.complete("alice", "o-1").await.unwrap();
