@@ -262,6 +262,19 @@ async fn completing_after_a_lapse_succeeds_when_no_other_order_took_the_coupon(p
     assert_eq!(completed.status(), pb::OrderStatus::Completed);
     assert_eq!(completed.coupons[0].status(), pb::CouponStatus::Used);
     assert_eq!(completed.coupons[0].order_id, "o-1");
+    assert_eq!(completed.coupons[0].coupon_id, coupon);
+    let history: Vec<String> = app
+        .coupon("alice", coupon)
+        .await
+        .history
+        .into_iter()
+        .map(|t| t.action)
+        .collect();
+    assert_eq!(
+        history,
+        vec!["issue", "reserve", "complete"],
+        "no lapse: nobody took it"
+    );
     assert!(
         completed.hold_expire_time.is_none(),
         "a closed order holds nothing"
