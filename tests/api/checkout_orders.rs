@@ -1002,3 +1002,35 @@ async fn an_order_takes_a_bounded_number_of_refunds_then_only_the_rest_whole(poo
     assert_eq!(rest.order.unwrap().refunds.len(), 101);
     assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
 }
+
+#[sqlx::test]
+async fn a_reservation_waits_for_a_fraud_flag_under_way_and_is_refused(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    let coupon = app.new_coupon(platform_template("p", 500)).await;
+    // A flag under way: the member row updated, not committed yet.
+    let mut flag = pool.begin().await.unwrap();
+    sqlx::query(
+        "update member set fraud_flagged_at = now(), fraud_reason = 'test' where account_id = 'alice'",
+    )
+    .execute(&mut *flag)
+    .await
+    .unwrap();
+
+    let reserve = tokio::spawn({
+        let coupons = app.coupons.clone();
+        async move {
+            coupons
+                .clone()
+                .reserve_coupons(reserve_request(order_of("alice", "o-1"), vec![coupon], 0, None))
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!reserve.is_finished(), "the reservation waits for the flag");
+    flag.commit().await.unwrap();
+    let refused = reserve.await.unwrap().unwrap_err();
+
+    assert_eq!(reason(&refused), "MEMBER_FLAGGED");
+    assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
+}
