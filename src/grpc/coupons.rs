@@ -323,24 +323,6 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
     )
 }
 
-/// Declares, from the request as sent, the member and order a call on an order
-/// concerns (the well-formed ids; the handler parses them again).
-fn concerns_order(account_id: &str, order_id: &str) {
-    if let Ok(account_id) = AccountId::parse(account_id) {
-        call::concerns([("account_id", &account_id)]);
-    }
-    if let Ok(order_id) = OrderId::parse(order_id) {
-        call::concerns([("order_id", &order_id)]);
-    }
-}
-
-/// [`concerns_order`] for a request carrying a checkout order.
-fn concerns_checkout(order: Option<&pb::CheckoutOrder>) {
-    if let Some(order) = order {
-        concerns_order(&order.account_id, &order.order_id);
-    }
-}
-
 fn picked_ids(ids: &[i64]) -> Result<Vec<i64>, Error> {
     if ids.len() > MAX_PICKED {
         return Err(Error::invalid(
@@ -480,12 +462,14 @@ fn order_pb(order: OrderCheckout) -> pb::OrderCheckout {
     }
 }
 
-/// The order a call names by `account_id` and `order_id`.
+/// The order a call names by `account_id` and `order_id`, declared as the ids
+/// the call concerns (`ErrorInfo.metadata`) as soon as each parses.
 fn order_key(account_id: &str, order_id: &str) -> Result<(AccountId, OrderId), Error> {
-    Ok((
-        AccountId::parse(account_id).field("account_id")?,
-        OrderId::parse(order_id).field("order_id")?,
-    ))
+    let account_id = AccountId::parse(account_id).field("account_id")?;
+    call::concerns([("account_id", &account_id)]);
+    let order_id = OrderId::parse(order_id).field("order_id")?;
+    call::concerns([("order_id", &order_id)]);
+    Ok((account_id, order_id))
 }
 
 /// A cart revision: 0 to 2^63 - 1 (what the database stores).
@@ -739,10 +723,11 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::ReserveCouponsRequest>,
     ) -> Result<Response<pb::ReserveCouponsResponse>, Status> {
-        concerns_checkout(request.get_ref().order.as_ref());
         let request = request.into_inner();
+        let order = checkout_order(request.order)?;
+        call::concerns([("account_id", &order.account_id), ("order_id", &order.order_id)]);
         let reserve = ReserveRequest {
-            order: checkout_order(request.order)?,
+            order,
             coupon_ids: picked_ids(&request.coupon_ids)?,
             cart_revision: cart_revision(request.cart_revision)?,
             hold: hold_duration(request.hold_duration)?,
@@ -770,7 +755,6 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CompleteOrderRequest>,
     ) -> Result<Response<pb::CompleteOrderResponse>, Status> {
-        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
         let order = self.coupons.complete(&account_id, &order_id).await?;
         Ok(Response::new(pb::CompleteOrderResponse {
@@ -783,7 +767,6 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
-        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let (account_id, order_id) = order_key(&request.get_ref().account_id, &request.get_ref().order_id)?;
         let order = self.coupons.cancel(&account_id, &order_id).await?;
         Ok(Response::new(pb::CancelOrderResponse {
@@ -796,7 +779,6 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         request: Request<pb::RefundOrderRequest>,
     ) -> Result<Response<pb::RefundOrderResponse>, Status> {
-        concerns_order(&request.get_ref().account_id, &request.get_ref().order_id);
         let request = request.into_inner();
         let (account_id, order_id) = order_key(&request.account_id, &request.order_id)?;
         let refund_id = RefundId::parse(&request.refund_id).field("refund_id")?;

@@ -156,11 +156,16 @@ async fn a_hold_lasts_what_was_asked_within_one_minute_to_a_day(pool: PgPool) {
         assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
         assert_eq!(bad_fields(&error), vec!["hold_duration"]);
     }
+    let missing = app.checkout_order("alice", "o-3").await.unwrap_err();
     assert_eq!(
-        app.checkout_order("alice", "o-3").await.unwrap_err().code(),
-        Code::NotFound,
+        (missing.code(), reason(&missing).as_str()),
+        (Code::NotFound, "ORDER_NOT_FOUND"),
         "a refused reserve records no order"
     );
+    use tonic_types::StatusExt;
+    let metadata = missing.get_details_error_info().unwrap().metadata;
+    assert_eq!(metadata.get("order_id").map(String::as_str), Some("o-3"));
+    assert_eq!(metadata.get("account_id").map(String::as_str), Some("alice"));
 }
 
 #[sqlx::test]
