@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 
+use crate::domain::coupons;
 use crate::domain::levels::{BenefitsTable, Thresholds};
 use crate::domain::money::{Currency, Money};
 use crate::domain::points::rules::EarningRules;
@@ -127,9 +128,9 @@ pub struct Config {
     pub log_format: String,
     /// How long a reservation holds its coupons when the checkout asks for no
     /// length (seconds, 60 to 86400): then the coupons read as VALID again.
-    #[arg(long, env = "LOYALTY_COUPON_HOLD_SECS", default_value_t = 1800,
-          value_parser = clap::value_parser!(u64).range(60..=86_400))]
-    pub coupon_hold_secs: u64,
+    #[arg(long = "coupon-hold-secs", env = "LOYALTY_COUPON_HOLD_SECS", default_value = "1800",
+          value_parser = parse_hold)]
+    pub coupon_hold: Duration,
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
@@ -323,6 +324,14 @@ impl Config {
     }
 }
 
+/// A default hold in seconds, within the bounds a caller may ask for.
+fn parse_hold(seconds: &str) -> Result<Duration, String> {
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|_| format!("{seconds:?} is not a number of seconds"))?;
+    coupons::check_hold(Duration::from_secs(seconds))
+}
+
 fn parse_time_zone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
         .map_err(|_| format!("unknown IANA time zone {name:?} (for example Europe/Berlin)"))
@@ -331,6 +340,14 @@ fn parse_time_zone(name: &str) -> Result<Tz, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_hold_is_bounded_like_a_callers() {
+        assert_eq!(parse_hold("1800"), Ok(Duration::from_secs(1800)));
+        for bad in ["59", "86401", "-1", "ten"] {
+            assert!(parse_hold(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn the_defaults_are_the_spec_rules() {

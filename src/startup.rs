@@ -213,12 +213,7 @@ impl Application {
         let calendar = Calendar::new(config.time_zone);
         let members = Members::new(pool.clone(), clock.clone());
         let points = Points::new(pool.clone(), config.earning_rules(), calendar, clock.clone());
-        let coupons = Coupons::new(
-            pool.clone(),
-            calendar,
-            clock.clone(),
-            Duration::from_secs(config.coupon_hold_secs),
-        );
+        let coupons = Coupons::new(pool.clone(), calendar, clock.clone(), config.coupon_hold);
         let membership = Membership::new(
             pool.clone(),
             level_rules,
