@@ -183,18 +183,6 @@ impl Error {
         }
     }
 
-    /// The ids [`Error::concerning`] added (empty when none).
-    pub fn ids(&self) -> Ids {
-        match self {
-            Error::Concerning { error, ids } => {
-                let mut all = error.ids();
-                all.extend(ids.clone());
-                all
-            }
-            _ => Ids::default(),
-        }
-    }
-
     /// The error itself and the ids added to it.
     fn into_parts(self) -> (Error, Ids) {
         match self {

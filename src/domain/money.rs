@@ -201,16 +201,14 @@ impl Currency {
     /// Validates a currency code such as `"USD"`: a current ISO 4217 code with a
     /// minor unit.
     pub fn parse(code: &str) -> Result<Self, String> {
-        let &[a, b, c] = code.as_bytes() else {
-            return Err(format!(
-                "must be an ISO 4217 code of three upper-case letters (got {code:?})"
-            ));
+        let code_bytes = match code.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => [a, b, c],
+            _ => {
+                return Err(format!(
+                    "must be an ISO 4217 code of three upper-case letters (got {code:?})"
+                ));
+            }
         };
-        if ![a, b, c].iter().all(u8::is_ascii_uppercase) {
-            return Err(format!(
-                "must be an ISO 4217 code of three upper-case letters (got {code:?})"
-            ));
-        }
         if NO_MINOR_UNIT.contains(&code) {
             return Err(format!(
                 "{code} has no minor unit in ISO 4217 (a metal, a unit of account, or a \
@@ -219,7 +217,7 @@ impl Currency {
         }
         match ISO_4217.binary_search_by(|(known, _)| (*known).cmp(code)) {
             Ok(index) => Ok(Self {
-                code: [a, b, c],
+                code: code_bytes,
                 minor_units: ISO_4217[index].1,
             }),
             Err(_) => Err(format!("is not a current ISO 4217 currency code (got {code:?})")),

@@ -225,7 +225,9 @@ impl PageCursor for String {
     }
 }
 
-/// An instant to the microsecond, PostgreSQL's precision.
+/// An instant to the microsecond, PostgreSQL's precision, within the supported
+/// range ([`MIN_SECONDS`] to [`MAX_SECONDS`]): a forged one beyond it would
+/// reach PostgreSQL as a value it cannot store.
 impl PageCursor for DateTime<Utc> {
     fn encode(&self) -> String {
         self.timestamp_micros().to_string()
@@ -233,11 +235,17 @@ impl PageCursor for DateTime<Utc> {
 
     fn decode(text: &str) -> Option<Self> {
         DateTime::from_timestamp_micros(text.parse().ok()?)
+            .filter(|instant| (MIN_SECONDS..=MAX_SECONDS).contains(&instant.timestamp()))
     }
 }
 
 /// Bytes of the query digest a page token carries (96 bits).
 const QUERY_DIGEST_BYTES: usize = 12;
+
+/// The longest page token accepted. The tokens issued carry a kind, the digest
+/// and a cursor of at most an id's 64 characters: well under this. A longer
+/// one is refused before it is decoded.
+const MAX_PAGE_TOKEN_CHARS: usize = 256;
 
 /// A paged request's query: the listing (`kind`) and the request's account and
 /// filters, everything but the page size and the token. Its page tokens carry a
@@ -314,6 +322,9 @@ impl PageQuery {
             return Ok(None);
         }
         let not_issued = || Error::invalid("page_token", "is not a page token this service issued");
+        if token.len() > MAX_PAGE_TOKEN_CHARS {
+            return Err(not_issued());
+        }
         let text = URL_SAFE_NO_PAD
             .decode(token)
             .ok()
@@ -399,6 +410,45 @@ mod tests {
                 "{garbage:?}: {description}"
             );
         }
+    }
+
+    #[test]
+    fn an_oversized_token_or_an_instant_out_of_range_is_not_a_page_token() {
+        let templates = PageQuery::new("templates.v1");
+        let long_key = "t".repeat(MAX_PAGE_TOKEN_CHARS);
+        let levels = PageQuery::new("levels.v1").with("account_id", "alice");
+        let forged_instant =
+            |micros: i64| URL_SAFE_NO_PAD.encode(format!("levels.v1:{}:{micros}", levels.digest()));
+        let (field, description) = field_and_description(
+            templates
+                .parse::<String>(&templates.token(&long_key))
+                .unwrap_err(),
+        );
+        assert_eq!(field, "page_token");
+        assert!(description.contains("not a page token"), "{description}");
+        for micros in [-1, (MAX_SECONDS + 1) * 1_000_000, -8_000_000_000_000_000] {
+            let (field, description) = field_and_description(
+                levels
+                    .parse::<DateTime<Utc>>(&forged_instant(micros))
+                    .unwrap_err(),
+            );
+            assert_eq!(field, "page_token", "{micros}");
+            assert!(
+                description.contains("not a page token"),
+                "{micros}: {description}"
+            );
+        }
+        assert!(
+            levels
+                .parse::<DateTime<Utc>>(&forged_instant(MAX_SECONDS * 1_000_000))
+                .is_ok()
+        );
+        // The longest id still makes a token.
+        let longest_id = "t".repeat(crate::domain::ids::MAX_ID_LEN);
+        assert_eq!(
+            templates.parse::<String>(&templates.token(&longest_id)).ok(),
+            Some(Some(longest_id))
+        );
     }
 
     #[test]

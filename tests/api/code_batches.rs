@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{bad_fields, platform_template, reason, spawn_app};
+use crate::helpers::{TestApp, bad_fields, platform_template, reason, spawn_app};
 
 fn generate(template_id: &str, count: i32, request_id: &str) -> pb::GenerateSingleUseCodesRequest {
     pb::GenerateSingleUseCodesRequest {
@@ -18,22 +18,28 @@ fn generate(template_id: &str, count: i32, request_id: &str) -> pb::GenerateSing
     }
 }
 
+/// Generates a batch, which must be answered.
+async fn generated(
+    app: &TestApp,
+    template_id: &str,
+    count: i32,
+    request_id: &str,
+) -> pb::GenerateSingleUseCodesResponse {
+    app.coupons
+        .clone()
+        .generate_single_use_codes(generate(template_id, count, request_id))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[sqlx::test]
 async fn a_retried_batch_is_answered_with_the_same_batch_and_no_codes(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.create_template(platform_template("gift", 1000)).await;
-    let mut coupons = app.coupons.clone();
 
-    let first = coupons
-        .generate_single_use_codes(generate("gift", 5, "batch-1"))
-        .await
-        .unwrap()
-        .into_inner();
-    let retry = coupons
-        .generate_single_use_codes(generate("gift", 5, "batch-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = generated(&app, "gift", 5, "batch-1").await;
+    let retry = generated(&app, "gift", 5, "batch-1").await;
 
     assert_eq!(first.codes.len(), 5);
     assert!(!first.replayed);
@@ -52,6 +58,30 @@ async fn a_retried_batch_is_answered_with_the_same_batch_and_no_codes(pool: PgPo
     .await
     .unwrap();
     assert_eq!((batches, codes_of_batch), (1, 5));
+
+    // The codes shown are the batch's: each claims the template once.
+    app.register("alice").await;
+    app.register("bob").await;
+    let claim = |account: &str, code: &str| pb::ClaimCouponRequest {
+        account_id: account.into(),
+        code: code.into(),
+    };
+    let mut coupons = app.coupons.clone();
+    let claimed = coupons
+        .claim_coupon(claim("alice", &first.codes[0]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claimed.coupon.unwrap().template_id, "gift");
+    let again = coupons
+        .claim_coupon(claim("bob", &first.codes[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&again),
+        "CODE_ALREADY_USED",
+        "a single-use code is used once"
+    );
 }
 
 #[sqlx::test]
@@ -60,11 +90,7 @@ async fn a_request_id_reused_with_other_content_is_already_exists(pool: PgPool) 
     app.create_template(platform_template("gift", 1000)).await;
     app.create_template(platform_template("other", 1000)).await;
     let mut coupons = app.coupons.clone();
-    let first = coupons
-        .generate_single_use_codes(generate("gift", 5, "batch-1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = generated(&app, "gift", 5, "batch-1").await;
 
     let other_count = coupons
         .generate_single_use_codes(generate("gift", 6, "batch-1"))

@@ -194,18 +194,22 @@ async fn a_level_history_page_token_is_bound_to_the_account(pool: PgPool) {
         page_token: page_token.into(),
     };
     let mut members = app.members.clone();
-    let token = members
+    let first = members
         .list_level_history(history("alice", ""))
         .await
         .unwrap()
-        .into_inner()
-        .next_page_token;
+        .into_inner();
+    assert_eq!(first.periods.len(), 1);
+    assert_eq!(first.periods[0].level(), pb::Level::Silver);
+    let token = first.next_page_token;
     let second = members
         .list_level_history(history("alice", &token))
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(second.periods.len(), 1);
     assert_eq!(second.periods[0].level(), pb::Level::Gold);
+    assert!(second.next_page_token.is_empty(), "the last page has no next");
 
     let message = refused_token(members.list_level_history(history("bob", &token)).await);
     assert!(message.contains("another account_id"), "{message}");
