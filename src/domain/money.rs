@@ -224,6 +224,25 @@ impl Currency {
         }
     }
 
+    /// A code read back from the database: any three upper-case letters. Rows
+    /// written before the ISO 4217 table (or in a currency ISO has withdrawn
+    /// since) stay readable; their minor unit is the table's, else 2. Requests
+    /// go through [`Currency::parse`].
+    pub fn stored(code: &str) -> Result<Self, String> {
+        match Self::parse(code) {
+            Ok(currency) => Ok(currency),
+            Err(_) => match code.as_bytes() {
+                &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self {
+                    code: [a, b, c],
+                    minor_units: 2,
+                }),
+                _ => Err(format!(
+                    "stored currency {code:?} is not three upper-case letters"
+                )),
+            },
+        }
+    }
+
     /// The code as text.
     pub fn as_str(&self) -> &str {
         // Only ever built from three ASCII letters.
@@ -369,6 +388,14 @@ mod tests {
             assert_eq!(currency(code).as_str(), *code);
         }
         assert_eq!(ISO_4217.len() + NO_MINOR_UNIT.len(), 178);
+    }
+
+    #[test]
+    fn a_stored_code_reads_back_even_when_iso_no_longer_lists_it() {
+        assert_eq!(Currency::stored("JPY").unwrap().minor_units(), 0);
+        assert_eq!(Currency::stored("HRK").unwrap().as_str(), "HRK");
+        assert!(Currency::parse("HRK").is_err());
+        assert!(Currency::stored("usd").is_err());
     }
 
     #[test]

@@ -1035,3 +1035,36 @@ async fn templates_are_listed_by_id_in_stable_pages(pool: PgPool) {
     assert_eq!(seen, vec!["a", "b", "c", "d", "e"]);
     assert_eq!(crate::helpers::bad_fields(&bad), vec!["page_token".to_owned()]);
 }
+
+#[sqlx::test]
+async fn a_coupon_stored_in_a_currency_iso_withdrew_still_reads(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    app.create_template(platform_template("t", 500)).await;
+    let coupon = app.issue("alice", "t").await.unwrap();
+    // A row written before the ISO 4217 table, in kuna (withdrawn in 2023).
+    sqlx::query("update coupon set currency = 'HRK'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let read = app.coupon("alice", coupon.coupon_id).await.coupon.unwrap();
+    let validation = app
+        .coupons
+        .clone()
+        .validate_coupons(pb::ValidateCouponsRequest {
+            order: Some(order_of("alice", "o-1")),
+            coupon_ids: vec![coupon.coupon_id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pricing
+        .unwrap();
+
+    assert_eq!(read.currency_code, "HRK");
+    assert_eq!(
+        validation.coupons[0].reason(),
+        pb::NotApplicableReason::CurrencyMismatch
+    );
+}

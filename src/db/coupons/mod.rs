@@ -78,7 +78,7 @@ fn discount_columns(discount: &Discount) -> (&'static str, Option<i64>, Option<i
 }
 
 fn currency_from(code: &str) -> Result<Currency, sqlx::Error> {
-    Currency::parse(code).map_err(|e| decode("currency", e))
+    Currency::stored(code).map_err(|e| decode("currency", e))
 }
 
 /// A `coupon` row, with its status as of the query's `now`.
