@@ -12,6 +12,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/loyalty/v1/common.proto",
     "proto/loyalty/v1/coupons.proto",
+    "proto/loyalty/v1/events.proto",
     "proto/loyalty/v1/membership.proto",
     "proto/loyalty/v1/points.proto",
 ];

@@ -36,6 +36,7 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
         ) => "membership:admin",
         ("loyalty.v1.Membership", "ClaimDailyCoupon") => "coupons:claim",
         ("loyalty.v1.Membership", "FlagMember" | "UnflagMember") => "members:admin",
+        ("loyalty.v1.Events", "Watch") => "events:watch",
         ("loyalty.v1.Points", "RecordConfirmedOrder" | "RecordReview" | "RecordVisit" | "RecordPost") => {
             "points:earn"
         }
@@ -50,7 +51,8 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
             | "UpdateCouponTemplate"
             | "SetCouponTemplatePaused"
             | "CreatePublicCode"
-            | "GenerateSingleUseCodes",
+            | "GenerateSingleUseCodes"
+            | "RunExpiryNotices",
         ) => "coupons:admin",
         ("loyalty.v1.Coupons", "ClaimCoupon") => "coupons:claim",
         ("loyalty.v1.Coupons", "IssueCoupon") => "coupons:issue",
@@ -148,6 +150,7 @@ impl Tokens {
                 reason: "UNKNOWN_TOKEN",
                 message: "the bearer token is not known".to_owned(),
             })?;
+        crate::call::set_caller(&caller.name);
         match required_scope(path) {
             Some(scope) if caller.may(scope) => Ok(()),
             Some(scope) => Err(Error::PermissionDenied {

@@ -137,6 +137,8 @@ pub struct Config {
     pub earning: EarningConfig,
     #[command(flatten)]
     pub levels: LevelConfig,
+    #[command(flatten)]
+    pub events: EventsConfig,
 }
 
 /// The bounds of every call and connection (SPEC §5, "Bounded everything").
@@ -184,6 +186,15 @@ pub struct LimitsConfig {
     /// one (serialization failure, deadlock, lock timeout) before it answers ABORTED.
     #[arg(long, env = "LOYALTY_CONFLICT_ATTEMPTS", default_value_t = 3)]
     pub conflict_attempts: u32,
+    /// Event watches (`Events.Watch` streams) open at once; one more is refused
+    /// with RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`). They do not count
+    /// among the calls.
+    #[arg(long, env = "LOYALTY_MAX_WATCHERS", default_value_t = 64)]
+    pub max_watchers: usize,
+    /// Longest an event watch may stream (seconds): the cap of its caller's
+    /// deadline; then it ends and the client resumes from its cursor.
+    #[arg(long, env = "LOYALTY_WATCH_MAX_SECS", default_value_t = 1800)]
+    pub watch_max_secs: u64,
 }
 
 impl LimitsConfig {
@@ -205,6 +216,55 @@ impl LimitsConfig {
     /// The drain time on shutdown.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The cap of an event watch's deadline.
+    pub fn watch_max(&self) -> Duration {
+        Duration::from_secs(self.watch_max_secs.max(1))
+    }
+}
+
+/// Events for other services (SPEC §6): retention, expiry notices, NATS.
+#[derive(Debug, Clone, Args)]
+pub struct EventsConfig {
+    /// Publish the event log to NATS JetStream at this URL
+    /// (`nats://127.0.0.1:4222`); off by default.
+    #[arg(long, env = "LOYALTY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The JetStream stream the events go to (created when missing, with the
+    /// subjects `<prefix>.>`).
+    #[arg(long, env = "LOYALTY_NATS_STREAM", default_value = "LOYALTY_EVENTS")]
+    pub nats_stream: String,
+    /// The subject prefix: an event goes to `<prefix>.<type>`.
+    #[arg(long, env = "LOYALTY_NATS_SUBJECT_PREFIX", default_value = "loyalty.events")]
+    pub nats_subject_prefix: String,
+    /// How long events are kept once every relay has published them (days);
+    /// a watch cursor older than that is FAILED_PRECONDITION.
+    #[arg(long, env = "LOYALTY_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u32,
+    /// How often old events are pruned (seconds).
+    #[arg(long, env = "LOYALTY_EVENT_PRUNE_INTERVAL_SECS", default_value_t = 60)]
+    pub event_prune_interval_secs: u64,
+    /// How many days before its expiry a usable coupon is "expiring soon"
+    /// (`RunExpiryNotices`, and the scheduler's runs).
+    #[arg(long, env = "LOYALTY_COUPON_EXPIRING_DAYS", default_value_t = 3)]
+    pub coupon_expiring_days: u32,
+}
+
+impl EventsConfig {
+    /// How long events are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.event_retention_days) * 86_400)
+    }
+
+    /// How often the pruner runs.
+    pub fn prune_interval(&self) -> Duration {
+        Duration::from_secs(self.event_prune_interval_secs.max(1))
+    }
+
+    /// The expiry notice period.
+    pub fn expiring_notice(&self) -> Duration {
+        Duration::from_secs(u64::from(self.coupon_expiring_days) * 86_400)
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`domain`]: the rules (earning, caps, members).
 //! - [`db`]: SQL, one module per area; the caller owns the transaction.
 //! - [`error`]: the one error enum and its mapping to `tonic::Status`.
+//! - [`events`]: the event log's background work (slices, wake-ups, pruning,
+//!   the NATS relay); events themselves are written by [`db`] with each change.
 //! - [`call`]: what every call goes through: deadline, load shedding, size and
 //!   framing checks, request id, retries of aborted transactions.
 //! - [`connections`]: client connections, bounded in number and idle time.
@@ -26,6 +28,7 @@ pub mod connections;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod metrics;
 pub mod startup;

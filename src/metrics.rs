@@ -38,6 +38,11 @@ pub struct Metrics {
     database_up: AtomicBool,
     connections_open: AtomicI64,
     connections_refused: AtomicU64,
+    event_slices: AtomicU64,
+    events_sliced: AtomicU64,
+    events_relayed: AtomicU64,
+    /// Seconds, as `f64` bits.
+    relay_lag: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,6 +108,23 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a slice of the event log cut by this replica.
+    pub fn slice_cut(&self, events: i32) {
+        self.event_slices.fetch_add(1, Ordering::Relaxed);
+        self.events_sliced
+            .fetch_add(u64::try_from(events).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Counts events this replica published to NATS.
+    pub fn events_relayed(&self, events: u64) {
+        self.events_relayed.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// Records how long the oldest event not yet published has waited.
+    pub fn set_relay_lag(&self, seconds: f64) {
+        self.relay_lag.store(seconds.to_bits(), Ordering::Relaxed);
+    }
+
     /// Records whether the database answers (the health monitor calls this).
     pub fn set_database_up(&self, up: bool) {
         self.database_up.store(up, Ordering::Relaxed);
@@ -156,11 +178,23 @@ impl Metrics {
              # HELP loyalty_connections_open Open client connections.\n\
              # TYPE loyalty_connections_open gauge\nloyalty_connections_open {}\n\
              # HELP loyalty_connections_refused_total Client connections closed at once: too many were open.\n\
-             # TYPE loyalty_connections_refused_total counter\nloyalty_connections_refused_total {}\n",
+             # TYPE loyalty_connections_refused_total counter\nloyalty_connections_refused_total {}\n\
+             # HELP loyalty_event_slices_total Slices of the event log this replica cut.\n\
+             # TYPE loyalty_event_slices_total counter\nloyalty_event_slices_total {}\n\
+             # HELP loyalty_events_sliced_total Events in the slices this replica cut.\n\
+             # TYPE loyalty_events_sliced_total counter\nloyalty_events_sliced_total {}\n\
+             # HELP loyalty_events_relayed_total Events this replica published to NATS JetStream.\n\
+             # TYPE loyalty_events_relayed_total counter\nloyalty_events_relayed_total {}\n\
+             # HELP loyalty_event_relay_lag_seconds Age of the oldest event slice not yet published (as this replica's relay last saw it).\n\
+             # TYPE loyalty_event_relay_lag_seconds gauge\nloyalty_event_relay_lag_seconds {}\n",
             pool.size(),
             pool.num_idle(),
             self.connections_open.load(Ordering::Relaxed),
             self.connections_refused.load(Ordering::Relaxed),
+            self.event_slices.load(Ordering::Relaxed),
+            self.events_sliced.load(Ordering::Relaxed),
+            self.events_relayed.load(Ordering::Relaxed),
+            f64::from_bits(self.relay_lag.load(Ordering::Relaxed)),
         );
         out
     }

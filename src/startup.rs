@@ -41,7 +41,10 @@ use crate::domain::coupons::Coupons;
 use crate::domain::members::Members;
 use crate::domain::membership::{LevelRules, Membership};
 use crate::domain::points::Points;
+use crate::events::relay::{Relay, RelaySettings};
+use crate::events::{EventLog, LogSettings};
 use crate::grpc::coupons::CouponsService;
+use crate::grpc::events::EventsService;
 use crate::grpc::membership::MembershipService;
 use crate::grpc::points::PointsService;
 use crate::metrics::{self, Metrics, MetricsLayer};
@@ -182,6 +185,7 @@ impl Application {
         ));
         let limits = &config.limits;
         let shutdown = CancellationToken::new();
+        let event_log = EventLog::new(pool.clone(), clock.clone(), metrics.clone());
         let calls = CallLayer::new(
             CallLimits {
                 call_timeout: limits.call_timeout(),
@@ -191,8 +195,11 @@ impl Application {
                 max_concurrent_calls: limits.max_concurrent_calls,
                 max_request_bytes: limits.max_request_bytes,
                 conflict_attempts: limits.conflict_attempts,
+                max_watchers: limits.max_watchers,
+                watch_max: limits.watch_max(),
             },
             shutdown.clone(),
+            event_log.commits(),
         );
         let in_flight = calls.tasks();
         let incoming = connections::incoming(
@@ -222,10 +229,35 @@ impl Application {
             points.clone(),
             coupons.clone(),
         );
+        // The event log's tasks stop after the calls: the slicer's last cut takes
+        // the events of the calls that finished during the drain.
+        let log_stop = CancellationToken::new();
+        let log_tasks = tokio::spawn(event_log.clone().run(
+            LogSettings {
+                retention: config.events.retention(),
+                prune_interval: config.events.prune_interval(),
+            },
+            log_stop.clone(),
+        ));
+        let relay = config.events.nats_url.clone().map(|url| {
+            let relay = Relay::new(
+                pool.clone(),
+                clock.clone(),
+                event_log.clone(),
+                metrics.clone(),
+                RelaySettings {
+                    url,
+                    stream: config.events.nats_stream.clone(),
+                    subject_prefix: config.events.nats_subject_prefix.clone(),
+                },
+            );
+            tokio::spawn(relay.run(shutdown.clone()))
+        });
         // Tracked with the calls: the drain waits for a run under way.
         if config.levels.scheduler {
             in_flight.spawn(run_scheduler(
                 membership.clone(),
+                (coupons.clone(), config.events.expiring_notice()),
                 Duration::from_secs(config.levels.scheduler_interval_secs.max(1)),
                 limits.job_timeout(),
                 shutdown.clone(),
@@ -279,7 +311,14 @@ impl Application {
                     .max_decoding_message_size(max_request_bytes),
             )
             .add_service(
-                pb::coupons_server::CouponsServer::new(CouponsService::new(coupons))
+                pb::coupons_server::CouponsServer::new(CouponsService::new(
+                    coupons,
+                    config.events.expiring_notice(),
+                ))
+                .max_decoding_message_size(max_request_bytes),
+            )
+            .add_service(
+                pb::events_server::EventsServer::new(EventsService::new(pool.clone(), event_log))
                     .max_decoding_message_size(max_request_bytes),
             )
             .serve_with_incoming_shutdown(incoming, draining);
@@ -305,6 +344,11 @@ impl Application {
         if let Some(task) = metrics_server {
             task.abort();
         }
+        if let Some(task) = relay {
+            task.abort();
+        }
+        log_stop.cancel();
+        let _ = tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_secs(1)), log_tasks).await;
         if tokio::time::timeout_at(
             deadline.max(Instant::now() + Duration::from_secs(1)),
             pool.close(),
@@ -384,12 +428,13 @@ async fn ping(connection: &mut Option<PgConnection>, options: &PgConnectOptions)
     }
 }
 
-/// The built-in scheduler: every `interval`, runs today's daily rewards and the
-/// previous month's evaluation. Both are idempotent and take turns across
+/// The built-in scheduler: every `interval`, runs today's daily rewards, the
+/// previous month's evaluation and the coupon expiry notices. All are idempotent and take turns across
 /// replicas, so every replica may run it; a failure is logged and retried at the
 /// next tick.
 async fn run_scheduler(
     membership: Membership,
+    expiry: (Coupons, Duration),
     interval: Duration,
     job_timeout: Duration,
     shutdown: CancellationToken,
@@ -409,6 +454,10 @@ async fn run_scheduler(
                 ..
             }) => {}
             Err(error) => tracing::warn!(error = %error, "scheduled level evaluation failed"),
+        }
+        let (coupons, notice) = &expiry;
+        if let Err(error) = budget().scope(coupons.send_expiry_notices(*notice)).await {
+            tracing::warn!(error = %error, "scheduled expiry notices failed");
         }
         // No new run once the server drains; a run under way finishes (the
         // drain waits for it, as for a call).

@@ -15,7 +15,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::error::Ids;
 
@@ -27,8 +28,12 @@ tokio::task_local! {
 #[derive(Debug)]
 pub struct CallContext {
     request_id: String,
+    /// The calling service, once authentication has named it.
+    caller: OnceLock<String>,
     /// Set by the handler while the call runs, read when it fails.
     ids: Mutex<Ids>,
+    /// Whether the call committed a transaction (so may have written events).
+    committed: AtomicBool,
 }
 
 impl CallContext {
@@ -36,8 +41,15 @@ impl CallContext {
     pub fn new(request_id: String) -> Arc<Self> {
         Arc::new(Self {
             request_id,
+            caller: OnceLock::new(),
             ids: Mutex::new(Ids::default()),
+            committed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the call committed a transaction.
+    pub fn committed(&self) -> bool {
+        self.committed.load(Ordering::Relaxed)
     }
 
     /// Runs `future` with this context as the current call's.
@@ -51,6 +63,26 @@ impl CallContext {
 pub fn request_id() -> String {
     CONTEXT
         .try_with(|context| context.request_id.clone())
+        .unwrap_or_default()
+}
+
+/// Notes that the current call committed a transaction; outside a call this
+/// does nothing.
+pub fn note_commit() {
+    let _ = CONTEXT.try_with(|context| context.committed.store(true, Ordering::Relaxed));
+}
+
+/// Records the calling service of the current call, as authentication named
+/// it (the first name given stays); outside a call this does nothing.
+pub fn set_caller(name: &str) {
+    let _ = CONTEXT.try_with(|context| context.caller.set(name.to_owned()));
+}
+
+/// The calling service of the current call; empty outside a call or when
+/// authentication is off.
+pub fn caller() -> String {
+    CONTEXT
+        .try_with(|context| context.caller.get().cloned().unwrap_or_default())
         .unwrap_or_default()
 }
 
@@ -82,6 +114,7 @@ mod tests {
     async fn the_context_is_visible_inside_its_scope_only() {
         concerns([("account_id", &"outside")]);
         assert_eq!(request_id(), "");
+        assert_eq!(caller(), "");
         assert_eq!(concerned_ids(), Ids::default());
 
         let context = CallContext::new("req-1".to_owned());
@@ -90,6 +123,9 @@ mod tests {
             .scope(async {
                 concerns([("account_id", &"alice"), ("coupon_id", &42)]);
                 concerns([("account_id", &"bob")]);
+                set_caller("checkout");
+                set_caller("someone-else");
+                assert_eq!(caller(), "checkout");
                 (request_id(), concerned_ids())
             })
             .await;

@@ -24,8 +24,15 @@
 //! 6. retries, within the deadline, a call the database aborted for a concurrent
 //!    one (`ABORTED`: the call's one transaction rolled back whole); the jobs,
 //!    which run several transactions, are not retried;
-//! 7. ends streaming responses (health `Watch`, reflection) with `UNAVAILABLE`
-//!    when the server shuts down, so that draining never waits on them.
+//! 7. ends streaming responses (health `Watch`, reflection, the events
+//!    `Watch`) with `UNAVAILABLE` when the server shuts down, so that draining
+//!    never waits on them;
+//! 8. pokes the event log when the call committed, so that its events reach
+//!    the watches and the relay soon.
+//!
+//! The events `Watch` is a long stream: it has a place of its own among at
+//! most `max_watchers` (so watchers never take the places of calls, nor the
+//! reverse), and its deadline is the caller's capped by `watch_max`.
 //!
 //! Health and reflection are neither shed nor counted: a load balancer must
 //! see the health of an overloaded server.
@@ -55,9 +62,10 @@ use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use crate::connections::{ConnInfo, StreamGuard};
+use crate::events::Commits;
 use crate::error::Error;
 use budget::Budget;
-pub use context::{CallContext, concerned_ids, concerns, request_id};
+pub use context::{CallContext, caller, concerned_ids, concerns, request_id, set_caller};
 
 /// The response header (and accepted request header) carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -73,6 +81,8 @@ pub struct CallLimits {
     pub max_concurrent_calls: usize,
     pub max_request_bytes: usize,
     pub conflict_attempts: u32,
+    pub max_watchers: usize,
+    pub watch_max: Duration,
 }
 
 /// How a method is treated.
@@ -86,12 +96,18 @@ enum Kind {
     Health,
     /// Reflection: a bidirectional stream, passed through, ended at shutdown.
     Reflection,
+    /// The events `Watch`: a long server stream, among the watchers, capped by
+    /// the watch timeout, ended at shutdown.
+    Stream,
 }
 
 impl Kind {
     fn of(path: &str) -> Self {
         match path {
-            "/loyalty.v1.Membership/EvaluateLevels" | "/loyalty.v1.Membership/RunDailyRewards" => Kind::Job,
+            "/loyalty.v1.Membership/EvaluateLevels"
+            | "/loyalty.v1.Membership/RunDailyRewards"
+            | "/loyalty.v1.Coupons/RunExpiryNotices" => Kind::Job,
+            "/loyalty.v1.Events/Watch" => Kind::Stream,
             _ if path.starts_with("/grpc.health.v1.Health/") => Kind::Health,
             _ if path.starts_with("/grpc.reflection.") => Kind::Reflection,
             _ => Kind::Call,
@@ -109,20 +125,26 @@ pub struct CallLayer {
 struct Shared {
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
+    watchers: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    commits: Arc<Commits>,
 }
 
 impl CallLayer {
-    /// Applies `limits`; `shutdown` is cancelled when the server starts draining.
-    pub fn new(limits: CallLimits, shutdown: CancellationToken) -> Self {
+    /// Applies `limits`; `shutdown` is cancelled when the server starts
+    /// draining; `commits` is poked after a call that committed.
+    pub fn new(limits: CallLimits, shutdown: CancellationToken, commits: Arc<Commits>) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1)));
+        let watchers = Arc::new(Semaphore::new(limits.max_watchers.max(1)));
         Self {
             shared: Arc::new(Shared {
                 limits,
                 in_flight,
+                watchers,
                 tasks: TaskTracker::new(),
                 shutdown,
+                commits,
             }),
         }
     }
@@ -222,11 +244,12 @@ impl Shared {
         }
         if kind == Kind::Reflection {
             let Ok(response) = inner.oneshot(request).await;
-            return Ok(self.response(response, kind, stream));
+            return Ok(self.response(response, kind, stream, None));
         }
 
         let cap = match kind {
             Kind::Job => self.limits.job_timeout,
+            Kind::Stream => self.limits.watch_max,
             _ => self.limits.call_timeout,
         };
         let timeout = match grpc_timeout(request.headers())? {
@@ -240,6 +263,7 @@ impl Shared {
         let answer_at = now + timeout - margin / 2;
         let permit = match kind {
             Kind::Health => None,
+            Kind::Stream => Some(self.admit_watcher()?),
             _ => Some(self.admit()?),
         };
 
@@ -257,9 +281,10 @@ impl Shared {
         // A job runs several transactions: one that was aborted may follow one
         // that committed, so a job is not run again.
         let attempts = match kind {
-            Kind::Job => 1,
+            Kind::Job | Kind::Stream => 1,
             _ => self.limits.conflict_attempts.max(1),
         };
+        let probe = context.clone();
         let task = self.tasks.spawn(
             context
                 .scope(budget.scope(serve_with_retries(inner, parts, message, attempts)))
@@ -273,11 +298,33 @@ impl Shared {
                 return Err(Error::DeadlineExceeded);
             }
         };
+        if probe.committed() {
+            self.commits.poke();
+        }
         // The call's place among the running calls ends with its answer: a task
         // still finishing after its deadline is bounded by the database (its
         // statements end at the deadline) and by the pool, not by this limit.
-        drop(permit);
-        Ok(self.response(response, kind, stream))
+        // A watcher's place lasts as long as its stream.
+        let place = match kind {
+            Kind::Stream => permit,
+            _ => None,
+        };
+        Ok(self.response(response, kind, stream, place))
+    }
+
+    /// A place among the running watches, or `RESOURCE_EXHAUSTED`.
+    fn admit_watcher(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::ResourceExhausted {
+                reason: "TOO_MANY_WATCHERS",
+                message: format!(
+                    "the server is running its maximum of {} event watches; retry later",
+                    self.limits.max_watchers
+                ),
+                retry_after: Some(Duration::from_secs(1)),
+            })
     }
 
     /// A place among the running calls, or `RESOURCE_EXHAUSTED`.
@@ -307,9 +354,17 @@ impl Shared {
 
     /// The response, its body keeping the call open on its connection until it
     /// is sent, and (for the streaming methods) ending at shutdown.
-    fn response(&self, response: Response<Body>, kind: Kind, stream: Option<StreamGuard>) -> Response<Body> {
+    fn response(
+        &self,
+        response: Response<Body>,
+        kind: Kind,
+        stream: Option<StreamGuard>,
+        place: Option<OwnedSemaphorePermit>,
+    ) -> Response<Body> {
         let shutdown = match kind {
-            Kind::Health | Kind::Reflection => Some(Box::pin(self.shutdown.clone().cancelled_owned())),
+            Kind::Health | Kind::Reflection | Kind::Stream => {
+                Some(Box::pin(self.shutdown.clone().cancelled_owned()))
+            }
             Kind::Call | Kind::Job => None,
         };
         response.map(|body| {
@@ -318,6 +373,7 @@ impl Shared {
                 shutdown,
                 ended: false,
                 _stream: stream,
+                _place: place,
             })
         })
     }
@@ -436,6 +492,8 @@ struct ResponseBody {
     shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ended: bool,
     _stream: Option<StreamGuard>,
+    /// A watcher's place, given back when its stream ends.
+    _place: Option<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for ResponseBody {
@@ -533,6 +591,8 @@ mod tests {
     fn jobs_health_and_reflection_are_told_apart() {
         assert_eq!(Kind::of("/loyalty.v1.Membership/EvaluateLevels"), Kind::Job);
         assert_eq!(Kind::of("/loyalty.v1.Points/GetBalance"), Kind::Call);
+        assert_eq!(Kind::of("/loyalty.v1.Coupons/RunExpiryNotices"), Kind::Job);
+        assert_eq!(Kind::of("/loyalty.v1.Events/Watch"), Kind::Stream);
         assert_eq!(Kind::of("/grpc.health.v1.Health/Watch"), Kind::Health);
         assert_eq!(
             Kind::of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),

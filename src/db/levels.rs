@@ -4,6 +4,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
+use crate::db::events;
+use crate::domain::events::Origin;
 use crate::domain::ids::{AccountId, TemplateId};
 use crate::domain::levels::{EvaluationMonth, Level, Thresholds};
 
@@ -74,6 +76,16 @@ pub async fn evaluate(
 ) -> Result<EvaluationRow, sqlx::Error> {
     let up_plain = format!("{} > {}", rank("level"), rank("previous"));
     let up_changed = format!("{} > {}", rank("ch.level"), rank("ch.previous"));
+    let origin = Origin::current();
+    let events = events::insert_event_sql(
+        "changed",
+        "account_id",
+        "'level_changed'",
+        "$8",
+        "jsonb_build_object('previous_level', previous, 'level', level, 'effective_from', $6::timestamptz, \
+             'window_points', points, 'evaluation_month', $7::date)",
+        ("$10", "$11"),
+    );
     let sql = format!(
         "with window_points as ( \
              select account_id, sum(points)::bigint as points from point_entry \
@@ -112,7 +124,7 @@ pub async fn evaluate(
              from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
              where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
-         ) \
+         ), events as ({events}) \
          select * from recorded"
     );
     sqlx::query_as(&sql)
@@ -125,6 +137,8 @@ pub async fn evaluate(
         .bind(evaluation.month)
         .bind(now)
         .bind(level_up_levels)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
         .fetch_one(conn)
         .await
 }
@@ -341,24 +355,42 @@ pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<
     .await
 }
 
-/// Records a reward's outcome.
+/// Records a reward's outcome, with its `reward_issued` event when a coupon
+/// was issued.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %reward.account_id))]
 pub async fn settle_reward(
     conn: &mut PgConnection,
     reward: &PendingReward,
     issued_coupon: Option<i64>,
     note: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update member_reward set status = case when $4::bigint is null then 'skipped' else 'issued' end, \
-                coupon_id = $4, note = $5 \
-         where account_id = $1 and reward_key = $2 and template_id = $3 and status = 'pending'",
-    )
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "settled where coupon_id is not null",
+        "account_id",
+        "'reward_issued'",
+        "$6",
+        "jsonb_build_object('reward_key', reward_key, 'template_id', template_id, 'coupon_id', coupon_id)",
+        ("$7", "$8"),
+    );
+    sqlx::query(&format!(
+        "with settled as ( \
+             update member_reward set status = case when $4::bigint is null then 'skipped' else 'issued' end, \
+                    coupon_id = $4, note = $5 \
+             where account_id = $1 and reward_key = $2 and template_id = $3 and status = 'pending' \
+             returning account_id, reward_key, template_id, coupon_id \
+         ), event as ({event}) \
+         select 1"
+    ))
     .bind(&reward.account_id)
     .bind(&reward.reward_key)
     .bind(&reward.template_id)
     .bind(issued_coupon)
     .bind(note)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .execute(conn)
     .await?;
     Ok(())

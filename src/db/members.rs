@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::db::events;
+use crate::domain::events::Origin;
 use crate::domain::ids::AccountId;
 use crate::domain::members::{Birthday, FraudFlag, FraudReason, Member};
 
@@ -63,29 +65,46 @@ fn birthday_columns(birthday: Option<Birthday>) -> (Option<i16>, Option<i16>, Op
     }
 }
 
-/// Inserts a member; `None` when the account is already registered.
+/// Inserts a member and its `member_registered` event; `None` when the
+/// account is already registered.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert(
     conn: &mut PgConnection,
     account_id: &AccountId,
     registered_at: DateTime<Utc>,
     birthday: Option<Birthday>,
+    now: DateTime<Utc>,
 ) -> Result<Option<Member>, sqlx::Error> {
     let (year, month, day) = birthday_columns(birthday);
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "registered",
+        "account_id",
+        "'member_registered'",
+        "$6",
+        "jsonb_build_object('registered_at', registered_at, 'has_birthday', birthday_month is not null)",
+        ("$7", "$8"),
+    );
     // A birthday given at registration counts as set when the account registered
     // (a backfilled member keeps its birthday rewards).
     let row: Option<MemberRow> = sqlx::query_as(&format!(
-        "insert into member (account_id, registered_at, birthday_year, birthday_month, \
-                             birthday_day, birthday_updated_at) \
-         values ($1, $2, $3, $4, $5, case when $4::smallint is null then null else $2 end) \
-         on conflict (account_id) do nothing \
-         returning {MEMBER_COLUMNS}"
+        "with registered as ( \
+             insert into member (account_id, registered_at, birthday_year, birthday_month, \
+                                 birthday_day, birthday_updated_at) \
+             values ($1, $2, $3, $4, $5, case when $4::smallint is null then null else $2 end) \
+             on conflict (account_id) do nothing \
+             returning * \
+         ), event as ({event}) \
+         select {MEMBER_COLUMNS} from registered"
     ))
     .bind(account_id)
     .bind(registered_at)
     .bind(year)
     .bind(month)
     .bind(day)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Member::try_from).transpose()
@@ -159,7 +178,8 @@ pub async fn set_birthday(
     row.map(Member::try_from).transpose()
 }
 
-/// Flags a member, keeping an existing flag; `None` when there is no such member.
+/// Flags a member, keeping an existing flag, with a `member_flagged` event
+/// when it was not flagged; `None` when there is no such member.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn flag(
     conn: &mut PgConnection,
@@ -167,27 +187,73 @@ pub async fn flag(
     reason: &FraudReason,
     now: DateTime<Utc>,
 ) -> Result<Option<Member>, sqlx::Error> {
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "flagged",
+        "account_id",
+        "'member_flagged'",
+        "$2",
+        "jsonb_build_object('reason', fraud_reason)",
+        ("$4", "$5"),
+    );
     let row: Option<MemberRow> = sqlx::query_as(&format!(
-        "update member set fraud_flagged_at = coalesce(fraud_flagged_at, $2), \
-                fraud_reason = coalesce(fraud_reason, $3) \
-         where account_id = $1 returning {MEMBER_COLUMNS}"
+        "with before as ( \
+             select account_id, fraud_flagged_at is not null as was_flagged from member \
+             where account_id = $1 for update \
+         ), changed as ( \
+             update member m set fraud_flagged_at = coalesce(m.fraud_flagged_at, $2), \
+                    fraud_reason = coalesce(m.fraud_reason, $3) \
+             from before where m.account_id = before.account_id \
+             returning m.*, before.was_flagged \
+         ), flagged as ( \
+             select * from changed where not was_flagged \
+         ), event as ({event}) \
+         select {MEMBER_COLUMNS} from changed"
     ))
     .bind(account_id)
     .bind(now)
     .bind(reason.as_str())
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Member::try_from).transpose()
 }
 
-/// Clears the fraud flag; `None` when there is no such member.
+/// Clears the fraud flag, with a `member_unflagged` event when it was set;
+/// `None` when there is no such member.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn unflag(conn: &mut PgConnection, account_id: &AccountId) -> Result<Option<Member>, sqlx::Error> {
+pub async fn unflag(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    now: DateTime<Utc>,
+) -> Result<Option<Member>, sqlx::Error> {
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "unflagged",
+        "account_id",
+        "'member_unflagged'",
+        "$2",
+        "'{}'::jsonb",
+        ("$3", "$4"),
+    );
     let row: Option<MemberRow> = sqlx::query_as(&format!(
-        "update member set fraud_flagged_at = null, fraud_reason = null \
-         where account_id = $1 returning {MEMBER_COLUMNS}"
+        "with before as ( \
+             select account_id, fraud_flagged_at is not null as was_flagged from member \
+             where account_id = $1 for update \
+         ), changed as ( \
+             update member m set fraud_flagged_at = null, fraud_reason = null \
+             from before where m.account_id = before.account_id \
+             returning m.*, before.was_flagged \
+         ), unflagged as ( \
+             select * from changed where was_flagged \
+         ), event as ({event}) \
+         select {MEMBER_COLUMNS} from changed"
     ))
     .bind(account_id)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Member::try_from).transpose()

@@ -8,6 +8,7 @@
 //! a lock wait that would outlive it.
 
 pub mod coupons;
+pub mod events;
 pub mod levels;
 pub mod members;
 pub mod points;
@@ -15,6 +16,7 @@ pub mod points;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use crate::call;
 use crate::call::budget::Budget;
 use crate::error::Error;
 
@@ -43,7 +45,10 @@ pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<(), Error> {
     if let Some(budget) = Budget::current() {
         budget.remaining()?;
     }
-    Ok(tx.commit().await?)
+    tx.commit().await?;
+    // The event log cuts a slice soon after (the call layer pokes it).
+    call::context::note_commit();
+    Ok(())
 }
 
 /// Makes the transaction just begun a read-only snapshot (repeatable read):

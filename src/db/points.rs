@@ -4,6 +4,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 
+use crate::db::events;
+use crate::domain::events::Origin;
 use crate::domain::ids::{AccountId, CategoryId, OrderId, ProductId};
 use crate::domain::points::{CapReason, EntryQuery, EventKind, NewEntry, PointEntry, PointsSource};
 
@@ -254,13 +256,34 @@ fn into_entries(rows: Vec<EntryRow>) -> Result<Vec<PointEntry>, sqlx::Error> {
     Ok(entries)
 }
 
-/// Appends entries of one event, in one statement.
+/// The payload of a points event, from the inserted entries `e`.
+const POINTS_PAYLOAD: &str = "jsonb_build_object('points', sum(points), 'entries', \
+     jsonb_agg(jsonb_build_object('entry_id', point_entry_id, 'source', source, 'reference', reference, \
+         'points', points, 'cap_reason', cap_reason, 'occurred_at', occurred_at, 'local_date', local_date, \
+         'recorded_at', created_at, 'reverses_entry_id', reverses_point_entry_id) order by point_entry_id))";
+
+/// The event of the entries one statement appended (`e`): one per statement,
+/// none when it appended nothing.
+fn points_event(event_type: &str, occurred_at: &str, origin: (&str, &str)) -> String {
+    events::insert_event_sql(
+        "e group by account_id",
+        "account_id",
+        event_type,
+        occurred_at,
+        POINTS_PAYLOAD,
+        origin,
+    )
+}
+
+/// Appends entries of one event, with their `points_awarded` event, in one
+/// statement.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, entries = entries.len()))]
 pub async fn insert_entries(
     conn: &mut PgConnection,
     account_id: &AccountId,
     event_id: i64,
     entries: &[NewEntry],
+    now: DateTime<Utc>,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
     let sources: Vec<&str> = entries.iter().map(|e| e.source.as_str()).collect();
     let references: Vec<&str> = entries.iter().map(|e| e.reference.as_str()).collect();
@@ -271,14 +294,19 @@ pub async fn insert_entries(
         .collect();
     let occurred: Vec<DateTime<Utc>> = entries.iter().map(|e| e.occurred_at).collect();
     let dates: Vec<NaiveDate> = entries.iter().map(|e| e.local_date).collect();
+    let origin = Origin::current();
+    let event = points_event("'points_awarded'", "$9", ("$10", "$11"));
     let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-        "insert into point_entry (account_id, earning_event_id, source, reference, points, \
-                                  cap_reason, occurred_at, local_date) \
-         select $1, $2, s, r, p, c, o, d \
-         from unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[], $8::date[]) \
-              with ordinality as t (s, r, p, c, o, d, n) \
-         order by n \
-         returning {ENTRY_COLUMNS}"
+        "with e as ( \
+             insert into point_entry (account_id, earning_event_id, source, reference, points, \
+                                      cap_reason, occurred_at, local_date) \
+             select $1, $2, s, r, p, c, o, d \
+             from unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[], $8::date[]) \
+                  with ordinality as t (s, r, p, c, o, d, n) \
+             order by n \
+             returning * \
+         ), event as ({event}) \
+         select {ENTRY_COLUMNS} from e order by point_entry_id"
     ))
     .bind(account_id)
     .bind(event_id)
@@ -288,13 +316,17 @@ pub async fn insert_entries(
     .bind(&cap_reasons)
     .bind(&occurred)
     .bind(&dates)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_all(conn)
     .await?;
     into_entries(rows)
 }
 
-/// Appends the compensating entries of every positive entry of `order_event_id`.
-/// Each keeps the local date of the entry it reverses.
+/// Appends the compensating entries of every positive entry of `order_event_id`,
+/// with their `points_reversed` event. Each keeps the local date of the entry
+/// it reverses.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert_reversals(
     conn: &mut PgConnection,
@@ -302,20 +334,29 @@ pub async fn insert_reversals(
     reversal_event_id: i64,
     order_event_id: i64,
     reversed_at: DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
+    let origin = Origin::current();
+    let event = points_event("'points_reversed'", "$5", ("$6", "$7"));
     let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-        "insert into point_entry (account_id, earning_event_id, source, reference, points, \
-                                  occurred_at, local_date, reverses_point_entry_id) \
-         select account_id, $2, source, reference, -points, $4, local_date, point_entry_id \
-         from point_entry \
-         where account_id = $1 and earning_event_id = $3 and points > 0 \
-         order by point_entry_id \
-         returning {ENTRY_COLUMNS}"
+        "with e as ( \
+             insert into point_entry (account_id, earning_event_id, source, reference, points, \
+                                      occurred_at, local_date, reverses_point_entry_id) \
+             select account_id, $2, source, reference, -points, $4, local_date, point_entry_id \
+             from point_entry \
+             where account_id = $1 and earning_event_id = $3 and points > 0 \
+             order by point_entry_id \
+             returning * \
+         ), event as ({event}) \
+         select {ENTRY_COLUMNS} from e order by point_entry_id"
     ))
     .bind(account_id)
     .bind(reversal_event_id)
     .bind(order_event_id)
     .bind(reversed_at)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_all(conn)
     .await?;
     into_entries(rows)

@@ -132,7 +132,7 @@ impl Members {
     ) -> Result<Registration, Error> {
         // A transaction, so that the deadline bounds the insert in PostgreSQL.
         let mut tx = db::begin(&self.pool).await?;
-        if let Some(member) = db::members::insert(&mut tx, &account_id, registered_at, birthday).await? {
+        if let Some(member) = db::members::insert(&mut tx, &account_id, registered_at, birthday, self.clock.now()).await? {
             db::commit(tx).await?;
             return Ok(Registration {
                 member,
@@ -200,7 +200,7 @@ impl Members {
     #[tracing::instrument(skip_all, fields(account_id = %account_id))]
     pub async fn unflag(&self, account_id: &AccountId) -> Result<Member, Error> {
         let mut tx = db::begin(&self.pool).await?;
-        let member = db::members::unflag(&mut tx, account_id).await?;
+        let member = db::members::unflag(&mut tx, account_id, self.clock.now()).await?;
         db::commit(tx).await?;
         member.ok_or_else(|| member_not_found(account_id))
     }

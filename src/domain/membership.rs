@@ -309,7 +309,7 @@ impl Membership {
                     Err(other) => return Err(other),
                 };
                 let mut conn = db::acquire(&self.pool).await?;
-                db::levels::settle_reward(&mut conn, reward, coupon, &note).await?;
+                db::levels::settle_reward(&mut conn, reward, coupon, &note, self.clock.now()).await?;
                 settled += 1;
             }
         }

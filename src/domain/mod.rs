@@ -2,6 +2,7 @@
 
 pub mod calendar;
 pub mod coupons;
+pub mod events;
 pub mod ids;
 pub mod levels;
 pub mod members;

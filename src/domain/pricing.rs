@@ -70,8 +70,9 @@ impl Discount {
 
 /// The status of a coupon. Stored as text (`valid`, `inactive`, ...): this
 /// derive is the one mapping between the two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, serde::Deserialize)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum CouponStatus {
     Valid,
     Inactive,

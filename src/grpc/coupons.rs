@@ -29,12 +29,17 @@ use crate::pb;
 /// The gRPC face of coupon operations.
 pub struct CouponsService {
     coupons: Coupons,
+    /// How long before its expiry a coupon is "expiring soon".
+    expiring_notice: Duration,
 }
 
 impl CouponsService {
-    /// Serves `coupons`.
-    pub fn new(coupons: Coupons) -> Self {
-        Self { coupons }
+    /// Serves `coupons`; `expiring_notice` is the expiry notice period.
+    pub fn new(coupons: Coupons, expiring_notice: Duration) -> Self {
+        Self {
+            coupons,
+            expiring_notice,
+        }
     }
 }
 
@@ -57,7 +62,7 @@ pub(crate) fn level_domain(value: i32, field: &str) -> Result<Level, Error> {
     })
 }
 
-fn status_pb(status: CouponStatus) -> pb::CouponStatus {
+pub(crate) fn status_pb(status: CouponStatus) -> pb::CouponStatus {
     match status {
         CouponStatus::Valid => pb::CouponStatus::Valid,
         CouponStatus::Inactive => pb::CouponStatus::Inactive,
@@ -648,6 +653,18 @@ impl pb::coupons_server::Coupons for CouponsService {
                 create_time: Some(timestamp(batch.created_at)),
             }),
             replayed: batch.replayed,
+            request_id: call::request_id(),
+        }))
+    }
+
+    async fn run_expiry_notices(
+        &self,
+        _request: Request<pb::RunExpiryNoticesRequest>,
+    ) -> Result<Response<pb::RunExpiryNoticesResponse>, Status> {
+        let sent = self.coupons.send_expiry_notices(self.expiring_notice).await?;
+        Ok(Response::new(pb::RunExpiryNoticesResponse {
+            expiring_soon: sent.expiring_soon,
+            expired: sent.expired,
             request_id: call::request_id(),
         }))
     }

@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod coupons;
+pub mod events;
 pub mod membership;
 pub mod points;

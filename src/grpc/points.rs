@@ -32,7 +32,7 @@ impl PointsService {
     }
 }
 
-fn source_pb(source: PointsSource) -> pb::PointsSource {
+pub(crate) fn source_pb(source: PointsSource) -> pb::PointsSource {
     match source {
         PointsSource::Order => pb::PointsSource::Order,
         PointsSource::CategoryVariety => pb::PointsSource::CategoryVariety,
@@ -55,7 +55,7 @@ fn source_domain(source: pb::PointsSource) -> Option<PointsSource> {
     })
 }
 
-fn cap_reason_pb(reason: Option<CapReason>) -> pb::CapReason {
+pub(crate) fn cap_reason_pb(reason: Option<CapReason>) -> pb::CapReason {
     match reason {
         None => pb::CapReason::Unspecified,
         Some(CapReason::DailyCap) => pb::CapReason::DailyCap,

@@ -90,8 +90,9 @@ async fn random_and_malformed_requests_never_get_internal_or_unknown(pool: PgPoo
     let mut answers = futures::stream::iter(cases)
         .map(|case| {
             let channel = app.channel.clone();
+            let streaming = schema.streaming.contains(&case.path);
             async move {
-                let answer = call(channel, &case.path, case.body.clone()).await;
+                let answer = call(channel, &case.path, case.body.clone(), streaming).await;
                 (case, answer)
             }
         })
@@ -106,7 +107,8 @@ async fn random_and_malformed_requests_never_get_internal_or_unknown(pool: PgPoo
     // When the connection fails, every call in flight on it fails: retried alone,
     // only the call that broke it fails again.
     for case in failed_under {
-        let answer = call(app.channel.clone(), &case.path, case.body.clone()).await;
+        let streaming = schema.streaming.contains(&case.path);
+        let answer = call(app.channel.clone(), &case.path, case.body.clone(), streaming).await;
         report.record(&case, &answer);
     }
     for (path, framing, body) in framing_cases() {

@@ -90,6 +90,16 @@ pub async fn issue_coupon(
     new: &NewCoupon<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<Coupon>, sqlx::Error> {
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "c",
+        "account_id",
+        "'coupon_issued'",
+        "$6",
+        "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'source', source, \
+             'valid_from', valid_from, 'expires_at', expires_at)",
+        ("$7", "$8"),
+    );
     let row: Option<CouponRow> = sqlx::query_as(&format!(
         "with t as ( \
              update coupon_template set issued_count = issued_count + 1 \
@@ -113,7 +123,7 @@ pub async fn issue_coupon(
          ), transition as ( \
              insert into coupon_transition (account_id, coupon_id, action, to_status, occurred_at) \
              select account_id, coupon_id, 'issue', 'valid', $6 from c \
-         ) \
+         ), event as ({event}) \
          select {} from c",
         coupon_columns("", "$6")
     ))
@@ -123,6 +133,8 @@ pub async fn issue_coupon(
     .bind(new.claim_code_hash)
     .bind(new.issuance_id.map(IssuanceId::as_str))
     .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Coupon::try_from).transpose()

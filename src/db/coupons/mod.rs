@@ -6,13 +6,17 @@
 //!
 //! One file per sub-area, as in the domain: [`templates`] (templates and claim
 //! codes), [`issuance`] (counters and the issuing statement), [`orders`] (a
-//! member's coupons, their locks and the one guarded status change) and
-//! [`checkout`] (the checkout order: cart, stored allocations, refunds). This
+//! member's coupons, their locks and the one guarded status change),
+//! [`checkout`] (the checkout order: cart, stored allocations, refunds) and
+//! [`expiry`] (the expiry notices). Every statement that changes a coupon
+//! writes its event too ([`crate::db::events::insert_event_sql`]). This
 //! file holds the row mapping they share.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
+use crate::db::events;
+use crate::domain::events::{EventType, Origin};
 use crate::domain::coupons::{Action, Coupon, CouponSource, Template, TemplateSpec, Transition, Validity};
 use crate::domain::ids::{AccountId, IssuanceId, OrderId, SellerId, TemplateId};
 use crate::domain::levels::Level;
@@ -20,11 +24,13 @@ use crate::domain::money::Currency;
 use crate::domain::pricing::{CouponStatus, Discount, Issuer};
 
 mod checkout;
+mod expiry;
 mod issuance;
 mod orders;
 mod templates;
 
 pub use checkout::*;
+pub use expiry::*;
 pub use issuance::*;
 pub use orders::*;
 pub use templates::*;

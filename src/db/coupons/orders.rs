@@ -151,11 +151,27 @@ pub async fn change(
     let hold: Vec<Option<DateTime<Utc>>> = changes.iter().map(|c| c.hold_until).collect();
     let action: Vec<Option<Action>> = changes.iter().map(|c| c.action).collect();
     let note: Vec<&str> = changes.iter().map(|c| c.note.as_str()).collect();
+    let event: Vec<Option<EventType>> = changes
+        .iter()
+        .map(|c| c.action.and_then(|action| EventType::of_transition(action, c.from.0, c.to.0)))
+        .collect();
+    let origin = Origin::current();
+    let events = events::insert_event_sql(
+        "moved where change_event is not null",
+        "account_id",
+        "change_event",
+        "$10",
+        "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, \
+             'from_status', change_from, 'to_status', status, 'order_id', change_order, \
+             'hold_until', hold_until, 'action', change_action)",
+        ("$12", "$13"),
+    );
     let rows: Vec<CouponRow> = sqlx::query_as(&format!(
         "with change as ( \
              select * from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                                  $7::timestamptz[], $8::text[], $9::text[]) \
-                 as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note) \
+                                  $7::timestamptz[], $8::text[], $9::text[], $11::text[]) \
+                 as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note, \
+                       event_type) \
          ), moved as ( \
              update coupon k \
              set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = $10 \
@@ -163,13 +179,13 @@ pub async fn change(
              where k.account_id = $1 and k.coupon_id = c.coupon_id and k.status = c.from_status \
                and k.order_id is not distinct from c.from_order \
              returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order, \
-                       c.action as change_action, c.note as change_note \
+                       c.action as change_action, c.note as change_note, c.event_type as change_event \
          ), recorded as ( \
              insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
                                             order_id, note, occurred_at) \
              select $1, coupon_id, change_action, change_from, status, change_order, change_note, $10 \
              from moved where change_action is not null \
-         ) \
+         ), events as ({events}) \
          select {} from moved m order by m.coupon_id",
         coupon_columns("m.", "$10")
     ))
@@ -183,6 +199,9 @@ pub async fn change(
     .bind(&action)
     .bind(&note)
     .bind(now)
+    .bind(&event)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_all(conn)
     .await?;
     into_coupons(rows)

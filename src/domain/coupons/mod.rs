@@ -39,10 +39,13 @@ use crate::domain::text;
 use crate::error::{Error, FieldContext};
 
 mod checkout;
+mod expiry;
 mod issuance;
 mod orders;
 mod refunds;
 mod templates;
+
+pub use expiry::NoticesSent;
 
 pub use templates::{ClaimCode, CodeBatch, MAX_CODES_PER_BATCH};
 
@@ -143,8 +146,9 @@ pub struct Template {
 }
 
 /// How a member got a coupon (stored as text, `public_code`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Deserialize)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum CouponSource {
     PublicCode,
     SingleUseCode,

@@ -500,7 +500,14 @@ impl Points {
                     ),
                 })?;
         let entries =
-            db::points::insert_reversals(&mut tx, account, event_id, order_event_id, reversal.reversed_at)
+            db::points::insert_reversals(
+                &mut tx,
+                account,
+                event_id,
+                order_event_id,
+                reversal.reversed_at,
+                self.clock.now(),
+            )
                 .await?;
         db::commit(tx).await?;
         Ok(Award {
@@ -795,7 +802,8 @@ impl Points {
         event_id: i64,
         entries: &[NewEntry],
     ) -> Result<Award, Error> {
-        let entries = db::points::insert_entries(&mut tx, account_id, event_id, entries).await?;
+        let entries =
+            db::points::insert_entries(&mut tx, account_id, event_id, entries, self.clock.now()).await?;
         db::commit(tx).await?;
         Ok(Award {
             entries,

@@ -33,12 +33,24 @@ impl From<tonic::Status> for Answer {
 }
 
 /// Sends `body` as the request message of `path`, as is.
-pub(super) async fn call(channel: Channel, path: &str, body: Bytes) -> Answer {
+/// A streaming method's answer is its first message (or its status): a sane
+/// request opens a stream that lasts.
+pub(super) async fn call(channel: Channel, path: &str, body: Bytes, streaming: bool) -> Answer {
     let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
     let path = PathAndQuery::try_from(path).expect("a method path");
     let call = async {
         if let Err(e) = grpc.ready().await {
             return Answer::Transport(format!("the channel is not ready: {e}"));
+        }
+        if streaming {
+            let mut stream = match grpc.server_streaming(tonic::Request::new(body), path, RawCodec).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return status.into(),
+            };
+            return match stream.message().await {
+                Ok(_) => Answer::Status(Code::Ok, String::new()),
+                Err(status) => status.into(),
+            };
         }
         match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
             Ok(_) => Answer::Status(Code::Ok, String::new()),

@@ -1,4 +1,4 @@
-//! The methods of the three services and the messages and enums their requests
+//! The methods of the four services and the messages and enums their requests
 //! use, from the descriptor set the crate embeds.
 
 use std::collections::HashMap;
@@ -12,6 +12,8 @@ use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 pub(super) struct Schema {
     /// `(path, request type)`, e.g. `("/loyalty.v1.Points/GetBalance", ".loyalty.v1.GetBalanceRequest")`.
     pub(super) methods: Vec<(String, String)>,
+    /// The paths of the methods that answer with a stream.
+    pub(super) streaming: Vec<String>,
     /// Messages by fully qualified name (with the leading dot).
     pub(super) messages: HashMap<String, DescriptorProto>,
     /// The numbers of each enum, by fully qualified name.
@@ -24,6 +26,7 @@ impl Schema {
             FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes");
         let mut schema = Schema {
             methods: Vec::new(),
+            streaming: Vec::new(),
             messages: HashMap::new(),
             enums: HashMap::new(),
         };
@@ -39,11 +42,14 @@ impl Schema {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    if method.server_streaming() {
+                        schema.streaming.push(path.clone());
+                    }
                     schema.methods.push((path, method.input_type().to_owned()));
                 }
             }
         }
-        let services = ["Points", "Membership", "Coupons"];
+        let services = ["Points", "Membership", "Coupons", "Events"];
         for service in services {
             let prefix = format!("/loyalty.v1.{service}/");
             assert!(

@@ -1,0 +1,78 @@
+//! Expiry notices: the coupons whose expiry is near or has passed, told once
+//! each. The read model stays lazy (a coupon past its expiry reads EXPIRED
+//! whatever ran); these statements only mark the notices sent and write their
+//! events.
+
+use super::*;
+
+/// Which notice a statement sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The coupon reads VALID and expires within the notice period.
+    ExpiringSoon,
+    /// The coupon reads EXPIRED.
+    Expired,
+}
+
+/// Sends `notice` for at most `limit` coupons that are due for it at `now`
+/// (for `ExpiringSoon`, expiring before `horizon`): marks each and writes its
+/// event, in one statement. Coupons another transaction holds locked are left
+/// to the next batch. Returns how many were sent.
+#[tracing::instrument(level = "debug", skip_all, fields(notice = ?notice))]
+pub async fn send_expiry_notices(
+    conn: &mut PgConnection,
+    notice: Notice,
+    now: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+    limit: i64,
+) -> Result<i64, sqlx::Error> {
+    let status = status_as_of("k.", "$1");
+    let (due, mark, event_type) = match notice {
+        Notice::ExpiringSoon => (
+            format!(
+                "k.expiring_notice_at is null and k.expires_at > $1 and k.expires_at <= $2 \
+                 and {status} = 'valid'"
+            ),
+            "expiring_notice_at",
+            "'coupon_expiring_soon'",
+        ),
+        Notice::Expired => (
+            format!("k.expires_at <= $1 and {status} = 'expired'"),
+            "expired_notice_at",
+            "'coupon_expired'",
+        ),
+    };
+    let origin = Origin::current();
+    let event = events::insert_event_sql(
+        "marked",
+        "account_id",
+        event_type,
+        "$1",
+        "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'expires_at', expires_at)",
+        ("$4", "$5"),
+    );
+    // The partial index `coupon_expiry_notice` finds the candidates by expiry.
+    let (sent,): (i64,) = sqlx::query_as(&format!(
+        "with due as ( \
+             select k.account_id, k.coupon_id from coupon k \
+             where k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
+               and k.expires_at <= $2 and {due} \
+             order by k.expires_at \
+             limit $3 \
+             for update skip locked \
+         ), marked as ( \
+             update coupon k set {mark} = $1 from due \
+             where k.account_id = due.account_id and k.coupon_id = due.coupon_id \
+             returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
+         ), event as ({event}) \
+         select count(*) from marked"
+    ))
+    .bind(now)
+    .bind(horizon)
+    .bind(limit)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
+    .fetch_one(conn)
+    .await?;
+    Ok(sent)
+}

@@ -1,0 +1,207 @@
+//! The NATS JetStream relay (`--nats-url`): publishes the event log, in log
+//! order, to the subjects `<prefix>.<type>` of one stream.
+//!
+//! - **One relay at a time.** Each batch runs in a transaction that holds the
+//!   relay's cursor row (`event_relay`, `for update skip locked`): every
+//!   replica runs a relay, one publishes, the others stand by and take over
+//!   the moment its transaction ends (a crash included). Publishing in log
+//!   order from one place keeps each account's events in commit order in the
+//!   stream too.
+//! - **At least once, each id once in the stream.** The cursor moves in the
+//!   same transaction, after JetStream acknowledged every event of the batch.
+//!   A crash between the acknowledgements and the commit publishes the batch
+//!   again: each message carries its event id as `Nats-Msg-Id`, and JetStream
+//!   drops a duplicate within the stream's duplicate window.
+//! - **CloudEvents** attributes as headers (binary mode): `ce-specversion`,
+//!   `ce-id` (the event id), `ce-type` (`loyalty.v1.<type>`), `ce-source`,
+//!   `ce-time`, `ce-subject` (the account); the body is the protobuf
+//!   `loyalty.v1.Event` (`content-type: application/protobuf`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use chrono::SecondsFormat;
+use prost::Message;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::db;
+use crate::domain::events::{Filter, StoredEvent};
+use crate::events::EventLog;
+use crate::grpc::events::event_pb;
+use crate::metrics::Metrics;
+
+/// The relay's name in `event_relay`.
+pub const RELAY: &str = "nats";
+
+/// The most events one batch publishes (one transaction).
+const BATCH: i64 = 500;
+
+/// How long JetStream may take to acknowledge a batch.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stream created by the relay drops duplicate ids (the time a
+/// crashed relay has to come back without publishing an event twice).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Where and how the relay publishes (from [`crate::config::EventsConfig`]).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+}
+
+/// The relay of one replica; see the module documentation.
+pub struct Relay {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+    log: EventLog,
+    metrics: Arc<Metrics>,
+    settings: RelaySettings,
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        clock: Arc<dyn Clock>,
+        log: EventLog,
+        metrics: Arc<Metrics>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            pool,
+            clock,
+            log,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Relays until `shutdown`, connecting (again) whenever NATS is away.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let outcome = tokio::select! {
+                outcome = self.connected() => outcome,
+                () = shutdown.cancelled() => return,
+            };
+            if let Err(error) = outcome {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(error = %error, url = %self.settings.url, "relaying events to NATS failed; retrying");
+                } else {
+                    tracing::debug!(error = %error, "relaying events to NATS failed again");
+                }
+            }
+            let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Connects, makes sure the stream exists, and relays until an error.
+    async fn connected(&self) -> anyhow::Result<()> {
+        let client = async_nats::ConnectOptions::new()
+            .name("loyalty-relay")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(self.settings.url.as_str())
+            .await?;
+        let mut context = jetstream::new(client);
+        context.set_timeout(ACK_TIMEOUT);
+        context
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.settings.stream.clone(),
+                subjects: vec![format!("{}.>", self.settings.subject_prefix)],
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await?;
+        tracing::info!(stream = %self.settings.stream, "relaying events to NATS JetStream");
+        let mut slices = self.log.subscribe();
+        loop {
+            slices.borrow_and_update();
+            while self.relay_batch(&context).await? == BATCH as usize {}
+            self.record_lag().await;
+            // The next slice, or a look now and then (another replica's relay
+            // may have stopped, leaving this one to take over).
+            tokio::select! {
+                changed = slices.changed() => changed?,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Publishes the next batch, if this replica holds the relay; returns how
+    /// many events went out.
+    async fn relay_batch(&self, context: &jetstream::Context) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let Some(cursor) = db::events::lock_relay(&mut tx, RELAY, self.clock.now()).await? else {
+            return Ok(0);
+        };
+        let (_, last) = db::events::bounds(&mut tx).await?;
+        let until = last.min(cursor.slice.saturating_add(255));
+        let batch = db::events::read(&mut tx, cursor, until, &Filter::default(), BATCH).await?;
+        let next = match batch.last() {
+            Some(event) if batch.len() as i64 >= BATCH => event.cursor,
+            _ => crate::domain::events::Cursor::start_of(until + 1).max(cursor),
+        };
+        if next == cursor {
+            return Ok(0);
+        }
+        let count = batch.len();
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
+        for event in batch {
+            let (subject, headers, body) = self.message(event);
+            acks.push(context.publish_with_headers(subject, headers, body).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        db::events::advance_relay(&mut tx, RELAY, next, count as i64, self.clock.now()).await?;
+        tx.commit().await?;
+        self.metrics.events_relayed(count as u64);
+        Ok(count)
+    }
+
+    /// The subject, headers and body of an event.
+    fn message(&self, event: StoredEvent) -> (String, HeaderMap, Bytes) {
+        let id = event.event_id.to_string();
+        let kind = event.event_type.as_str();
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", id.as_str());
+        headers.insert("ce-type", format!("loyalty.v1.{kind}"));
+        headers.insert("ce-source", "loyalty");
+        headers.insert(
+            "ce-time",
+            event.occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        );
+        headers.insert("ce-subject", event.account_id.as_str());
+        headers.insert("content-type", "application/protobuf");
+        let subject = format!("{}.{kind}", self.settings.subject_prefix);
+        let body = Bytes::from(event_pb(event).encode_to_vec());
+        (subject, headers, body)
+    }
+
+    /// Publishes how far behind the relay is (0 when up to date).
+    async fn record_lag(&self) {
+        let behind = async {
+            let mut conn = self.pool.acquire().await?;
+            db::events::relay_behind_since(&mut conn, RELAY).await
+        };
+        if let Ok(since) = behind.await {
+            let lag = since
+                .map(|since| (self.clock.now() - since).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            self.metrics.set_relay_lag(lag);
+        }
+    }
+}
