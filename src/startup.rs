@@ -51,9 +51,10 @@ use crate::metrics::{self, Metrics, MetricsLayer};
 use crate::pb;
 
 /// The names health is reported under: the whole server ("") and each service.
-pub const HEALTH_SERVICES: [&str; 4] = [
+pub const HEALTH_SERVICES: [&str; 5] = [
     "",
     "loyalty.v1.Coupons",
+    "loyalty.v1.Events",
     "loyalty.v1.Membership",
     "loyalty.v1.Points",
 ];

@@ -33,7 +33,7 @@ pub const CHANNEL: &str = "loyalty_events";
 
 /// The shortest time between two slices of one replica: commits in between go
 /// in one slice (fewer slices to store and to read).
-const MIN_SLICE_INTERVAL: Duration = Duration::from_millis(5);
+const MIN_SLICE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How often the slicer looks for commits nobody told it about.
 const SLICE_TICK: Duration = Duration::from_secs(1);
