@@ -349,7 +349,8 @@ impl Application {
             task.abort();
         }
         log_stop.cancel();
-        let _ = tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_secs(1)), log_tasks).await;
+        let _ =
+            tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_secs(1)), log_tasks).await;
         if tokio::time::timeout_at(
             deadline.max(Instant::now() + Duration::from_secs(1)),
             pool.close(),

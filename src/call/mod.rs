@@ -62,8 +62,8 @@ use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
 use crate::connections::{ConnInfo, StreamGuard};
-use crate::events::Commits;
 use crate::error::Error;
+use crate::events::Commits;
 use budget::Budget;
 pub use context::{CallContext, caller, concerned_ids, concerns, request_id, set_caller};
 

@@ -49,7 +49,10 @@ pub async fn bounds(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> 
 /// sees the slice the previous writer cut. Returns the new slice and its
 /// number of events.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn cut_slice(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Option<(i64, i32)>, sqlx::Error> {
+pub async fn cut_slice(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<Option<(i64, i32)>, sqlx::Error> {
     sqlx::query("select 1 from event_slicer for update")
         .execute(&mut *conn)
         .await?;
@@ -251,7 +254,10 @@ pub async fn advance_relay(
 /// When the oldest slice a relay has not published was cut; `None` when it
 /// is up to date (its lag is then zero).
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn relay_behind_since(conn: &mut PgConnection, relay: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub async fn relay_behind_since(
+    conn: &mut PgConnection,
+    relay: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "select (select min(s.closed_at) from event_slice s where s.slice_id >= r.slice_id) \
          from event_relay r where r.relay = $1",

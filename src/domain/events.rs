@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::call;
 use crate::domain::coupons::Action;
-use crate::domain::pricing::CouponStatus;
 use crate::domain::ids::AccountId;
+use crate::domain::pricing::CouponStatus;
 use crate::error::Error;
 
 /// What an event says happened (stored as text, `coupon_reserved`, ...).
@@ -199,7 +199,17 @@ mod tests {
     fn cursors_read_back_what_they_print_and_refuse_anything_else() {
         let cursor = Cursor { slice: 42, event: 7 };
         assert_eq!(Cursor::parse("after", &cursor.to_string()).unwrap(), cursor);
-        for bad in ["", "1", "1.", ".1", "a.1", "1.-1", "1.2.3", "99999999999999999999.1", " 1.2"] {
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "a.1",
+            "1.-1",
+            "1.2.3",
+            "99999999999999999999.1",
+            " 1.2",
+        ] {
             assert!(Cursor::parse("after", bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -132,7 +132,9 @@ impl Members {
     ) -> Result<Registration, Error> {
         // A transaction, so that the deadline bounds the insert in PostgreSQL.
         let mut tx = db::begin(&self.pool).await?;
-        if let Some(member) = db::members::insert(&mut tx, &account_id, registered_at, birthday, self.clock.now()).await? {
+        if let Some(member) =
+            db::members::insert(&mut tx, &account_id, registered_at, birthday, self.clock.now()).await?
+        {
             db::commit(tx).await?;
             return Ok(Registration {
                 member,

@@ -87,7 +87,9 @@ pub struct EventLog {
 
 impl std::fmt::Debug for EventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog").field("latest", &*self.latest.borrow()).finish()
+        f.debug_struct("EventLog")
+            .field("latest", &*self.latest.borrow())
+            .finish()
     }
 }
 
@@ -288,9 +290,7 @@ fn check(cursor: Cursor, floor: i64, last: i64) -> Result<Cursor, Error> {
         let oldest = oldest_cursor(floor);
         return Err(Error::FailedPrecondition {
             reason: "CURSOR_EXPIRED",
-            message: format!(
-                "cursor {cursor} is older than the events kept; the oldest cursor is {oldest}"
-            ),
+            message: format!("cursor {cursor} is older than the events kept; the oldest cursor is {oldest}"),
         }
         .concerning("oldest_cursor", oldest));
     }

@@ -76,9 +76,9 @@ impl pb::events_server::Events for EventsService {
             sender,
         };
         tokio::spawn(watch.run(deadline));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        ))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }
 
@@ -99,8 +99,10 @@ fn watch_request(request: &pb::WatchRequest) -> Result<(Start, Filter), Error> {
     let mut types = Vec::with_capacity(request.types.len());
     for (i, &value) in request.types.iter().enumerate() {
         let field = || format!("types[{i}]");
-        let kind = pb::EventType::try_from(value).map_err(|_| Error::invalid(field(), "is not an EventType"))?;
-        let kind = event_type_domain(kind).ok_or_else(|| Error::invalid(field(), "must not be unspecified"))?;
+        let kind =
+            pb::EventType::try_from(value).map_err(|_| Error::invalid(field(), "is not an EventType"))?;
+        let kind =
+            event_type_domain(kind).ok_or_else(|| Error::invalid(field(), "must not be unspecified"))?;
         types.push(kind);
     }
     if request.account_ids.len() > MAX_FILTER_ACCOUNTS {
@@ -353,7 +355,9 @@ fn payload_pb(
                 let cap_reason = entry
                     .cap_reason
                     .as_deref()
-                    .map(|reason| CapReason::from_db(reason).ok_or_else(|| format!("unknown cap reason {reason:?}")))
+                    .map(|reason| {
+                        CapReason::from_db(reason).ok_or_else(|| format!("unknown cap reason {reason:?}"))
+                    })
                     .transpose()?;
                 Ok(pb::PointEntry {
                     entry_id: entry.entry_id,
@@ -462,7 +466,7 @@ mod tests {
     fn every_event_type_has_its_wire_type_and_back() {
         for kind in EventType::ALL {
             assert_eq!(event_type_domain(event_type_pb(kind)), Some(kind));
-            let name = pb::EventType::from(event_type_pb(kind)).as_str_name().to_lowercase();
+            let name = event_type_pb(kind).as_str_name().to_lowercase();
             assert_eq!(name, format!("event_type_{}", kind.as_str()));
         }
         assert_eq!(event_type_domain(pb::EventType::Unspecified), None);
@@ -474,7 +478,9 @@ mod tests {
             "coupon_id": 7, "template_id": "t1", "from_status": "valid", "to_status": "inactive",
             "order_id": "o1", "hold_until": "2026-12-04T10:00:00+00:00", "action": "reserve"
         });
-        let Ok(pb::event::Payload::CouponReserved(moved)) = payload_pb(EventType::CouponReserved, "a", payload) else {
+        let Ok(pb::event::Payload::CouponReserved(moved)) =
+            payload_pb(EventType::CouponReserved, "a", payload)
+        else {
             panic!("not a reservation");
         };
         assert_eq!(moved.coupon_id, 7);

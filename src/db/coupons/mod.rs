@@ -16,8 +16,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
 use crate::db::events;
-use crate::domain::events::{EventType, Origin};
 use crate::domain::coupons::{Action, Coupon, CouponSource, Template, TemplateSpec, Transition, Validity};
+use crate::domain::events::{EventType, Origin};
 use crate::domain::ids::{AccountId, IssuanceId, OrderId, SellerId, TemplateId};
 use crate::domain::levels::Level;
 use crate::domain::money::Currency;

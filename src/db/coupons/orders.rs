@@ -153,7 +153,10 @@ pub async fn change(
     let note: Vec<&str> = changes.iter().map(|c| c.note.as_str()).collect();
     let event: Vec<Option<EventType>> = changes
         .iter()
-        .map(|c| c.action.and_then(|action| EventType::of_transition(action, c.from.0, c.to.0)))
+        .map(|c| {
+            c.action
+                .and_then(|action| EventType::of_transition(action, c.from.0, c.to.0))
+        })
         .collect();
     let origin = Origin::current();
     let events = events::insert_event_sql(

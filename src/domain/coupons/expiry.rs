@@ -26,13 +26,15 @@ impl Coupons {
     #[tracing::instrument(skip_all)]
     pub async fn send_expiry_notices(&self, notice_period: Duration) -> Result<NoticesSent, Error> {
         let now = self.clock.now();
-        let period = chrono::Duration::from_std(notice_period).map_err(|e| anyhow::anyhow!("notice period: {e}"))?;
+        let period =
+            chrono::Duration::from_std(notice_period).map_err(|e| anyhow::anyhow!("notice period: {e}"))?;
         let horizon = now.checked_add_signed(period).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut sent = NoticesSent::default();
         for notice in [Notice::Expired, Notice::ExpiringSoon] {
             loop {
                 let mut tx = db::begin(&self.pool).await?;
-                let batch = db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, NOTICE_BATCH).await?;
+                let batch =
+                    db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, NOTICE_BATCH).await?;
                 db::commit(tx).await?;
                 match notice {
                     Notice::Expired => sent.expired += batch,
@@ -43,7 +45,11 @@ impl Coupons {
                 }
             }
         }
-        tracing::info!(expiring_soon = sent.expiring_soon, expired = sent.expired, "expiry notices sent");
+        tracing::info!(
+            expiring_soon = sent.expiring_soon,
+            expired = sent.expired,
+            "expiry notices sent"
+        );
         Ok(sent)
     }
 }

@@ -499,16 +499,15 @@ impl Points {
                         reversal.order_id
                     ),
                 })?;
-        let entries =
-            db::points::insert_reversals(
-                &mut tx,
-                account,
-                event_id,
-                order_event_id,
-                reversal.reversed_at,
-                self.clock.now(),
-            )
-                .await?;
+        let entries = db::points::insert_reversals(
+            &mut tx,
+            account,
+            event_id,
+            order_event_id,
+            reversal.reversed_at,
+            self.clock.now(),
+        )
+        .await?;
         db::commit(tx).await?;
         Ok(Award {
             entries,

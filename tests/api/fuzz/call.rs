@@ -43,7 +43,10 @@ pub(super) async fn call(channel: Channel, path: &str, body: Bytes, streaming: b
             return Answer::Transport(format!("the channel is not ready: {e}"));
         }
         if streaming {
-            let mut stream = match grpc.server_streaming(tonic::Request::new(body), path, RawCodec).await {
+            let mut stream = match grpc
+                .server_streaming(tonic::Request::new(body), path, RawCodec)
+                .await
+            {
                 Ok(response) => response.into_inner(),
                 Err(status) => return status.into(),
             };
