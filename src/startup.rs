@@ -345,8 +345,10 @@ impl Application {
         if let Some(task) = metrics_server {
             task.abort();
         }
+        // The relay stops between batches once the drain starts.
         if let Some(task) = relay {
-            task.abort();
+            let _ =
+                tokio::time::timeout_at(deadline.max(Instant::now() + Duration::from_secs(1)), task).await;
         }
         log_stop.cancel();
         let _ =

@@ -86,10 +86,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            let outcome = tokio::select! {
-                outcome = self.connected() => outcome,
-                () = shutdown.cancelled() => return,
-            };
+            let outcome = self.connected(&shutdown).await;
             if let Err(error) = outcome {
                 failures += 1;
                 if failures == 1 {
@@ -106,13 +103,18 @@ impl Relay {
         }
     }
 
-    /// Connects, makes sure the stream exists, and relays until an error.
-    async fn connected(&self) -> anyhow::Result<()> {
-        let client = async_nats::ConnectOptions::new()
+    /// Connects, makes sure the stream exists, and relays until an error or
+    /// `shutdown`. A batch under way is never cancelled halfway (its transaction
+    /// would go back to the pool open): shutdown is seen between batches.
+    async fn connected(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let connecting = async_nats::ConnectOptions::new()
             .name("loyalty-relay")
             .connection_timeout(Duration::from_secs(5))
-            .connect(self.settings.url.as_str())
-            .await?;
+            .connect(self.settings.url.as_str());
+        let client = tokio::select! {
+            client = connecting => client?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
         let mut context = jetstream::new(client);
         context.set_timeout(ACK_TIMEOUT);
         context
@@ -125,17 +127,19 @@ impl Relay {
             .await?;
         tracing::info!(stream = %self.settings.stream, "relaying events to NATS JetStream");
         let mut slices = self.log.subscribe();
-        loop {
+        while !shutdown.is_cancelled() {
             slices.borrow_and_update();
-            while self.relay_batch(&context).await? == BATCH as usize {}
+            while self.relay_batch(&context).await? == BATCH as usize && !shutdown.is_cancelled() {}
             self.record_lag().await;
             // The next slice, or a look now and then (another replica's relay
             // may have stopped, leaving this one to take over).
             tokio::select! {
                 changed = slices.changed() => changed?,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => {}
             }
         }
+        Ok(())
     }
 
     /// Publishes the next batch, if this replica holds the relay; returns how

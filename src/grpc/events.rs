@@ -143,11 +143,12 @@ impl Watch {
         loop {
             // Marked seen before the read: a slice cut during it wakes the next wait.
             self.slices.borrow_and_update();
-            let read = tokio::select! {
-                read = events::read(&self.pool, self.cursor, &self.filter, WATCH_BATCH) => read,
-                () = &mut ends => return,
-                () = self.sender.closed() => return,
-            };
+            // A read is never cancelled halfway (its transaction would go back
+            // to the pool open); it is short, bounded by the statement timeout.
+            let read = events::read(&self.pool, self.cursor, &self.filter, WATCH_BATCH).await;
+            if self.sender.is_closed() || ends.is_elapsed() {
+                return;
+            }
             let (batch, next) = match read {
                 Ok(read) => read,
                 Err(error) => {
