@@ -1,5 +1,8 @@
 -- The SQL of one RecordConfirmedOrder of a fresh order by a random member, two
--- products (src/domain/points/mod.rs record_order, src/db/points.rs).
+-- products (src/domain/points/mod.rs record_order, src/db/points.rs), the
+-- entries written with their points_awarded event in one statement. The
+-- request id stands for the one the server makes up for a call without
+-- x-request-id (32 hex digits); the caller is empty (authentication off).
 select nextval('bench_seq') as n \gset
 \set m (:n * 2654435761) % :members + 1
 \set c1 :n % 20
@@ -34,15 +37,27 @@ insert into earning_counter as c (account_id, counter, period_start, demand)
 values ('m' || :m, 'categories', '2026-05-28', 1)
 on conflict (account_id, counter, period_start) do update set demand = c.demand + excluded.demand
 returning demand;
-insert into point_entry (account_id, earning_event_id, source, reference, points, cap_reason, occurred_at,
-                         local_date)
-select 'm' || :m, :event_earning_event_id, s, r, p, c, o, d
-from unnest(array['order', 'category_variety']::text[], array['ord-' || :n, 'ord-' || :n]::text[],
-            array[5, 1]::int[], array[null, null]::text[],
-            array['2026-05-28T20:26:40Z', '2026-05-28T20:26:40Z']::timestamptz[],
-            array['2026-05-28', '2026-05-28']::date[])
-     with ordinality as t (s, r, p, c, o, d, n)
-order by n
-returning point_entry_id, account_id, source, reference, points, cap_reason, occurred_at, local_date,
-          created_at, reverses_point_entry_id;
+with e as (
+    insert into point_entry (account_id, earning_event_id, source, reference, points, cap_reason, occurred_at,
+                             local_date)
+    select 'm' || :m, :event_earning_event_id, s, r, p, c, o, d
+    from unnest(array['order', 'category_variety']::text[], array['ord-' || :n, 'ord-' || :n]::text[],
+                array[5, 1]::int[], array[null, null]::text[],
+                array['2026-05-28T20:26:40Z', '2026-05-28T20:26:40Z']::timestamptz[],
+                array['2026-05-28', '2026-05-28']::date[])
+         with ordinality as t (s, r, p, c, o, d, n)
+    order by n
+    returning *
+), event as (
+    insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+    select account_id, 'points_awarded', now(), md5('ord-' || :n), '',
+           jsonb_build_object('points', sum(points), 'entries',
+               jsonb_agg(jsonb_build_object('entry_id', point_entry_id, 'source', source, 'reference', reference,
+                   'points', points, 'cap_reason', cap_reason, 'occurred_at', occurred_at, 'local_date', local_date,
+                   'recorded_at', created_at, 'reverses_entry_id', reverses_point_entry_id) order by point_entry_id))
+    from e group by account_id
+)
+select point_entry_id, account_id, source, reference, points, cap_reason, occurred_at, local_date, created_at,
+       reverses_point_entry_id
+from e order by point_entry_id;
 commit;

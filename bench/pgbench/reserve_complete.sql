@@ -2,7 +2,10 @@
 -- order of two lines, statement for statement as the service sends them
 -- (taken from the PostgreSQL log with log_statement = all; src/domain/coupons/
 -- checkout.rs reserve, orders.rs complete, src/db/coupons/): 7 and 8 round
--- trips.
+-- trips. Each status change writes its event (coupon_reserved, coupon_used)
+-- in the same statement; the request ids stand for the ones the server makes
+-- up for calls without x-request-id (32 hex digits), the caller is empty
+-- (authentication off).
 select nextval('bench_seq') as c \gset
 \set m (:c - 1) % :members + 1
 -- ReserveCoupons
@@ -26,8 +29,8 @@ order by coupon_id for update;
 with change as (
     select * from unnest(array[:c]::bigint[], array['valid']::text[], array[null]::text[], array['inactive']::text[],
                          array['b-' || :c]::text[], array[now() + interval '30 minutes']::timestamptz[],
-                         array['reserve']::text[], array['']::text[])
-        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note)
+                         array['reserve']::text[], array['']::text[], array['coupon_reserved']::text[])
+        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note, event_type)
 ), moved as (
     update coupon k
     set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = now()
@@ -35,11 +38,18 @@ with change as (
     where k.account_id = 'm' || :m and k.coupon_id = c.coupon_id and k.status = c.from_status
       and k.order_id is not distinct from c.from_order
     returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order,
-              c.action as change_action, c.note as change_note
+              c.action as change_action, c.note as change_note, c.event_type as change_event
 ), recorded as (
     insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
     select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now()
     from moved where change_action is not null
+), events as (
+    insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+    select account_id, change_event, now(), md5('reserve-' || :c), '',
+           jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'from_status', change_from,
+                              'to_status', status, 'order_id', change_order, 'hold_until', hold_until,
+                              'action', change_action)
+    from moved where change_event is not null
 )
 select m.coupon_id, m.account_id, m.template_id,
        case when (m.status = 'valid' or (m.status = 'inactive' and m.hold_until <= now())) and m.expires_at <= now() then 'expired'
@@ -91,8 +101,8 @@ order by coupon_id for update;
 with change as (
     select * from unnest(array[:c]::bigint[], array['inactive']::text[], array['b-' || :c]::text[], array['used']::text[],
                          array['b-' || :c]::text[], array[null]::timestamptz[],
-                         array['complete']::text[], array['']::text[])
-        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note)
+                         array['complete']::text[], array['']::text[], array['coupon_used']::text[])
+        as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note, event_type)
 ), moved as (
     update coupon k
     set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = now()
@@ -100,11 +110,18 @@ with change as (
     where k.account_id = 'm' || :m and k.coupon_id = c.coupon_id and k.status = c.from_status
       and k.order_id is not distinct from c.from_order
     returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order,
-              c.action as change_action, c.note as change_note
+              c.action as change_action, c.note as change_note, c.event_type as change_event
 ), recorded as (
     insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
     select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now()
     from moved where change_action is not null
+), events as (
+    insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+    select account_id, change_event, now(), md5('complete-' || :c), '',
+           jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'from_status', change_from,
+                              'to_status', status, 'order_id', change_order, 'hold_until', hold_until,
+                              'action', change_action)
+    from moved where change_event is not null
 )
 select m.coupon_id, m.account_id, m.template_id,
        case when (m.status = 'valid' or (m.status = 'inactive' and m.hold_until <= now())) and m.expires_at <= now() then 'expired'
