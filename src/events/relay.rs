@@ -94,6 +94,8 @@ impl Relay {
                 } else {
                     tracing::debug!(error = %error, "relaying events to NATS failed again");
                 }
+                // The lag grows while NATS is away: say so.
+                self.record_lag().await;
             }
             let pause = Duration::from_millis(200 * u64::from(failures.min(10)));
             tokio::select! {
