@@ -14,6 +14,14 @@
 //!   50 ms health poll around one fault (a PostgreSQL restart, or a proxy stall),
 //!   printing the codes seen, the health transitions and the longest call.
 //! - `races`: cap and stock races (visits, posts, claims of a public code).
+//! - `reset-stream`: deletes a JetStream stream, if there is one, so that the
+//!   relay scenario starts with a fresh one.
+//! - `tap`: a plain NATS subscription to the relay's subjects that writes the
+//!   `Nats-Msg-Id` of every publish it sees (duplicates included, which the
+//!   stream drops) to a file, until killed.
+//! - `relay-check`: waits until a stream holds the expected number of messages,
+//!   checks each one's subject, CloudEvents headers and body against its
+//!   `Nats-Msg-Id`, and writes the ids (one per message) to a file.
 //!
 //! cargo bench --bench chaos -- races --addr http://127.0.0.1:50071
 
@@ -98,6 +106,39 @@ enum Command {
         #[arg(long)]
         addr: String,
     },
+    ResetStream {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        stream: String,
+    },
+    Tap {
+        #[arg(long)]
+        nats_url: String,
+        /// The relay's subject prefix.
+        #[arg(long)]
+        prefix: String,
+        /// The file the ids go to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    RelayCheck {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long)]
+        stream: String,
+        /// The relay's subject prefix.
+        #[arg(long)]
+        prefix: String,
+        /// How many messages to wait for (the events in the database).
+        #[arg(long)]
+        expect: u64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Directory for `relayed`.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -149,6 +190,20 @@ fn main() -> anyhow::Result<()> {
                     stall_seconds,
                 } => fault(&addr, kind, members, control, stall_seconds).await,
                 Command::Races { addr } => races(&addr).await,
+                Command::ResetStream { nats_url, stream } => reset_stream(&nats_url, &stream).await,
+                Command::Tap {
+                    nats_url,
+                    prefix,
+                    out,
+                } => tap(&nats_url, &prefix, &out).await,
+                Command::RelayCheck {
+                    nats_url,
+                    stream,
+                    prefix,
+                    expect,
+                    seconds,
+                    out,
+                } => relay_check(&nats_url, &stream, &prefix, expect, seconds, &out).await,
             }
         })
 }
@@ -904,6 +959,114 @@ async fn races(addr: &str) -> anyhow::Result<()> {
     println!(
         "races: 2000 concurrent claims, stock 200: {claimed} coupons, overshoot {}, refusals {refused:?}",
         claimed as i64 - 200
+    );
+    Ok(())
+}
+
+/// Deletes `stream` if it exists.
+async fn reset_stream(nats_url: &str, stream: &str) -> anyhow::Result<()> {
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    if jetstream.get_stream(stream).await.is_ok() {
+        jetstream.delete_stream(stream).await?;
+    }
+    Ok(())
+}
+
+/// Writes the `Nats-Msg-Id` of every message published under `prefix` to
+/// `out`, a line each, as they come. Runs until killed.
+async fn tap(nats_url: &str, prefix: &str, out: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = async_nats::connect(nats_url).await?;
+    let mut messages = client.subscribe(format!("{prefix}.>")).await?;
+    client.flush().await?;
+    let mut file = std::fs::File::create(out)?;
+    while let Some(message) = messages.next().await {
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+            .map_or("", |value| value.as_str());
+        writeln!(file, "{id}")?;
+    }
+    Ok(())
+}
+
+/// How many messages `stream` holds (0 before the relay created it).
+async fn stream_messages(jetstream: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    match jetstream.get_stream(stream).await {
+        Ok(mut found) => Ok(found.info().await?.state.messages),
+        Err(_) => Ok(0),
+    }
+}
+
+/// Scenario 4, the stream's side: waits (at most `seconds`) until `stream`
+/// holds `expect` messages, reads every message with an ordered consumer,
+/// checks it against its `Nats-Msg-Id`, and writes the ids to `<out>/relayed`.
+async fn relay_check(
+    nats_url: &str,
+    stream: &str,
+    prefix: &str,
+    expect: u64,
+    seconds: u64,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use async_nats::header::NATS_MESSAGE_ID;
+    use prost::Message;
+
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let held = loop {
+        let held = stream_messages(&jetstream, stream).await?;
+        if held >= expect || Instant::now() > until {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = started.elapsed();
+    let mut ids = Vec::new();
+    let mut mismatched = 0u64;
+    if held > 0 {
+        let consumer = jetstream
+            .get_stream(stream)
+            .await?
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while (ids.len() as u64) < held {
+            let message = tokio::time::timeout(LONG, messages.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the consumer ended"))??;
+            let headers = message.headers.clone().unwrap_or_default();
+            let header = |name: &str| headers.get(name).map_or("", |value| value.as_str());
+            let id = headers
+                .get(NATS_MESSAGE_ID)
+                .map_or("", |value| value.as_str())
+                .to_owned();
+            let event = pb::Event::decode(message.payload.clone()).ok();
+            let kind = message
+                .subject
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .unwrap_or_default();
+            let whole = !kind.is_empty()
+                && header("ce-id") == id
+                && header("ce-type") == format!("loyalty.v1.{kind}")
+                && header("ce-specversion") == "1.0"
+                && event
+                    .as_ref()
+                    .is_some_and(|event| event.event_id == id && event.account_id == header("ce-subject"));
+            if !whole {
+                mismatched += 1;
+            }
+            ids.push(id);
+        }
+    }
+    std::fs::write(out.join("relayed"), ids.join("\n") + "\n")?;
+    println!(
+        "relay: the stream holds {held} messages ({expect} expected) after {} ms; \
+         {mismatched} with a subject, headers or body that do not match their id",
+        waited.as_millis()
     );
     Ok(())
 }
