@@ -201,14 +201,13 @@ pub async fn prune_events(conn: &mut PgConnection, snapshot: &str, limit: i64) -
     Ok(done.rows_affected())
 }
 
-/// Locks the cursor of `relay` for this transaction, creating it at the
-/// oldest kept event the first time; `None` when another replica holds it.
+/// Creates the cursor of `relay` at the oldest kept event, unless it exists.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn lock_relay(
+pub async fn register_relay(
     conn: &mut PgConnection,
     relay: &str,
     now: DateTime<Utc>,
-) -> Result<Option<Cursor>, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "insert into event_relay (relay, slice_id, event_id, updated_at) \
          select $1, min(slice_id) + 1, 0, $2 from event_slice \
@@ -216,8 +215,16 @@ pub async fn lock_relay(
     )
     .bind(relay)
     .bind(now)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Locks the cursor of `relay` ([`register_relay`]) for this transaction;
+/// `None` when another replica holds it (or it was deleted: a relay taken out
+/// of service).
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn lock_relay(conn: &mut PgConnection, relay: &str) -> Result<Option<Cursor>, sqlx::Error> {
     let row: Option<(i64, i64)> =
         sqlx::query_as("select slice_id, event_id from event_relay where relay = $1 for update skip locked")
             .bind(relay)

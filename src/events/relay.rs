@@ -84,9 +84,18 @@ impl Relay {
 
     /// Relays until `shutdown`, connecting (again) whenever NATS is away.
     pub async fn run(self, shutdown: CancellationToken) {
+        // The relay's cursor exists from its first start, even with NATS away,
+        // so that the pruner keeps what it has not published.
+        while let Err(error) = self.register().await {
+            tracing::debug!(error = %error, "registering the relay failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            let outcome = self.connected(&shutdown).await;
+            let outcome = self.connected(&shutdown, &mut failures).await;
             if let Err(error) = outcome {
                 failures += 1;
                 if failures == 1 {
@@ -108,7 +117,7 @@ impl Relay {
     /// Connects, makes sure the stream exists, and relays until an error or
     /// `shutdown`. A batch under way is never cancelled halfway (its transaction
     /// would go back to the pool open): shutdown is seen between batches.
-    async fn connected(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn connected(&self, shutdown: &CancellationToken, failures: &mut u32) -> anyhow::Result<()> {
         let connecting = async_nats::ConnectOptions::new()
             .name("loyalty-relay")
             .connection_timeout(Duration::from_secs(5))
@@ -128,6 +137,8 @@ impl Relay {
             })
             .await?;
         tracing::info!(stream = %self.settings.stream, "relaying events to NATS JetStream");
+        // A later outage is news again.
+        *failures = 0;
         let mut slices = self.log.subscribe();
         while !shutdown.is_cancelled() {
             slices.borrow_and_update();
@@ -144,11 +155,16 @@ impl Relay {
         Ok(())
     }
 
+    async fn register(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        db::events::register_relay(&mut conn, RELAY, self.clock.now()).await
+    }
+
     /// Publishes the next batch, if this replica holds the relay; returns how
     /// many events went out.
     async fn relay_batch(&self, context: &jetstream::Context) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let Some(cursor) = db::events::lock_relay(&mut tx, RELAY, self.clock.now()).await? else {
+        let Some(cursor) = db::events::lock_relay(&mut tx, RELAY).await? else {
             return Ok(0);
         };
         let (_, last) = db::events::bounds(&mut tx).await?;
