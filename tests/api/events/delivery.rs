@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use loyalty::pb;
 use loyalty::pb::EventType::{
-    CouponReleased, CouponRevoked, MemberFlagged, MemberRegistered, MemberUnflagged, PointsAwarded,
+    CouponExpired, CouponReleased, CouponRevoked, MemberFlagged, MemberRegistered, MemberUnflagged,
+    PointsAwarded,
 };
 use loyalty::pb::event::Payload;
 use loyalty::pb::events_client::EventsClient;
@@ -361,6 +362,38 @@ async fn a_filtered_watch_delivers_only_the_types_and_members_asked_for(pool: Pg
 }
 
 #[sqlx::test]
+async fn a_filtered_watch_with_nothing_to_send_moves_its_cursor_past_what_it_skipped(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    let everything = app
+        .watch_until(from_oldest(), Duration::from_secs(10), |events| {
+            !events.is_empty()
+        })
+        .await;
+    let slice: i64 = everything.cursor.split_once('.').unwrap().0.parse().unwrap();
+    let request = pb::WatchRequest {
+        types: vec![CouponExpired.into()],
+        ..from_oldest()
+    };
+
+    let mut watch = app.watch(request).await.unwrap();
+    let start = watch.message().await.unwrap().unwrap();
+    let heartbeat = tokio::time::timeout(Duration::from_secs(7), watch.message())
+        .await
+        .expect("a heartbeat within a few seconds")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!((start.event, start.cursor), (None, "1.0".to_owned()));
+    assert_eq!(heartbeat.event, None);
+    assert_eq!(
+        heartbeat.cursor,
+        format!("{}.0", slice + 1),
+        "past alice's registration"
+    );
+}
+
+#[sqlx::test]
 async fn a_watch_with_a_bad_filter_or_cursor_is_invalid(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.register("alice").await;
@@ -389,12 +422,36 @@ async fn a_watch_with_a_bad_filter_or_cursor_is_invalid(pool: PgPool) {
             "types[0]",
         ),
         (
+            "16 types",
+            pb::WatchRequest {
+                types: vec![PointsAwarded.into(); 16],
+                ..from_oldest()
+            },
+            "types",
+        ),
+        (
+            "a malformed account id",
+            pb::WatchRequest {
+                account_ids: vec!["alice".into(), "not an id!".into()],
+                ..from_oldest()
+            },
+            "account_ids[1]",
+        ),
+        (
             "101 accounts",
             pb::WatchRequest {
                 account_ids: (0..101).map(|i| format!("m{i}")).collect(),
                 ..from_oldest()
             },
             "account_ids",
+        ),
+        (
+            "unknown start",
+            pb::WatchRequest {
+                start: 7,
+                ..Default::default()
+            },
+            "start",
         ),
         ("malformed cursor", after("x"), "after"),
         ("cursor without its event", after("1"), "after"),
@@ -414,5 +471,28 @@ async fn a_watch_with_a_bad_filter_or_cursor_is_invalid(pool: PgPool) {
     assert!(
         app.watch(after(&next)).await.is_ok(),
         "the next slice's cursor is fine"
+    );
+}
+
+#[sqlx::test]
+async fn a_watch_from_now_gets_only_what_commits_after_it_starts(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register_by("alice", "r-register-alice").await;
+    app.logged_events(&pool).await;
+    let mut watch = app.watch(pb::WatchRequest::default()).await.unwrap();
+    let start = watch.message().await.unwrap().unwrap();
+
+    app.register_by("bob", "r-register-bob").await;
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the new event comes at once")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(start.event, None, "first, where the watch starts");
+    assert_eq!(
+        summary(&[next.event.expect("an event")]),
+        [(MemberRegistered, "bob", "r-register-bob")],
+        "not alice's, committed before"
     );
 }

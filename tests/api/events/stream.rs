@@ -14,6 +14,12 @@ use tonic_types::StatusExt;
 use super::{after, has_request, summary};
 use crate::helpers::{from_oldest, named, reason, spawn_app, spawn_app_with, ts};
 
+/// Reads `stream` to its end: `Ok` when it ended cleanly.
+async fn end_of(stream: &mut tonic::Streaming<pb::WatchResponse>) -> Result<(), tonic::Status> {
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
 #[sqlx::test]
 async fn events_older_than_the_retention_are_pruned_and_their_cursors_expire(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--event-prune-interval-secs", "1"]).await;
@@ -113,24 +119,34 @@ async fn a_watch_ends_cleanly_before_its_deadline(pool: PgPool) {
     let started = Instant::now();
 
     let mut stream = app.watch(request).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the watch ends by itself");
+    let ended = tokio::time::timeout(Duration::from_secs(5), end_of(&mut stream))
+        .await
+        .expect("the watch ends by itself");
 
-    assert!(matches!(ended, Ok(None)), "it ends with OK: {ended:?}");
+    assert!(ended.is_ok(), "it ends with OK, not DEADLINE_EXCEEDED: {ended:?}");
+    let lasted = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(1100),
-        "within its deadline ({:?})",
-        started.elapsed()
+        lasted > Duration::from_millis(500) && lasted < Duration::from_millis(1500),
+        "about its deadline ({lasted:?})"
     );
-    assert!(started.elapsed() > Duration::from_millis(500), "not at once");
+}
+
+#[sqlx::test]
+async fn a_watch_without_a_deadline_ends_at_the_servers_cap(pool: PgPool) {
+    let app = spawn_app_with(pool, &["--watch-max-secs", "1"]).await;
+    let started = Instant::now();
+
+    let mut stream = app.watch(from_oldest()).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), end_of(&mut stream))
+        .await
+        .expect("the watch ends by itself");
+
+    assert!(ended.is_ok(), "it ends with OK: {ended:?}");
+    let lasted = started.elapsed();
+    assert!(
+        lasted > Duration::from_millis(500) && lasted < Duration::from_millis(1500),
+        "about the cap ({lasted:?})"
+    );
 }
 
 #[sqlx::test]
@@ -141,16 +157,9 @@ async fn an_open_watch_ends_with_unavailable_when_the_server_stops(pool: PgPool)
     let started = Instant::now();
 
     app.signal_stop();
-    let ended = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match stream.message().await {
-                Ok(Some(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .expect("the watch ends at shutdown");
+    let ended = tokio::time::timeout(Duration::from_secs(3), end_of(&mut stream))
+        .await
+        .expect("the watch ends at shutdown");
 
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(2), "promptly");
