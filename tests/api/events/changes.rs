@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::TimeDelta;
 use loyalty::pb;
 use loyalty::pb::EventType::{
     CouponIssued, CouponReleased, CouponReserved, CouponRestored, CouponRevoked, CouponUsed, LevelChanged,
@@ -13,8 +14,8 @@ use loyalty::pb::event::Payload;
 use sqlx::PgPool;
 use tonic::Code;
 
-use super::{at, coupon_of, payload_of, summary};
-use crate::helpers::{named, order_request, platform_template, reason, spawn_app, ts};
+use super::{at, coupon_of, order_of, payload_of, summary};
+use crate::helpers::{named, order_request, platform_template, reason, seller_template, spawn_app, ts};
 
 #[sqlx::test]
 async fn registering_flagging_and_unflagging_members_are_events_once_per_change(pool: PgPool) {
@@ -430,6 +431,83 @@ async fn a_coupon_moving_through_its_statuses_sends_one_event_per_move(pool: PgP
     assert_eq!(
         revocation.payload,
         Some(Payload::CouponRevoked(moved(Valid, Revoked, "", "revoke")))
+    );
+}
+
+#[sqlx::test]
+async fn a_coupon_dropped_by_a_newer_cart_or_taken_after_its_hold_lapsed_is_released(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register_by("alice", "r-register").await;
+    app.create_template(platform_template("p", 100)).await;
+    app.create_template(seller_template("s", "s1", 1000)).await;
+    let platform = app.issue_by("alice", "p", "i-1", "r-issue-p").await.coupon_id;
+    let seller = app.issue_by("alice", "s", "i-2", "r-issue-s").await.coupon_id;
+    let reserve = |order_id: &str, coupon_ids: Vec<i64>, cart_revision, request_id| {
+        let mut coupons = app.coupons.clone();
+        let request = named(
+            pb::ReserveCouponsRequest {
+                order: Some(order_of("alice", order_id)),
+                coupon_ids,
+                cart_revision,
+                hold_duration: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            },
+            request_id,
+        );
+        async move { coupons.reserve_coupons(request).await.unwrap() }
+    };
+
+    reserve("o-1", vec![platform, seller], 1, "r-cart-1").await;
+    // Revision 2 drops the seller coupon and renews the platform one's hold.
+    reserve("o-1", vec![platform], 2, "r-cart-2").await;
+    // The hold lapses; another order takes the platform coupon.
+    app.clock.advance(TimeDelta::minutes(2));
+    reserve("o-2", vec![platform], 1, "r-other-order").await;
+    let events = app.logged_events(&pool).await;
+
+    let moves: Vec<(pb::EventType, i64, &str, &str, &str)> = events
+        .iter()
+        .filter_map(|e| match e.payload.as_ref()? {
+            Payload::CouponReserved(m) | Payload::CouponReleased(m) => Some((
+                e.r#type(),
+                m.coupon_id,
+                m.order_id.as_str(),
+                m.action.as_str(),
+                e.request_id.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let (first_cart, rest) = moves.split_at(2);
+    assert_eq!(
+        first_cart.iter().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            (CouponReserved, platform, "o-1", "reserve", "r-cart-1"),
+            (CouponReserved, seller, "o-1", "reserve", "r-cart-1"),
+        ])
+    );
+    assert_eq!(
+        rest,
+        [
+            (CouponReleased, seller, "o-1", "release", "r-cart-2"),
+            (CouponReleased, platform, "o-1", "lapse", "r-other-order"),
+            (CouponReserved, platform, "o-2", "reserve", "r-other-order"),
+        ],
+        "a renewed hold is no event"
+    );
+    let Some(Payload::CouponReleased(lapsed)) = &events
+        .iter()
+        .find(|e| e.r#type() == CouponReleased && coupon_of(e) == platform)
+        .unwrap()
+        .payload
+    else {
+        panic!("the platform coupon's release carries its move")
+    };
+    assert_eq!(
+        (lapsed.from_status(), lapsed.to_status()),
+        (pb::CouponStatus::Inactive, pb::CouponStatus::Valid)
     );
 }
 
