@@ -158,7 +158,8 @@ async fn a_watch_resumed_from_its_cursors_misses_nothing_under_concurrent_writer
     assert_eq!(stored.len(), ACCOUNTS * (1 + 2 * WRITERS));
     assert_eq!(came, stored, "the events received are the events stored");
     assert!(watches > 10, "the watcher resumed often ({watches} watches)");
-    // Each member's events in the order of its ledger.
+    // Each member's order awards in the order of its ledger: they took turns
+    // on its daily counter. (Bonuses wait for nothing, so their order is free.)
     for account in &accounts {
         let mine: Vec<&pb::Event> = deduplicated.iter().filter(|e| &e.account_id == account).collect();
         assert_eq!(mine[0].r#type(), MemberRegistered, "{account}: registered first");
@@ -180,7 +181,7 @@ async fn a_watch_resumed_from_its_cursors_misses_nothing_under_concurrent_writer
         );
     }
 
-    // A watch from the oldest now reads them in full batches, in one go.
+    // A watch from the oldest now reads them all in full batches.
     let log = app.logged_events(&pool).await;
     assert_eq!(log.len(), stored.len());
 
