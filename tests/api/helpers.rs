@@ -9,6 +9,7 @@ use loyalty::clock::ManualClock;
 use loyalty::config::Config;
 use loyalty::pb;
 use loyalty::pb::coupons_client::CouponsClient;
+use loyalty::pb::events_client::EventsClient;
 use loyalty::pb::membership_client::MembershipClient;
 use loyalty::pb::points_client::PointsClient;
 use loyalty::startup::Application;
@@ -30,6 +31,7 @@ pub struct TestApp {
     pub members: MembershipClient<Channel>,
     pub points: PointsClient<Channel>,
     pub coupons: CouponsClient<Channel>,
+    pub events: EventsClient<Channel>,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -81,6 +83,7 @@ pub async fn start_app(pool: PgPool, flags: &[&str]) -> TestApp {
         members: MembershipClient::new(channel.clone()),
         points: PointsClient::new(channel.clone()),
         coupons: CouponsClient::new(channel.clone()),
+        events: EventsClient::new(channel.clone()),
         channel,
         stop: Some(stop),
         server: Some(server),
@@ -548,6 +551,102 @@ impl TestApp {
             })
             .await
             .map(|r| r.into_inner().order.expect("order"))
+    }
+}
+
+/// `message` sent with `x-request-id: request_id`.
+pub fn named<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-request-id", request_id.parse().unwrap());
+    request
+}
+
+/// A watch of every event still kept.
+pub fn from_oldest() -> pb::WatchRequest {
+    pb::WatchRequest {
+        start: pb::WatchStart::Oldest.into(),
+        ..Default::default()
+    }
+}
+
+/// What a watch delivered before the test stopped reading it.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// The events, in the order they came.
+    pub events: Vec<pb::Event>,
+    /// The last cursor received, of an event or a heartbeat.
+    pub cursor: String,
+}
+
+impl TestApp {
+    /// Opens a watch of the event log.
+    pub async fn watch(
+        &self,
+        request: impl tonic::IntoRequest<pb::WatchRequest>,
+    ) -> Result<tonic::Streaming<pb::WatchResponse>, tonic::Status> {
+        self.events
+            .clone()
+            .watch(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Watches with `request` and collects the events until `done` holds of
+    /// those received, the stream ends, or `limit` passes (then it returns
+    /// what came, for the test's assertions to show).
+    pub async fn watch_until(
+        &self,
+        request: impl tonic::IntoRequest<pb::WatchRequest>,
+        limit: std::time::Duration,
+        mut done: impl FnMut(&[pb::Event]) -> bool,
+    ) -> Watched {
+        let mut stream = self.watch(request).await.expect("the watch opens");
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut watched = Watched::default();
+        while !done(&watched.events) {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(message))) => {
+                    watched.cursor = message.cursor;
+                    watched.events.extend(message.event);
+                }
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(status)) => panic!("the watch failed: {status:?}"),
+            }
+        }
+        watched
+    }
+
+    /// Every event of the log, as a watch from the oldest delivers them. It
+    /// reads until each event stored in table `event` has come (bounded), so
+    /// the list is complete; the events of calls that answered before are all
+    /// stored.
+    pub async fn logged_events(&self, pool: &PgPool) -> Vec<pb::Event> {
+        let stored: std::collections::BTreeSet<String> =
+            sqlx::query_scalar::<_, i64>("select event_id from event")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect();
+        let watched = self
+            .watch_until(from_oldest(), std::time::Duration::from_secs(10), |events| {
+                events.len() >= stored.len()
+                    && stored.iter().all(|id| events.iter().any(|e| &e.event_id == id))
+            })
+            .await;
+        let missing: Vec<&String> = stored
+            .iter()
+            .filter(|id| !watched.events.iter().any(|e| &e.event_id == *id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "events {missing:?} never came; came: {:?}",
+            watched.events
+        );
+        watched.events
     }
 }
 

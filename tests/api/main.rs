@@ -11,6 +11,7 @@ mod concurrency;
 mod coupon_concurrency;
 mod coupons;
 mod engagement;
+mod events;
 mod events_relay;
 mod fuzz;
 mod helpers;

@@ -1,0 +1,499 @@
+//! Delivery: a watch resumed from its cursors misses nothing while writers
+//! run, each member's events come in commit order (also when a change commits
+//! after a newer one), and filters deliver only what they name.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use loyalty::pb;
+use loyalty::pb::EventType::{
+    CouponExpired, CouponReleased, CouponRevoked, MemberFlagged, MemberRegistered, MemberUnflagged,
+    PointsAwarded,
+};
+use loyalty::pb::event::Payload;
+use loyalty::pb::events_client::EventsClient;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::PgPool;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::{after, coupon_of, has_request, order_of, summary};
+use crate::helpers::{bad_fields, from_oldest, named, order_request, platform_template, spawn_app, ts};
+
+/// Watches from the oldest event, leaving after a random number of events (as
+/// a client that crashes would) and resuming after the last cursor it got,
+/// until `stop`. Returns how many watches it opened and its last cursor.
+async fn watch_resuming(
+    mut client: EventsClient<Channel>,
+    received: Arc<Mutex<Vec<pb::Event>>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> (usize, String) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cursor = String::new();
+    let mut watches = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let request = if cursor.is_empty() {
+            from_oldest()
+        } else {
+            after(&cursor)
+        };
+        let mut stream = client.watch(request).await.expect("the watch opens").into_inner();
+        watches += 1;
+        let leave_after = rng.gen_range(1..=20);
+        let mut taken = 0;
+        while taken < leave_after && !stop.load(Ordering::SeqCst) {
+            match tokio::time::timeout(Duration::from_millis(100), stream.message()).await {
+                Ok(Ok(Some(message))) => {
+                    cursor = message.cursor;
+                    if let Some(event) = message.event {
+                        received.lock().unwrap().push(event);
+                        taken += 1;
+                    }
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => panic!("the watch failed: {status:?}"),
+                Err(_) => {} // nothing yet
+            }
+        }
+        // Dropping the stream cancels it on the server.
+    }
+    (watches, cursor)
+}
+
+#[sqlx::test]
+async fn a_watch_resumed_from_its_cursors_misses_nothing_under_concurrent_writers_and_keeps_each_members_order(
+    pool: PgPool,
+) {
+    const WRITERS: usize = 8;
+    const ACCOUNTS: usize = 20;
+    let app = spawn_app(pool.clone()).await;
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("m{i:02}")).collect();
+    for account in &accounts {
+        app.register(account).await;
+    }
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn(watch_resuming(
+        app.events.clone(),
+        received.clone(),
+        stop.clone(),
+        7,
+    ));
+
+    // Each writer awards every member an order and a bonus, starting at a
+    // different member. The orders of one member (one local day) take turns on
+    // its daily counter, so they commit in the order of their entries.
+    let writers = (0..WRITERS).map(|writer| {
+        let points = app.points.clone();
+        let accounts = accounts.clone();
+        tokio::spawn(async move {
+            for i in 0..ACCOUNTS {
+                let account = &accounts[(i + writer * 3) % ACCOUNTS];
+                let category = format!("c{writer}");
+                points
+                    .clone()
+                    .record_confirmed_order(order_request(
+                        account,
+                        &format!("order-{writer}"),
+                        2_000,
+                        "2026-06-14T10:00:00Z",
+                        &[("p", category.as_str())],
+                    ))
+                    .await
+                    .expect("order recorded");
+                points
+                    .clone()
+                    .grant_bonus(pb::GrantBonusRequest {
+                        account_id: account.clone(),
+                        campaign_id: format!("bonus-{writer}"),
+                        points: 1,
+                        description: String::new(),
+                        granted_at: Some(ts("2026-06-14T09:00:00Z")),
+                    })
+                    .await
+                    .expect("bonus granted");
+            }
+        })
+    });
+    for writer in join_all(writers).await {
+        writer.unwrap();
+    }
+    let stored: BTreeSet<String> = sqlx::query_scalar::<_, i64>("select event_id from event")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: HashSet<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id.clone())
+            .collect();
+        if stored.iter().all(|id| seen.contains(id)) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (watches, cursor) = watcher.await.unwrap();
+
+    // Every stored event came, at least once, and nothing else.
+    let mut deduplicated: Vec<pb::Event> = Vec::new();
+    let mut seen = HashSet::new();
+    for event in received.lock().unwrap().iter() {
+        if seen.insert(event.event_id.clone()) {
+            deduplicated.push(event.clone());
+        }
+    }
+    let came: BTreeSet<String> = seen.into_iter().collect();
+    assert_eq!(stored.len(), ACCOUNTS * (1 + 2 * WRITERS));
+    assert_eq!(came, stored, "the events received are the events stored");
+    assert!(watches > 10, "the watcher resumed often ({watches} watches)");
+    // Each member's order awards in the order of its ledger: they took turns
+    // on its daily counter. (Bonuses wait for nothing, so their order is free.)
+    for account in &accounts {
+        let mine: Vec<&pb::Event> = deduplicated.iter().filter(|e| &e.account_id == account).collect();
+        assert_eq!(mine[0].r#type(), MemberRegistered, "{account}: registered first");
+        let orders: Vec<i64> = mine
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Some(Payload::PointsAwarded(award))
+                    if award.entries[0].source() == pb::PointsSource::Order =>
+                {
+                    Some(award.entries[0].entry_id)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(orders.len(), WRITERS, "{account}");
+        assert!(
+            orders.windows(2).all(|w| w[0] < w[1]),
+            "{account}: order awards out of ledger order: {orders:?}"
+        );
+    }
+
+    // A watch from the oldest now reads them all in full batches.
+    let log = app.logged_events(&pool).await;
+    assert_eq!(log.len(), stored.len());
+
+    // Caught up, a watch from the last cursor streams what commits next.
+    let mut tail = app.watch(after(&cursor)).await.unwrap();
+    let start = tail.message().await.unwrap().unwrap();
+    assert_eq!((start.event, start.cursor.as_str()), (None, cursor.as_str()));
+    app.bonus_by("m00", "after-the-rush", 1, "r-tail").await;
+    let next = tokio::time::timeout(Duration::from_secs(5), tail.message())
+        .await
+        .expect("the new event comes at once")
+        .unwrap()
+        .unwrap();
+    let next = next.event.expect("an event, not a heartbeat");
+    assert_eq!(
+        (next.r#type(), next.account_id.as_str(), next.request_id.as_str()),
+        (PointsAwarded, "m00", "r-tail")
+    );
+}
+
+#[sqlx::test]
+async fn a_change_committing_after_a_newer_one_comes_after_it_even_to_a_watch_resumed_past_it(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    app.create_template(platform_template("t", 100)).await;
+    app.create_template(platform_template("t2", 100)).await;
+    let valid = app.issue("alice", "t").await.unwrap().coupon_id;
+    let held = app.issue("alice", "t2").await.unwrap().coupon_id;
+    app.reserve(order_of("alice", "o-1"), vec![held]).await.unwrap();
+    // Her valid coupon locked: flagging alice writes its event, then waits to
+    // revoke the coupon.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from coupon where account_id = 'alice' and coupon_id = $1 for update")
+        .bind(valid)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let flagging = {
+        let mut members = app.members.clone();
+        tokio::spawn(async move {
+            members
+                .flag_member(named(
+                    pb::FlagMemberRequest {
+                        account_id: "alice".into(),
+                        reason: "fraud ring".into(),
+                    },
+                    "r-flag",
+                ))
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity \
+             where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile a newer change of hers commits, and a watch reads past it.
+    app.cancel_by("o-1", "r-cancel").await.unwrap();
+    let before = app
+        .watch_until(from_oldest(), Duration::from_secs(10), has_request("r-cancel"))
+        .await;
+
+    blocker.rollback().await.unwrap();
+    flagging.await.unwrap().expect("flagged once the coupon is free");
+    // Once the flag's slice is cut (every stored event delivered), the whole
+    // log is read in one go, and the watch resumes past the id of its event.
+    app.logged_events(&pool).await;
+    let log = app.logged_events(&pool).await;
+    let resumed = app
+        .watch_until(after(&before.cursor), Duration::from_secs(10), |events| {
+            events.iter().any(|e| e.r#type() == CouponRevoked)
+        })
+        .await;
+
+    let id_of = |events: &[pb::Event], kind| -> i64 {
+        events
+            .iter()
+            .find(|e| e.r#type() == kind)
+            .unwrap()
+            .event_id
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        id_of(&log, MemberFlagged) < id_of(&log, CouponReleased),
+        "the flag's event was written first"
+    );
+    assert!(
+        before.events.iter().all(|e| e.request_id != "r-flag"),
+        "nothing of the flag before it commits"
+    );
+    let in_commit_order: Vec<pb::EventType> = log.iter().map(|e| e.r#type()).collect();
+    assert_eq!(
+        in_commit_order[in_commit_order.len() - 3..],
+        [CouponReleased, MemberFlagged, CouponRevoked],
+        "in commit order, not in the order of ids"
+    );
+    assert_eq!(
+        summary(&resumed.events),
+        [
+            (MemberFlagged, "alice", "r-flag"),
+            (CouponRevoked, "alice", "r-flag"),
+        ]
+    );
+    assert_eq!(coupon_of(&resumed.events[1]), valid);
+}
+
+#[sqlx::test]
+async fn a_filtered_watch_delivers_only_the_types_and_members_asked_for(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    for account in ["alice", "bob", "carol"] {
+        app.register_by(account, &format!("r-register-{account}")).await;
+    }
+    app.bonus_by("alice", "c1", 10, "r-bonus-alice").await;
+    app.flag_by("bob", "chargebacks", "r-flag-bob").await;
+    app.bonus_by("bob", "c1", 10, "r-bonus-bob").await;
+    app.bonus_by("carol", "c1", 10, "r-bonus-carol").await;
+    app.unflag_by("bob", "r-unflag-bob").await;
+    app.bonus_by("bob", "c2", 10, "r-last").await;
+    let watch = |types: &[pb::EventType], accounts: &[&str]| pb::WatchRequest {
+        start: pb::WatchStart::Oldest.into(),
+        types: types.iter().map(|t| (*t).into()).collect(),
+        account_ids: accounts.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    };
+    let limit = Duration::from_secs(10);
+
+    let awards = app
+        .watch_until(watch(&[PointsAwarded], &[]), limit, has_request("r-last"))
+        .await;
+    let bobs = app
+        .watch_until(watch(&[], &["bob"]), limit, has_request("r-last"))
+        .await;
+    let both = app
+        .watch_until(
+            watch(&[PointsAwarded, MemberUnflagged], &["bob", "carol"]),
+            limit,
+            has_request("r-last"),
+        )
+        .await;
+
+    assert_eq!(
+        summary(&awards.events),
+        [
+            (PointsAwarded, "alice", "r-bonus-alice"),
+            (PointsAwarded, "bob", "r-bonus-bob"),
+            (PointsAwarded, "carol", "r-bonus-carol"),
+            (PointsAwarded, "bob", "r-last"),
+        ]
+    );
+    assert_eq!(
+        summary(&bobs.events),
+        [
+            (MemberRegistered, "bob", "r-register-bob"),
+            (MemberFlagged, "bob", "r-flag-bob"),
+            (PointsAwarded, "bob", "r-bonus-bob"),
+            (MemberUnflagged, "bob", "r-unflag-bob"),
+            (PointsAwarded, "bob", "r-last"),
+        ]
+    );
+    assert_eq!(
+        summary(&both.events),
+        [
+            (PointsAwarded, "bob", "r-bonus-bob"),
+            (PointsAwarded, "carol", "r-bonus-carol"),
+            (MemberUnflagged, "bob", "r-unflag-bob"),
+            (PointsAwarded, "bob", "r-last"),
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn a_filtered_watch_with_nothing_to_send_moves_its_cursor_past_what_it_skipped(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    let everything = app
+        .watch_until(from_oldest(), Duration::from_secs(10), |events| {
+            !events.is_empty()
+        })
+        .await;
+    let slice: i64 = everything.cursor.split_once('.').unwrap().0.parse().unwrap();
+    let request = pb::WatchRequest {
+        types: vec![CouponExpired.into()],
+        ..from_oldest()
+    };
+
+    let mut watch = app.watch(request).await.unwrap();
+    let start = watch.message().await.unwrap().unwrap();
+    let heartbeat = tokio::time::timeout(Duration::from_secs(7), watch.message())
+        .await
+        .expect("a heartbeat within a few seconds")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!((start.event, start.cursor), (None, "1.0".to_owned()));
+    assert_eq!(heartbeat.event, None);
+    assert_eq!(
+        heartbeat.cursor,
+        format!("{}.0", slice + 1),
+        "past alice's registration"
+    );
+}
+
+#[sqlx::test]
+async fn a_watch_with_a_bad_filter_or_cursor_is_invalid(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    app.logged_events(&pool).await;
+    // A watch from now learns the next slice's cursor: the newest a client may hold.
+    let mut latest = app.watch(pb::WatchRequest::default()).await.unwrap();
+    let next = latest.message().await.unwrap().unwrap().cursor;
+    drop(latest);
+    let next_slice: i64 = next.split_once('.').unwrap().0.parse().unwrap();
+    let future = format!("{}.0", next_slice + 1);
+    let cases = [
+        (
+            "unspecified type",
+            pb::WatchRequest {
+                types: vec![0],
+                ..from_oldest()
+            },
+            "types[0]",
+        ),
+        (
+            "unknown type",
+            pb::WatchRequest {
+                types: vec![99],
+                ..from_oldest()
+            },
+            "types[0]",
+        ),
+        (
+            "16 types",
+            pb::WatchRequest {
+                types: vec![PointsAwarded.into(); 16],
+                ..from_oldest()
+            },
+            "types",
+        ),
+        (
+            "a malformed account id",
+            pb::WatchRequest {
+                account_ids: vec!["alice".into(), "not an id!".into()],
+                ..from_oldest()
+            },
+            "account_ids[1]",
+        ),
+        (
+            "101 accounts",
+            pb::WatchRequest {
+                account_ids: (0..101).map(|i| format!("m{i}")).collect(),
+                ..from_oldest()
+            },
+            "account_ids",
+        ),
+        (
+            "unknown start",
+            pb::WatchRequest {
+                start: 7,
+                ..Default::default()
+            },
+            "start",
+        ),
+        ("malformed cursor", after("x"), "after"),
+        ("cursor without its event", after("1"), "after"),
+        ("cursor from the future", after(&future), "after"),
+    ];
+
+    for (case, request, field) in cases {
+        let status = app.watch(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(bad_fields(&status), [field], "{case}");
+    }
+    let hundred = pb::WatchRequest {
+        account_ids: (0..100).map(|i| format!("m{i}")).collect(),
+        ..from_oldest()
+    };
+    assert!(app.watch(hundred).await.is_ok(), "100 accounts are fine");
+    assert!(
+        app.watch(after(&next)).await.is_ok(),
+        "the next slice's cursor is fine"
+    );
+}
+
+#[sqlx::test]
+async fn a_watch_from_now_gets_only_what_commits_after_it_starts(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register_by("alice", "r-register-alice").await;
+    app.logged_events(&pool).await;
+    let mut watch = app.watch(pb::WatchRequest::default()).await.unwrap();
+    let start = watch.message().await.unwrap().unwrap();
+
+    app.register_by("bob", "r-register-bob").await;
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the new event comes at once")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(start.event, None, "first, where the watch starts");
+    assert_eq!(
+        summary(&[next.event.expect("an event")]),
+        [(MemberRegistered, "bob", "r-register-bob")],
+        "not alice's, committed before"
+    );
+}

@@ -1,0 +1,154 @@
+//! Expiry notices (`RunExpiryNotices`): `coupon_expiring_soon` for a usable
+//! coupon within the notice period and `coupon_expired` once its expiry has
+//! passed, each once per coupon however often the job runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use loyalty::pb;
+use loyalty::pb::EventType::{CouponExpired, CouponExpiringSoon};
+use loyalty::pb::event::Payload;
+use sqlx::PgPool;
+
+use super::{at, coupon_of, order_of};
+use crate::helpers::{platform_template, spawn_app, spawn_app_with, ts};
+
+/// A platform template of 1.00 off whose coupons are valid `days` from issuance.
+fn valid_for_days(template_id: &str, days: i32) -> pb::CouponTemplate {
+    pb::CouponTemplate {
+        validity: Some(pb::Validity {
+            kind: Some(pb::validity::Kind::DaysFromIssuance(days)),
+        }),
+        ..platform_template(template_id, 100)
+    }
+}
+
+/// The expiry notices among `events`.
+fn expiry_notices(events: Vec<pb::Event>) -> Vec<pb::Event> {
+    events
+        .into_iter()
+        .filter(|e| matches!(e.r#type(), CouponExpiringSoon | CouponExpired))
+        .collect()
+}
+
+/// Coupon ids of each notice event, by the run (request id) that sent it.
+fn notices_by_run(events: &[pb::Event]) -> BTreeMap<&str, BTreeSet<(pb::EventType, i64)>> {
+    let mut runs: BTreeMap<&str, BTreeSet<(pb::EventType, i64)>> = BTreeMap::new();
+    for event in events {
+        runs.entry(event.request_id.as_str())
+            .or_default()
+            .insert((event.r#type(), coupon_of(event)));
+    }
+    runs
+}
+
+#[sqlx::test]
+async fn expiry_notices_go_once_per_coupon_however_often_the_job_runs(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    for (template, days) in [
+        ("two-days", 2),
+        ("two-days-held", 2),
+        ("two-days-used", 2),
+        ("four-days", 4),
+        ("ten-days", 10),
+        ("one-day", 1),
+        ("one-day-late", 1),
+    ] {
+        app.create_template(valid_for_days(template, days)).await;
+    }
+    // Issued at 2026-06-15T12:00Z.
+    let two_days = app.issue("alice", "two-days").await.unwrap().coupon_id;
+    let held = app.issue("alice", "two-days-held").await.unwrap().coupon_id;
+    let used = app.issue("alice", "two-days-used").await.unwrap().coupon_id;
+    let four_days = app.issue("alice", "four-days").await.unwrap();
+    let ten_days = app.issue("alice", "ten-days").await.unwrap().coupon_id;
+    let one_day = app.issue("alice", "one-day").await.unwrap().coupon_id;
+    app.reserve(order_of("alice", "o-held"), vec![held])
+        .await
+        .unwrap();
+    app.reserve(order_of("alice", "o-used"), vec![used])
+        .await
+        .unwrap();
+    app.complete("alice", "o-used").await.unwrap();
+
+    // Within 3 days: two-days and one-day; the held one is not usable.
+    let first = app.run_notices("r-run-1").await;
+    let second = app.run_notices("r-run-2").await;
+    // Released, the held coupon is usable and expiring soon.
+    app.cancel("alice", "o-held").await.unwrap();
+    let third = app.run_notices("r-run-3").await;
+    // A day later: one-day expired, four-days within 3 days.
+    app.clock.set(at("2026-06-16T13:00:00Z"));
+    let fourth = app.run_notices("r-run-4").await;
+    // Issued after that run, it expires before the next: only "expired".
+    let late = app.issue("alice", "one-day-late").await.unwrap().coupon_id;
+    app.clock.set(at("2026-06-18T00:00:00Z"));
+    let fifth = app.run_notices("r-run-5").await;
+    let sixth = app.run_notices("r-run-6").await;
+    let notices = expiry_notices(app.logged_events(&pool).await);
+
+    assert_eq!(
+        [first, second, third, fourth, fifth, sixth],
+        [(2, 0), (0, 0), (1, 0), (1, 1), (0, 3), (0, 0)],
+        "(expiring soon, expired) of each run"
+    );
+    assert_eq!(
+        notices_by_run(&notices),
+        BTreeMap::from([
+            (
+                "r-run-1",
+                BTreeSet::from([(CouponExpiringSoon, two_days), (CouponExpiringSoon, one_day)])
+            ),
+            ("r-run-3", BTreeSet::from([(CouponExpiringSoon, held)])),
+            (
+                "r-run-4",
+                BTreeSet::from([
+                    (CouponExpired, one_day),
+                    (CouponExpiringSoon, four_days.coupon_id)
+                ])
+            ),
+            (
+                "r-run-5",
+                BTreeSet::from([
+                    (CouponExpired, two_days),
+                    (CouponExpired, held),
+                    (CouponExpired, late)
+                ])
+            ),
+        ]),
+        "never the ten-day coupon nor the used one ({ten_days}, {used})"
+    );
+    let notice = notices
+        .iter()
+        .find(|e| e.r#type() == CouponExpiringSoon && coupon_of(e) == four_days.coupon_id)
+        .unwrap();
+    assert_eq!(
+        notice.payload,
+        Some(Payload::CouponExpiringSoon(pb::CouponExpiry {
+            coupon_id: four_days.coupon_id,
+            template_id: "four-days".into(),
+            expires_at: four_days.expires_at,
+        }))
+    );
+    assert_eq!(four_days.expires_at, Some(ts("2026-06-19T12:00:00Z")));
+    assert_eq!(notice.occurred_at, Some(ts("2026-06-16T13:00:00Z")));
+}
+
+#[sqlx::test]
+async fn the_expiring_soon_notice_period_is_configurable(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--coupon-expiring-days", "5"]).await;
+    app.register("alice").await;
+    app.create_template(valid_for_days("four-days", 4)).await;
+    app.create_template(valid_for_days("six-days", 6)).await;
+    let four_days = app.issue("alice", "four-days").await.unwrap().coupon_id;
+    app.issue("alice", "six-days").await.unwrap();
+
+    let sent = app.run_notices("r-run").await;
+    let notices = expiry_notices(app.logged_events(&pool).await);
+
+    assert_eq!(sent, (1, 0));
+    assert_eq!(
+        notices_by_run(&notices),
+        BTreeMap::from([("r-run", BTreeSet::from([(CouponExpiringSoon, four_days)]))])
+    );
+}
