@@ -27,6 +27,7 @@ declare
     first bigint := 1;
     last bigint;
     slice bigint := (select max(slice_id) from event_slice);
+    writer xid8;
 begin
     while first <= total loop
         last := least(first + per_slice - 1, total);
@@ -51,10 +52,11 @@ begin
                            'recorded_at', now(), 'reverses_entry_id', null)))
                end
         from generate_series(first, last) g;
+        writer := pg_current_xact_id();
         commit;
         slice := slice + 1;
-        insert into event_slice (slice_id, snapshot, closed_at, events)
-        values (slice, pg_current_snapshot(), now(), last - first + 1);
+        insert into event_slice (slice_id, snapshot, txids, closed_at, events)
+        values (slice, pg_current_snapshot(), array[writer], now(), last - first + 1);
         commit;
         first := last + 1;
     end loop;

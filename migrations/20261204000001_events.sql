@@ -28,8 +28,9 @@ create table event (
         'coupon_restored', 'coupon_revoked', 'coupon_expiring_soon', 'coupon_expired'))
 );
 
--- Slices are found by the transactions that wrote them.
-create index event_txid on event (txid);
+-- Slices are found by the transactions that wrote them, each one's events in
+-- id order.
+create index event_txid on event (txid, event_id);
 
 -- The event log in commit order. A slice holds the events whose transactions
 -- committed after the previous slice's snapshot was taken and before its own:
@@ -39,16 +40,19 @@ create index event_txid on event (txid);
 -- without gaps by one writer at a time (the lock on `event_slicer`); within a
 -- slice, events are read in `event_id` order, which is the order in which a
 -- change that waited for another (a row lock) wrote its event after it.
+-- `txids` lists the transactions whose events the slice holds, found once when
+-- it is cut, so that reading a slice (however large) costs its own events only.
 create table event_slice (
     slice_id bigint primary key,
     snapshot pg_snapshot not null,
+    txids xid8[] not null,
     closed_at timestamptz not null,
     events integer not null
 );
 
 -- Slice 0 is the floor: no event is older. Pruning moves the floor up.
-insert into event_slice (slice_id, snapshot, closed_at, events)
-values (0, pg_current_snapshot(), now(), 0);
+insert into event_slice (slice_id, snapshot, txids, closed_at, events)
+values (0, pg_current_snapshot(), '{}', now(), 0);
 
 -- The slicers' turn: one row, locked by the replica closing a slice.
 create table event_slicer (

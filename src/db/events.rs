@@ -56,20 +56,31 @@ pub async fn cut_slice(
     sqlx::query("select 1 from event_slicer for update")
         .execute(&mut *conn)
         .await?;
+    // Not visible in the last snapshot but visible now: started at or after
+    // its `xmax`, or running then (in its `xip`). Written so, each event is
+    // looked at by one cut only, however long another transaction stays open
+    // (a test on `xmin` would scan everything written since the oldest one).
     sqlx::query_as(
         "with last as ( \
              select slice_id, snapshot from event_slice order by slice_id desc limit 1 \
          ), cur as ( \
              select pg_current_snapshot() as snapshot \
          ), fresh as ( \
-             select count(*)::int as events from event e, last, cur \
-             where e.txid >= pg_snapshot_xmin(last.snapshot) and e.txid < pg_snapshot_xmax(cur.snapshot) \
+             select e.txid from event e, last, cur \
+             where e.txid >= pg_snapshot_xmax(last.snapshot) and e.txid < pg_snapshot_xmax(cur.snapshot) \
                and pg_visible_in_snapshot(e.txid, cur.snapshot) \
-               and not pg_visible_in_snapshot(e.txid, last.snapshot) \
+             union all \
+             select e.txid from event e, last, cur \
+             where e.txid = any (array( \
+                 select x from pg_snapshot_xip(last.snapshot) x \
+                 where pg_visible_in_snapshot(x, cur.snapshot))) \
+         ), counted as ( \
+             select count(*)::int as events, array_agg(distinct txid) as txids from fresh \
          ), cut as ( \
-             insert into event_slice (slice_id, snapshot, closed_at, events) \
-             select last.slice_id + 1, cur.snapshot, $1, fresh.events from last, cur, fresh \
-             where fresh.events > 0 \
+             insert into event_slice (slice_id, snapshot, txids, closed_at, events) \
+             select last.slice_id + 1, cur.snapshot, counted.txids, $1, counted.events \
+             from last, cur, counted \
+             where counted.events > 0 \
              returning slice_id, events \
          ) \
          select slice_id, events from cut, pg_notify('loyalty_events', cut.slice_id::text)",
@@ -93,7 +104,10 @@ struct EventRow {
 
 /// At most `limit` events after `after`, from slices up to `last_slice`, that
 /// pass `filter`, in log order. Run it in one snapshot with the [`bounds`] it
-/// relies on (pruning deletes events of slices below the floor).
+/// relies on (pruning deletes events of slices below the floor). A slice is
+/// read through its writers (`txids`), each one's events in id order from the
+/// cursor on, so a batch costs about its own events even in a slice of a
+/// million (the monthly evaluation writes every `level_changed` in one).
 #[tracing::instrument(level = "debug", skip_all, fields(slice = after.slice))]
 pub async fn read(
     conn: &mut PgConnection,
@@ -108,15 +122,17 @@ pub async fn read(
         "select s.slice_id, e.event_id, e.event_type, e.account_id, e.occurred_at, e.request_id, \
                 e.caller, e.payload \
          from event_slice s \
-         join event_slice p on p.slice_id = s.slice_id - 1 \
          cross join lateral ( \
-             select * from event e \
-             where e.txid >= pg_snapshot_xmin(p.snapshot) and e.txid < pg_snapshot_xmax(s.snapshot) \
-               and pg_visible_in_snapshot(e.txid, s.snapshot) \
-               and not pg_visible_in_snapshot(e.txid, p.snapshot) \
-               and (s.slice_id > $1 or e.event_id > $2) \
-               and (cardinality($4::text[]) = 0 or e.event_type = any($4)) \
-               and (cardinality($5::text[]) = 0 or e.account_id = any($5)) \
+             select e.* from unnest(s.txids) t (txid) \
+             cross join lateral ( \
+                 select * from event e \
+                 where e.txid = t.txid \
+                   and e.event_id > case when s.slice_id > $1 then 0 else $2 end \
+                   and (cardinality($4::text[]) = 0 or e.event_type = any($4)) \
+                   and (cardinality($5::text[]) = 0 or e.account_id = any($5)) \
+                 order by e.event_id \
+                 limit $6 \
+             ) e \
              order by e.event_id \
              limit $6 \
          ) e \
@@ -151,7 +167,8 @@ pub async fn read(
 }
 
 /// Raises the floor to the newest slice cut before `cutoff` that every relay
-/// has passed, dropping the slices below it; returns the new floor's slice and
+/// has passed (at most `max_step` slices up, so that one statement stays
+/// short after a long relay outage), dropping the slices below it; returns the new floor's slice and
 /// snapshot (as text) when it moved. Its events go next ([`prune_events`]):
 /// the floor moves first, so that a reader that finds its events gone also
 /// finds its cursor below the floor.
@@ -159,10 +176,12 @@ pub async fn read(
 pub async fn raise_floor(
     conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
+    max_step: i64,
 ) -> Result<Option<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "with target as ( \
-             select max(slice_id) as slice_id from event_slice \
+             select least(max(slice_id), (select min(slice_id) from event_slice) + $2) as slice_id \
+             from event_slice \
              where closed_at < $1 \
                and slice_id < coalesce((select min(slice_id) from event_relay), 9223372036854775807) \
          ), dropped as ( \
@@ -172,6 +191,7 @@ pub async fn raise_floor(
          where s.slice_id = target.slice_id and exists (select 1 from dropped)",
     )
     .bind(cutoff)
+    .bind(max_step)
     .fetch_optional(conn)
     .await
 }

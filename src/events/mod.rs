@@ -44,6 +44,10 @@ const PRUNE_BATCH: i64 = 5_000;
 /// The most slices one read of the log spans.
 const READ_SLICES: i64 = 256;
 
+/// The most slices one pruning run drops (a run a minute keeps up with 50
+/// slices a second of each of three replicas).
+const PRUNE_SLICES: i64 = 10_000;
+
 /// That a call committed: the call layer pokes it, the slicer waits on it.
 /// A poke is one atomic swap when a cut is already due.
 #[derive(Debug, Default)]
@@ -242,7 +246,7 @@ impl EventLog {
             .checked_sub_signed(retention)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut conn = self.pool.acquire().await?;
-        db::events::raise_floor(&mut conn, cutoff).await?;
+        db::events::raise_floor(&mut conn, cutoff, PRUNE_SLICES).await?;
         let (_, snapshot) = db::events::floor(&mut conn).await?;
         let mut pruned = 0;
         while !shutdown.is_cancelled() {
@@ -300,16 +304,23 @@ fn check(cursor: Cursor, floor: i64, last: i64) -> Result<Cursor, Error> {
     Ok(cursor)
 }
 
-/// The events after `after` that pass `filter` (at most `limit`), and the
-/// cursor after them: past the last event read, or, when the read reached the
-/// end of what it looked at, the start of the next slice to read. One
-/// snapshot, so that pruning cannot take events from under it unnoticed.
-pub async fn read(
-    pool: &PgPool,
-    after: Cursor,
-    filter: &Filter,
-    limit: i64,
-) -> Result<(Vec<StoredEvent>, Cursor), Error> {
+/// What a read of the log found.
+#[derive(Debug)]
+pub struct Read {
+    /// The events, in log order.
+    pub events: Vec<StoredEvent>,
+    /// The cursor after them: past the last event read, or, when the read
+    /// reached the end of what it looked at, the start of the next slice.
+    pub next: Cursor,
+    /// Whether the read reached the newest slice: nothing more to read until
+    /// another slice is cut.
+    pub caught_up: bool,
+}
+
+/// The events after `after` that pass `filter` (at most `limit`, from at most
+/// a few hundred slices). One snapshot, so that pruning cannot take events
+/// from under it unnoticed.
+pub async fn read(pool: &PgPool, after: Cursor, filter: &Filter, limit: i64) -> Result<Read, Error> {
     let mut tx = pool.begin().await?;
     db::read_only_snapshot(&mut tx).await?;
     let (floor, last) = db::events::bounds(&mut tx).await?;
@@ -317,11 +328,22 @@ pub async fn read(
     let until = last.min(after.slice.saturating_add(READ_SLICES - 1));
     let events = db::events::read(&mut tx, after, until, filter, limit).await?;
     tx.commit().await?;
+    Ok(page(events, after, until, last, limit))
+}
+
+/// The [`Read`] of `events`, read after `after` from the slices up to `until`
+/// (`last` being the newest).
+pub fn page(events: Vec<StoredEvent>, after: Cursor, until: i64, last: i64, limit: i64) -> Read {
+    let full = events.len() as i64 >= limit;
     let next = match events.last() {
-        Some(event) if events.len() as i64 >= limit => event.cursor,
+        Some(event) if full => event.cursor,
         _ => Cursor::start_of(until + 1).max(after),
     };
-    Ok((events, next))
+    Read {
+        events,
+        next,
+        caught_up: !full && until >= last,
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::db;
 use crate::domain::events::{Filter, StoredEvent};
-use crate::events::EventLog;
+use crate::events::{EventLog, Read, oldest_cursor, page};
 use crate::grpc::events::event_pb;
 use crate::metrics::Metrics;
 
@@ -41,8 +41,13 @@ pub const RELAY: &str = "nats";
 /// The most events one batch publishes (one transaction).
 const BATCH: i64 = 500;
 
-/// How long JetStream may take to acknowledge a batch.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long JetStream may take to acknowledge one message.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long publishing a batch may take, acknowledgements included: well
+/// within the database's `idle_in_transaction_session_timeout` (10 s by
+/// default), since the batch's transaction waits meanwhile.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How long a stream created by the relay drops duplicate ids (the time a
 /// crashed relay has to come back without publishing an event twice).
@@ -142,7 +147,7 @@ impl Relay {
         let mut slices = self.log.subscribe();
         while !shutdown.is_cancelled() {
             slices.borrow_and_update();
-            while self.relay_batch(&context).await? == BATCH as usize && !shutdown.is_cancelled() {}
+            while !self.relay_batch(&context).await? && !shutdown.is_cancelled() {}
             self.record_lag().await;
             // The next slice, or a look now and then (another replica's relay
             // may have stopped, leaving this one to take over).
@@ -160,36 +165,56 @@ impl Relay {
         db::events::register_relay(&mut conn, RELAY, self.clock.now()).await
     }
 
-    /// Publishes the next batch, if this replica holds the relay; returns how
-    /// many events went out.
-    async fn relay_batch(&self, context: &jetstream::Context) -> anyhow::Result<usize> {
+    /// Publishes the next batch, if this replica holds the relay; returns
+    /// whether it has caught up (or another replica holds the relay).
+    async fn relay_batch(&self, context: &jetstream::Context) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let Some(cursor) = db::events::lock_relay(&mut tx, RELAY).await? else {
-            return Ok(0);
+        let Some(mut cursor) = db::events::lock_relay(&mut tx, RELAY).await? else {
+            return Ok(true);
         };
-        let (_, last) = db::events::bounds(&mut tx).await?;
+        let (floor, last) = db::events::bounds(&mut tx).await?;
+        if cursor.slice <= floor {
+            // Only a relay registered while the pruner raised the floor past
+            // where it started: those events were already older than the
+            // retention.
+            tracing::warn!(%cursor, floor, "the relay's cursor was below the floor: moved up to it");
+            cursor = oldest_cursor(floor);
+        }
         let until = last.min(cursor.slice.saturating_add(255));
         let batch = db::events::read(&mut tx, cursor, until, &Filter::default(), BATCH).await?;
-        let next = match batch.last() {
-            Some(event) if batch.len() as i64 >= BATCH => event.cursor,
-            _ => crate::domain::events::Cursor::start_of(until + 1).max(cursor),
-        };
+        let Read {
+            events: batch,
+            next,
+            caught_up,
+        } = page(batch, cursor, until, last, BATCH);
         if next == cursor {
-            return Ok(0);
+            return Ok(true);
         }
         let count = batch.len();
-        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
-        for event in batch {
-            let (subject, headers, body) = self.message(event);
-            acks.push(context.publish_with_headers(subject, headers, body).await?);
-        }
-        for ack in acks {
-            ack.await?;
+        // Nothing of the database is in flight while this runs, so the
+        // deadline may drop it; the transaction then rolls back.
+        let published = tokio::time::timeout(PUBLISH_DEADLINE, async {
+            let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
+            for event in batch {
+                let (subject, headers, body) = self.message(event);
+                acks.push(context.publish_with_headers(subject, headers, body).await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+        .await;
+        match published {
+            Ok(result) => result?,
+            Err(_) => {
+                anyhow::bail!("JetStream did not acknowledge a batch of {count} within {PUBLISH_DEADLINE:?}")
+            }
         }
         db::events::advance_relay(&mut tx, RELAY, next, count as i64, self.clock.now()).await?;
         tx.commit().await?;
         self.metrics.events_relayed(count as u64);
-        Ok(count)
+        Ok(caught_up)
     }
 
     /// The subject, headers and body of an event.

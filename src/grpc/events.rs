@@ -2,13 +2,14 @@
 //! stored event to its `loyalty.v1.Event` (also the body the relay publishes).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::Stream;
 use serde::Deserialize;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -39,16 +40,26 @@ const STALLED: Duration = Duration::from_secs(30);
 /// Messages a watch keeps ready ahead of its client.
 const BUFFER: usize = 64;
 
+/// Reads of the log the watches of one replica run at once (each takes a
+/// connection of the pool for a few statements).
+const CONCURRENT_READS: usize = 4;
+
 /// Serves `loyalty.v1.Events`.
 #[derive(Debug, Clone)]
 pub struct EventsService {
     pool: PgPool,
     log: EventLog,
+    /// Turns of the watches' reads of the log.
+    reads: Arc<Semaphore>,
 }
 
 impl EventsService {
     pub fn new(pool: PgPool, log: EventLog) -> Self {
-        Self { pool, log }
+        Self {
+            pool,
+            log,
+            reads: Arc::new(Semaphore::new(CONCURRENT_READS)),
+        }
     }
 }
 
@@ -70,6 +81,7 @@ impl pb::events_server::Events for EventsService {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let watch = Watch {
             pool: self.pool.clone(),
+            reads: self.reads.clone(),
             slices: self.log.subscribe(),
             filter,
             cursor: from,
@@ -121,6 +133,7 @@ fn watch_request(request: &pb::WatchRequest) -> Result<(Start, Filter), Error> {
 /// filter, and waits for the next slice when it has caught up.
 struct Watch {
     pool: PgPool,
+    reads: Arc<Semaphore>,
     slices: watch::Receiver<i64>,
     filter: Filter,
     cursor: Cursor,
@@ -145,11 +158,22 @@ impl Watch {
             self.slices.borrow_and_update();
             // A read is never cancelled halfway (its transaction would go back
             // to the pool open); it is short, bounded by the statement timeout.
-            let read = events::read(&self.pool, self.cursor, &self.filter, WATCH_BATCH).await;
+            // Watches take turns for a few of the pool's connections, so that
+            // they never crowd out the calls.
+            let read = {
+                let Ok(_turn) = self.reads.acquire().await else {
+                    return;
+                };
+                events::read(&self.pool, self.cursor, &self.filter, WATCH_BATCH).await
+            };
             if self.sender.is_closed() || ends.is_elapsed() {
                 return;
             }
-            let (batch, next) = match read {
+            let events::Read {
+                events: batch,
+                next,
+                caught_up,
+            } = match read {
                 Ok(read) => read,
                 Err(error) => {
                     // The client learns why (an expired cursor after pruning,
@@ -158,7 +182,6 @@ impl Watch {
                     return;
                 }
             };
-            let full = batch.len() as i64 >= WATCH_BATCH;
             for event in batch {
                 let message = pb::WatchResponse {
                     cursor: event.cursor.to_string(),
@@ -170,7 +193,7 @@ impl Watch {
                 last_sent = Instant::now();
             }
             self.cursor = next;
-            if full {
+            if !caught_up {
                 continue;
             }
             // Caught up: say where the watch is now and then, then wait for a slice.
