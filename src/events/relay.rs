@@ -12,6 +12,10 @@
 //!   A crash between the acknowledgements and the commit publishes the batch
 //!   again: each message carries its event id as `Nats-Msg-Id`, and JetStream
 //!   drops a duplicate within the stream's duplicate window.
+//! - **In order in the stream.** Each message of a batch after the first
+//!   carries `Nats-Expected-Last-Msg-Id` (the event before it): if JetStream
+//!   refuses one message, it refuses the rest of the batch rather than store
+//!   them ahead of it, and the batch goes again, in order.
 //! - **CloudEvents** attributes as headers (binary mode): `ce-specversion`,
 //!   `ce-id` (the event id), `ce-type` (`loyalty.v1.<type>`), `ce-source`,
 //!   `ce-time`, `ce-subject` (the account); the body is the protobuf
@@ -195,8 +199,18 @@ impl Relay {
         // deadline may drop it; the transaction then rolls back.
         let published = tokio::time::timeout(PUBLISH_DEADLINE, async {
             let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(count);
+            // Each message after the first names the one before it: should
+            // JetStream refuse one, it refuses every later one of the batch
+            // too (instead of storing them ahead of it), and the batch is
+            // published again in order. The first follows the previous batch,
+            // acknowledged whole.
+            let mut previous: Option<String> = None;
             for event in batch {
-                let (subject, headers, body) = self.message(event);
+                let id = event.event_id.to_string();
+                let (subject, mut headers, body) = self.message(event);
+                if let Some(previous) = previous.replace(id) {
+                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, previous);
+                }
                 acks.push(context.publish_with_headers(subject, headers, body).await?);
             }
             for ack in acks {
