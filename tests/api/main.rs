@@ -10,6 +10,7 @@ mod code_batches;
 mod concurrency;
 mod coupon_concurrency;
 mod coupons;
+mod database_tls;
 mod engagement;
 mod events;
 mod events_relay;
