@@ -281,6 +281,12 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Error::Unavailable(error),
+            // A server (or a proxy in front of it) that closes the connection
+            // during the TLS negotiation: sqlx reports the missing answer as a
+            // protocol error, with no variant of its own.
+            sqlx::Error::Protocol(message) if message.starts_with("unexpected response from SSLRequest") => {
+                Error::Unavailable(error)
+            }
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("23505") => Error::AlreadyExists {
                     reason: "ALREADY_EXISTS",
@@ -392,6 +398,13 @@ impl<T, E: fmt::Display> FieldContext<T> for Result<T, E> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_server_gone_during_the_tls_negotiation_is_unavailable_not_a_bug() {
+        let gone = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00 (tls:95)".into());
+        assert!(matches!(Error::from(gone), Error::Unavailable(_)));
+        let other = sqlx::Error::Protocol("something else".into());
+        assert!(matches!(Error::from(other), Error::Internal(_)));
+    }
     #[test]
     fn caller_mistakes_are_info_outages_warn_and_bugs_error() {
         let not_found = Error::NotFound {
