@@ -1,20 +1,30 @@
-//! Prometheus metrics: calls by method and gRPC code, call latency, pool use and
-//! database health, served as text on `GET /metrics` of `--metrics-addr`.
+//! Prometheus metrics: calls by method and gRPC code, call latency, pool use,
+//! database health, client connections and the event log, served as text on
+//! `GET /metrics` of `--metrics-addr`.
 //!
-//! The registry is small and hand-rolled (a mutex-guarded map per family), which
-//! is plenty for a few dozen methods; the lock is held for a map update only.
+//! The registry is the `prometheus` crate's, one per server (tests run several
+//! in one process). Every method's counters and latency histogram are created
+//! when the server starts, from the methods the server serves (paths are the
+//! caller's text: an unknown one shares the label `unknown`), so recording a
+//! call is a map read and atomic increments: no lock, no allocation. The
+//! endpoint is served by hyper (HTTP/1.1, one request per connection).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use prost::Message;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 
@@ -23,213 +33,278 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The names of the gRPC status codes, by number.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The label of the methods the server does not serve.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// The number of a gRPC status code (`UNKNOWN` for anything else).
+fn code_number(code: &str) -> usize {
+    code.parse::<usize>()
+        .ok()
+        .filter(|n| *n < CODES.len())
+        .unwrap_or(2)
+}
+
+/// One method's series, created at start.
+#[derive(Debug)]
+struct MethodSeries {
+    calls: [IntCounter; CODES.len()],
+    latency: Histogram,
 }
 
 /// The service's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    database_up: AtomicBool,
-    connections_open: AtomicI64,
-    connections_refused: AtomicU64,
-    event_slices: AtomicU64,
-    events_sliced: AtomicU64,
-    events_relayed: AtomicU64,
-    /// Seconds, as `f64` bits.
-    relay_lag: AtomicU64,
+    registry: Registry,
+    /// The index in `series` of each served method's path.
+    methods: HashMap<String, usize>,
+    /// Each served method's series, then those of unknown paths (last).
+    series: Vec<MethodSeries>,
+    database_up: IntGauge,
+    pool_connections: IntGauge,
+    pool_idle_connections: IntGauge,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
+    event_slices: IntCounter,
+    events_sliced: IntCounter,
+    events_relayed: IntCounter,
+    relay_lag: Gauge,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave a map half-updated in a way that
-    // matters for counters; keep serving them.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The name of a gRPC status code number.
-fn code_name(code: &str) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
+/// The paths of every method the server serves: the loyalty services', health
+/// and reflection.
+fn served_methods() -> Vec<String> {
+    let sets = [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ];
-    code.parse::<usize>()
-        .ok()
-        .and_then(|n| NAMES.get(n).copied())
-        .unwrap_or("UNKNOWN")
+    let mut methods = Vec::new();
+    for set in sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+            continue;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    if crate::auth::is_known_method(&path) && !methods.contains(&path) {
+                        methods.push(path);
+                    }
+                }
+            }
+        }
+    }
+    methods
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// Records one finished call.
-    pub fn record_call(&self, method: &str, code: &'static str, seconds: f64) {
-        *lock(&self.calls).entry((method.to_owned(), code)).or_default() += 1;
-        let mut latency = lock(&self.latency);
-        let histogram = latency.entry(method.to_owned()).or_default();
-        for (bound, count) in BUCKETS.iter().zip(histogram.counts.iter_mut()) {
-            if seconds <= *bound {
-                *count += 1;
-            }
+    /// A registry with every series of every served method.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // The names and help texts are constants: registering them cannot fail.
+        fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric names are unique and valid");
+            metric
         }
-        histogram.count += 1;
-        histogram.sum += seconds;
+        let calls = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "loyalty_grpc_calls_total",
+                    "Finished gRPC calls by method and status code.",
+                ),
+                &["method", "code"],
+            )
+            .expect("valid metric"),
+        );
+        let latency = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "loyalty_grpc_call_duration_seconds",
+                    "gRPC call latency by method.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["method"],
+            )
+            .expect("valid metric"),
+        );
+        let mut methods = HashMap::new();
+        let mut series = Vec::new();
+        for method in served_methods().into_iter().chain([UNKNOWN_METHOD.to_owned()]) {
+            series.push(MethodSeries {
+                calls: CODES.map(|code| calls.with_label_values(&[method.as_str(), code])),
+                latency: latency.with_label_values(&[method.as_str()]),
+            });
+            methods.insert(method, series.len() - 1);
+        }
+        let gauge =
+            |name: &str, help: &str| registered(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let counter = |name: &str, help: &str| {
+            registered(&registry, IntCounter::new(name, help).expect("valid metric"))
+        };
+        Self {
+            methods,
+            series,
+            database_up: gauge(
+                "loyalty_database_up",
+                "Whether the database answered the last health ping.",
+            ),
+            pool_connections: gauge("loyalty_db_pool_connections", "Open database connections."),
+            pool_idle_connections: gauge("loyalty_db_pool_idle_connections", "Idle database connections."),
+            connections_open: gauge("loyalty_connections_open", "Open client connections."),
+            connections_refused: counter(
+                "loyalty_connections_refused_total",
+                "Client connections closed at once: too many were open.",
+            ),
+            event_slices: counter(
+                "loyalty_event_slices_total",
+                "Slices of the event log this replica cut.",
+            ),
+            events_sliced: counter(
+                "loyalty_events_sliced_total",
+                "Events in the slices this replica cut.",
+            ),
+            events_relayed: counter(
+                "loyalty_events_relayed_total",
+                "Events this replica published to NATS JetStream.",
+            ),
+            relay_lag: registered(
+                &registry,
+                Gauge::new(
+                    "loyalty_event_relay_lag_seconds",
+                    "Age of the oldest event slice not yet published (as this replica's relay last saw it).",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    /// The series of the method at `path` (those of unknown paths for a path
+    /// the server does not serve): a map read.
+    pub fn method(&self, path: &str) -> usize {
+        self.methods.get(path).copied().unwrap_or(self.series.len() - 1)
+    }
+
+    /// Records one finished call of the method [`method`](Self::method) found,
+    /// with the gRPC status number `code` (as in `grpc-status`).
+    pub fn record_call(&self, method: usize, code: &str, seconds: f64) {
+        if let Some(series) = self.series.get(method) {
+            series.calls[code_number(code)].inc();
+            series.latency.observe(seconds);
+        }
     }
 
     /// Counts a client connection accepted.
     pub fn connection_opened(&self) {
-        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.inc();
     }
 
     /// Counts a client connection closed.
     pub fn connection_closed(&self) {
-        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.connections_open.dec();
     }
 
     /// Counts a client connection closed at once because too many were open.
     pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        self.connections_refused.inc();
     }
 
     /// Counts a slice of the event log cut by this replica.
     pub fn slice_cut(&self, events: i32) {
-        self.event_slices.fetch_add(1, Ordering::Relaxed);
-        self.events_sliced
-            .fetch_add(u64::try_from(events).unwrap_or(0), Ordering::Relaxed);
+        self.event_slices.inc();
+        self.events_sliced.inc_by(u64::try_from(events).unwrap_or(0));
     }
 
     /// Counts events this replica published to NATS.
     pub fn events_relayed(&self, events: u64) {
-        self.events_relayed.fetch_add(events, Ordering::Relaxed);
+        self.events_relayed.inc_by(events);
     }
 
     /// Records how long the oldest event not yet published has waited.
     pub fn set_relay_lag(&self, seconds: f64) {
-        self.relay_lag.store(seconds.to_bits(), Ordering::Relaxed);
+        self.relay_lag.set(seconds);
     }
 
     /// Records whether the database answers (the health monitor calls this).
     pub fn set_database_up(&self, up: bool) {
-        self.database_up.store(up, Ordering::Relaxed);
+        self.database_up.set(i64::from(up));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, pool: &PgPool) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP loyalty_grpc_calls_total Finished gRPC calls by method and status code.\n");
-        out.push_str("# TYPE loyalty_grpc_calls_total counter\n");
-        for ((method, code), count) in lock(&self.calls).iter() {
-            let _ = writeln!(
-                out,
-                "loyalty_grpc_calls_total{{method=\"{method}\",code=\"{code}\"}} {count}"
-            );
+        self.pool_connections.set(i64::from(pool.size()));
+        self.pool_idle_connections
+            .set(i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %error, "encoding the metrics failed");
         }
-        out.push_str("# HELP loyalty_grpc_call_duration_seconds gRPC call latency by method.\n");
-        out.push_str("# TYPE loyalty_grpc_call_duration_seconds histogram\n");
-        for (method, h) in lock(&self.latency).iter() {
-            for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-                let _ = writeln!(
-                    out,
-                    "loyalty_grpc_call_duration_seconds_bucket{{method=\"{method}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "loyalty_grpc_call_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "loyalty_grpc_call_duration_seconds_sum{{method=\"{method}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "loyalty_grpc_call_duration_seconds_count{{method=\"{method}\"}} {}",
-                h.count
-            );
-        }
-        let up = u8::from(self.database_up.load(Ordering::Relaxed));
-        let _ = write!(
-            out,
-            "# HELP loyalty_database_up Whether the database answered the last health ping.\n\
-             # TYPE loyalty_database_up gauge\nloyalty_database_up {up}\n\
-             # HELP loyalty_db_pool_connections Open database connections.\n\
-             # TYPE loyalty_db_pool_connections gauge\nloyalty_db_pool_connections {}\n\
-             # HELP loyalty_db_pool_idle_connections Idle database connections.\n\
-             # TYPE loyalty_db_pool_idle_connections gauge\nloyalty_db_pool_idle_connections {}\n\
-             # HELP loyalty_connections_open Open client connections.\n\
-             # TYPE loyalty_connections_open gauge\nloyalty_connections_open {}\n\
-             # HELP loyalty_connections_refused_total Client connections closed at once: too many were open.\n\
-             # TYPE loyalty_connections_refused_total counter\nloyalty_connections_refused_total {}\n\
-             # HELP loyalty_event_slices_total Slices of the event log this replica cut.\n\
-             # TYPE loyalty_event_slices_total counter\nloyalty_event_slices_total {}\n\
-             # HELP loyalty_events_sliced_total Events in the slices this replica cut.\n\
-             # TYPE loyalty_events_sliced_total counter\nloyalty_events_sliced_total {}\n\
-             # HELP loyalty_events_relayed_total Events this replica published to NATS JetStream.\n\
-             # TYPE loyalty_events_relayed_total counter\nloyalty_events_relayed_total {}\n\
-             # HELP loyalty_event_relay_lag_seconds Age of the oldest event slice not yet published (as this replica's relay last saw it).\n\
-             # TYPE loyalty_event_relay_lag_seconds gauge\nloyalty_event_relay_lag_seconds {}\n",
-            pool.size(),
-            pool.num_idle(),
-            self.connections_open.load(Ordering::Relaxed),
-            self.connections_refused.load(Ordering::Relaxed),
-            self.event_slices.load(Ordering::Relaxed),
-            self.events_sliced.load(Ordering::Relaxed),
-            self.events_relayed.load(Ordering::Relaxed),
-            f64::from_bits(self.relay_lag.load(Ordering::Relaxed)),
-        );
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped. Each connection
-/// gets one response and is closed.
+/// Serves `GET /metrics` on `listener` until the task is dropped, with hyper:
+/// HTTP/1.1, one request per connection, a bounded head.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, pool: PgPool) {
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
+        let Ok((socket, _)) = listener.accept().await else {
             continue;
         };
         let (metrics, pool) = (metrics.clone(), pool.clone());
-        tokio::spawn(async move {
-            let mut request = Vec::with_capacity(1024);
-            let mut buffer = [0u8; 1024];
-            // Read the request head (bounded), ignoring any body.
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                match socket.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buffer[..n]),
-                }
-            }
-            let response = if request.starts_with(b"GET /metrics ") {
-                let body = metrics.render(&pool);
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                )
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+                hyper::Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("connection", "close")
+                    .body(Full::new(Bytes::from(metrics.render(&pool))))
             } else {
-                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                hyper::Response::builder()
+                    .status(hyper::StatusCode::NOT_FOUND)
+                    .header("connection", "close")
+                    .body(Full::new(Bytes::new()))
             };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
+            std::future::ready(Ok::<_, Infallible>(response.unwrap_or_default()))
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_buf_size(16 * 1024)
+                .keep_alive(false)
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
         });
     }
 }
@@ -279,13 +354,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        // Only known methods get a label of their own: paths are caller-controlled.
-        let method = if crate::auth::is_known_method(path) {
-            path.to_owned()
-        } else {
-            "unknown".to_owned()
-        };
+        // Only served methods get a label of their own: paths are caller-controlled.
+        let method = self.metrics.method(request.uri().path());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -298,10 +368,10 @@ where
                     .headers()
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
-                    .map_or("OK", code_name),
-                Err(_) => "UNKNOWN",
+                    .unwrap_or("0"),
+                Err(_) => "2",
             };
-            metrics.record_call(&method, code, started.elapsed().as_secs_f64());
+            metrics.record_call(method, code, started.elapsed().as_secs_f64());
             result
         })
     }
@@ -311,21 +381,60 @@ where
 mod tests {
     use super::*;
 
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
     #[test]
-    fn a_call_lands_in_its_bucket_and_the_ones_above() {
-        let metrics = Metrics::default();
-        metrics.record_call("/m", "OK", 0.003);
-        let latency = lock(&metrics.latency);
-        let h = &latency["/m"];
-        assert_eq!(&h.counts[..4], &[0, 0, 1, 1]);
-        assert_eq!(h.count, 1);
+    fn a_call_lands_in_its_method_its_code_and_its_buckets() {
+        let metrics = Metrics::new();
+        let method = metrics.method("/loyalty.v1.Points/GetBalance");
+        metrics.record_call(method, "5", 0.003);
+        let registry = metrics.registry.gather();
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&registry, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let calls = "loyalty_grpc_calls_total{code=\"NOT_FOUND\",method=\"/loyalty.v1.Points/GetBalance\"}";
+        assert_eq!(line(&text, calls), Some(format!("{calls} 1").as_str()));
+        let bucket = |le: &str| {
+            format!(
+                "loyalty_grpc_call_duration_seconds_bucket{{method=\"/loyalty.v1.Points/GetBalance\",le=\"{le}\"}}"
+            )
+        };
+        assert_eq!(
+            line(&text, &bucket("0.0025")),
+            Some(format!("{} 0", bucket("0.0025")).as_str())
+        );
+        assert_eq!(
+            line(&text, &bucket("0.005")),
+            Some(format!("{} 1", bucket("0.005")).as_str())
+        );
+    }
+
+    #[test]
+    fn a_path_the_server_does_not_serve_shares_the_unknown_series() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.method("/evil/Path"), metrics.method("/other/Thing"));
+        assert_ne!(
+            metrics.method("/loyalty.v1.Points/GetBalance"),
+            metrics.method("/evil/Path")
+        );
+        assert_ne!(
+            metrics.method("/grpc.health.v1.Health/Check"),
+            metrics.method("/evil/Path")
+        );
+        assert_ne!(
+            metrics.method("/loyalty.v1.Events/Watch"),
+            metrics.method("/evil/Path")
+        );
     }
 
     #[test]
     fn status_numbers_have_their_names() {
-        assert_eq!(code_name("0"), "OK");
-        assert_eq!(code_name("3"), "INVALID_ARGUMENT");
-        assert_eq!(code_name("16"), "UNAUTHENTICATED");
-        assert_eq!(code_name("99"), "UNKNOWN");
+        assert_eq!(CODES[code_number("0")], "OK");
+        assert_eq!(CODES[code_number("3")], "INVALID_ARGUMENT");
+        assert_eq!(CODES[code_number("16")], "UNAUTHENTICATED");
+        assert_eq!(CODES[code_number("99")], "UNKNOWN");
+        assert_eq!(CODES[code_number("x")], "UNKNOWN");
     }
 }

@@ -387,8 +387,8 @@ async fn metrics_count_calls_by_method_and_code(pool: PgPool) {
 
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     for line in [
-        "loyalty_grpc_calls_total{method=\"/loyalty.v1.Membership/RegisterMember\",code=\"OK\"} 1",
-        "loyalty_grpc_calls_total{method=\"/loyalty.v1.Membership/GetMember\",code=\"NOT_FOUND\"} 1",
+        "loyalty_grpc_calls_total{code=\"OK\",method=\"/loyalty.v1.Membership/RegisterMember\"} 1",
+        "loyalty_grpc_calls_total{code=\"NOT_FOUND\",method=\"/loyalty.v1.Membership/GetMember\"} 1",
         "loyalty_grpc_call_duration_seconds_count{method=\"/loyalty.v1.Membership/GetMember\"} 1",
         "loyalty_database_up 1",
     ] {
