@@ -34,6 +34,24 @@ pub enum Command {
     Serve(Box<Config>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseConfig),
+    /// Print a new bearer token and the tokens file line granting it; with
+    /// `--hash`, print the hash of a token read on stdin.
+    Token(TokenArgs),
+}
+
+/// `loyalty token`: the caller and scopes of the line to print.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The calling service the token is for.
+    #[arg(long, default_value = "EDIT-CALLER", conflicts_with = "hash")]
+    pub caller: String,
+    /// Its scopes, comma-separated (`*` for all).
+    #[arg(long, default_value = "EDIT-SCOPES", conflicts_with = "hash")]
+    pub scopes: String,
+    /// Read a token on stdin and print its `sha256:` hash instead (to convert a
+    /// file of clear-text tokens).
+    #[arg(long)]
+    pub hash: bool,
 }
 
 /// How to reach PostgreSQL.
@@ -113,8 +131,9 @@ pub struct Config {
     /// XXX, ...). Order minimums and fast-refund limits are in it.
     #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
     pub program_currency: Currency,
-    /// File of bearer tokens and their scopes (see README). Without it,
-    /// authentication is off: every caller may call everything.
+    /// File of callers, the SHA-256 hashes of their bearer tokens and their
+    /// scopes (see README); it must be private to its owner (mode 600). Without
+    /// it, authentication is off: every caller may call everything.
     #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`); none to serve no metrics.
@@ -438,5 +457,21 @@ mod tests {
         let config = Config::try_parse_from(["loyalty", "--program-currency", "JPY"]).unwrap();
         assert_eq!(config.program_currency.minor_units(), 0);
         assert_eq!(config.earning_rules().order_minimum.to_string(), "200 JPY");
+    }
+
+    #[test]
+    fn the_token_command_takes_a_caller_and_scopes_or_hashes() {
+        let Command::Token(args) = Cli::parse_from(["loyalty", "token"]).command else {
+            panic!("not the token command");
+        };
+        assert_eq!(
+            (args.caller.as_str(), args.scopes.as_str(), args.hash),
+            ("EDIT-CALLER", "EDIT-SCOPES", false)
+        );
+        let Command::Token(args) = Cli::parse_from(["loyalty", "token", "--hash"]).command else {
+            panic!("not the token command");
+        };
+        assert!(args.hash);
+        assert!(Cli::try_parse_from(["loyalty", "token", "--hash", "--caller", "x"]).is_err());
     }
 }
