@@ -2,6 +2,7 @@
 //!
 //! `loyalty serve --help` prints them all; the README has the table.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,82 @@ pub enum Command {
     Serve(Box<Config>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseConfig),
+    /// Print a new bearer token and the tokens file line granting it; with
+    /// `--hash`, print the hash of a token read on stdin.
+    Token(TokenArgs),
+}
+
+/// `loyalty token`: the caller and scopes of the line to print.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The calling service the token is for.
+    #[arg(long, default_value = "EDIT-CALLER", conflicts_with = "hash")]
+    pub caller: String,
+    /// Its scopes, comma-separated (`*` for all).
+    #[arg(long, default_value = "EDIT-SCOPES", conflicts_with = "hash")]
+    pub scopes: String,
+    /// Read a token on stdin and print its `sha256:` hash instead (to convert a
+    /// file of clear-text tokens).
+    #[arg(long)]
+    pub hash: bool,
+}
+
+/// A URL whose secrets never show in `Debug` (nor in `--help`): `Cli` and
+/// `Config` are debug-printed, and a URL may carry a password in its user info,
+/// a NATS token as its user info, or a `password=` parameter.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Takes the URL as given; its client checks it when it connects.
+    fn parse(url: &str) -> Result<Self, std::convert::Infallible> {
+        Ok(Self(url.to_owned()))
+    }
+
+    /// The URL with its secrets, for the connection only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with `***` for each secret: the password of the user info; the
+    /// whole user info, unless it is a PostgreSQL user name; a `password=`
+    /// parameter.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let (before_query, query) = match url.split_once('?') {
+            Some((before, query)) => (before, Some(query)),
+            None => (url.as_str(), None),
+        };
+        let mut redacted = before_query.to_owned();
+        if let Some((scheme, rest)) = before_query.split_once("://") {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if let Some((user_info, host)) = authority.rsplit_once('@') {
+                let user_info = match user_info.split_once(':') {
+                    Some((user, _password)) => format!("{user}:***"),
+                    None if scheme.starts_with("postgres") => user_info.to_owned(),
+                    None => "***".to_owned(),
+                };
+                redacted = format!("{scheme}://{user_info}@{host}{path}");
+            }
+        }
+        if let Some(query) = query {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            redacted = format!("{redacted}?{}", parameters.join("&"));
+        }
+        redacted
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({:?})", self.redacted())
+    }
 }
 
 /// How to reach PostgreSQL.
@@ -43,9 +120,11 @@ pub struct DatabaseConfig {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/loyalty"
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/loyalty",
+        value_parser = SecretUrl::parse
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Most connections the pool opens.
     #[arg(long, env = "LOYALTY_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
@@ -113,8 +192,9 @@ pub struct Config {
     /// XXX, ...). Order minimums and fast-refund limits are in it.
     #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
     pub program_currency: Currency,
-    /// File of bearer tokens and their scopes (see README). Without it,
-    /// authentication is off: every caller may call everything.
+    /// File of callers, the SHA-256 hashes of their bearer tokens and their
+    /// scopes (see README); it must be private to its owner (mode 600). Without
+    /// it, authentication is off: every caller may call everything.
     #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`); none to serve no metrics.
@@ -229,8 +309,8 @@ impl LimitsConfig {
 pub struct EventsConfig {
     /// Publish the event log to NATS JetStream at this URL
     /// (`nats://127.0.0.1:4222`); off by default.
-    #[arg(long, env = "LOYALTY_NATS_URL")]
-    pub nats_url: Option<String>,
+    #[arg(long, env = "LOYALTY_NATS_URL", hide_env_values = true, value_parser = SecretUrl::parse)]
+    pub nats_url: Option<SecretUrl>,
     /// The JetStream stream the events go to (created when missing, with the
     /// subjects `<prefix>.>`).
     #[arg(long, env = "LOYALTY_NATS_STREAM", default_value = "LOYALTY_EVENTS")]
@@ -438,5 +518,49 @@ mod tests {
         let config = Config::try_parse_from(["loyalty", "--program-currency", "JPY"]).unwrap();
         assert_eq!(config.program_currency.minor_units(), 0);
         assert_eq!(config.earning_rules().order_minimum.to_string(), "200 JPY");
+    }
+
+    #[test]
+    fn url_secrets_never_show_in_debug() {
+        for url in [
+            "postgres://u:s3cret@h/db",
+            "postgres://u:s3cret@h:5432/db?sslmode=require",
+            "postgres://u@h/db?password=s3cret&sslmode=disable",
+        ] {
+            let config = Config::parse_from(["loyalty", "--database-url", url, "--nats-url", url]);
+            let cli = Cli::parse_from(["loyalty", "migrate", "--database-url", url]);
+
+            assert_eq!(config.database.database_url.expose(), url);
+            for debug in [format!("{config:?}"), format!("{cli:?}")] {
+                assert!(!debug.contains("s3cret"), "{debug}");
+                assert!(
+                    debug.contains("u:***@h") || debug.contains("password=***"),
+                    "{debug}"
+                );
+            }
+        }
+        let config = Config::parse_from(["loyalty", "--nats-url", "nats://s3cret@h:4222"]);
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "a NATS token is hidden"
+        );
+        let plain = SecretUrl::parse("postgres://postgres@127.0.0.1:5432/loyalty").unwrap();
+        assert_eq!(plain.redacted(), plain.expose(), "a user name is no secret");
+    }
+
+    #[test]
+    fn the_token_command_takes_a_caller_and_scopes_or_hashes() {
+        let Command::Token(args) = Cli::parse_from(["loyalty", "token"]).command else {
+            panic!("not the token command");
+        };
+        assert_eq!(
+            (args.caller.as_str(), args.scopes.as_str(), args.hash),
+            ("EDIT-CALLER", "EDIT-SCOPES", false)
+        );
+        let Command::Token(args) = Cli::parse_from(["loyalty", "token", "--hash"]).command else {
+            panic!("not the token command");
+        };
+        assert!(args.hash);
+        assert!(Cli::try_parse_from(["loyalty", "token", "--hash", "--caller", "x"]).is_err());
     }
 }

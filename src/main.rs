@@ -1,12 +1,14 @@
-//! `loyalty serve` and `loyalty migrate`: parse the configuration, start the
-//! telemetry, and run the application.
+//! `loyalty serve`, `loyalty migrate` and `loyalty token`: parse the
+//! configuration, start the telemetry, and run the application (or make a token).
 
+use std::io::Read as _;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use loyalty::auth::{self, TokenHash};
 use loyalty::clock::SystemClock;
-use loyalty::config::{Cli, Command};
+use loyalty::config::{Cli, Command, TokenArgs};
 use loyalty::db::MIGRATOR;
 use loyalty::startup::{Application, connect_pool};
 use loyalty::telemetry;
@@ -30,7 +32,27 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Token(args) => token(&args),
     }
+}
+
+/// Prints a new token and its line, or the hash of a token read on stdin.
+fn token(args: &TokenArgs) -> anyhow::Result<()> {
+    if args.hash {
+        let mut token = String::new();
+        std::io::stdin()
+            .read_to_string(&mut token)
+            .context("failed to read the token on stdin")?;
+        anyhow::ensure!(!token.trim().is_empty(), "no token on stdin");
+        println!("{}", TokenHash::of(&token));
+        return Ok(());
+    }
+    let new = auth::new_token(&args.caller, &args.scopes)?;
+    println!("# The token, for the caller only (it is stored nowhere):");
+    println!("{}", new.token);
+    println!("# The line for the tokens file:");
+    println!("{}", new.line);
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -64,6 +64,7 @@ pub const HEALTH_SERVICES: [&str; 5] = [
 pub fn connect_pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = config
         .database_url
+        .expose()
         .parse()
         .context("failed to parse DATABASE_URL")?;
     let options = options.options(config.session_settings());

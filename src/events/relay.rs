@@ -33,6 +33,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::config::SecretUrl;
 use crate::db;
 use crate::domain::events::{Filter, StoredEvent};
 use crate::events::{EventLog, Read, oldest_cursor, page};
@@ -60,7 +61,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Where and how the relay publishes (from [`crate::config::EventsConfig`]).
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    pub url: String,
+    /// Logged only redacted: it may carry credentials.
+    pub url: SecretUrl,
     pub stream: String,
     pub subject_prefix: String,
 }
@@ -108,7 +110,7 @@ impl Relay {
             if let Err(error) = outcome {
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(error = %error, url = %self.settings.url, "relaying events to NATS failed; retrying");
+                    tracing::warn!(error = %error, url = %self.settings.url.redacted(), "relaying events to NATS failed; retrying");
                 } else {
                     tracing::debug!(error = %error, "relaying events to NATS failed again");
                 }
@@ -130,7 +132,7 @@ impl Relay {
         let connecting = async_nats::ConnectOptions::new()
             .name("loyalty-relay")
             .connection_timeout(Duration::from_secs(5))
-            .connect(self.settings.url.as_str());
+            .connect(self.settings.url.expose());
         let client = tokio::select! {
             client = connecting => client?,
             () = shutdown.cancelled() => return Ok(()),

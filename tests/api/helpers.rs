@@ -1,10 +1,12 @@
 //! Spawns the real application on port 0 against a test database and hands out
 //! typed gRPC clients.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use loyalty::auth::TokenHash;
 use loyalty::clock::ManualClock;
 use loyalty::config::Config;
 use loyalty::pb;
@@ -17,6 +19,24 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
+
+/// Writes a private (mode 600) tokens file granting each `(caller, token,
+/// scopes)` its scopes, with the token stored as its hash; `-` as the token
+/// writes a caller without one.
+pub fn tokens_file(name: &str, callers: &[(&str, &str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::temp_dir().join(format!("loyalty-{name}-{}.txt", std::process::id()));
+    let text: String = callers
+        .iter()
+        .map(|(caller, token, scopes)| match *token {
+            "-" => format!("{caller} - {scopes}\n"),
+            token => format!("{caller} {} {scopes}\n", TokenHash::of(token)),
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
 
 /// The instant the test clock starts at: mid-June, far from month edges.
 pub fn default_now() -> DateTime<Utc> {

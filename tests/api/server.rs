@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{DatabaseProxy, reason, spawn_app, spawn_app_with, start_app, ts};
+use crate::helpers::{DatabaseProxy, reason, spawn_app, spawn_app_with, start_app, tokens_file, ts};
 
 async fn health_of(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
     HealthClient::new(channel)
@@ -262,12 +262,15 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 #[sqlx::test]
 async fn tokens_grant_only_their_scopes(pool: PgPool) {
-    let file = std::env::temp_dir().join(format!("loyalty-tokens-{}.txt", std::process::id()));
-    std::fs::write(
-        &file,
-        "checkout t-checkout points:read\norders t-orders points:earn,members:write\nadmin t-admin *\n",
-    )
-    .unwrap();
+    let file = tokens_file(
+        "tokens",
+        &[
+            ("checkout", "t-checkout", "points:read"),
+            ("orders", "t-orders", "points:earn,members:write"),
+            ("admin", "t-admin", "*"),
+            ("certificate-only", "-", "*"),
+        ],
+    );
     let app = spawn_app_with(pool, &["--auth-tokens-file", file.to_str().unwrap()]).await;
     let mut points = app.points.clone();
     let bonus = || pb::GrantBonusRequest {
@@ -282,6 +285,7 @@ async fn tokens_grant_only_their_scopes(pool: PgPool) {
         .grant_bonus(with_token(bonus(), "t-forged"))
         .await
         .unwrap_err();
+    let no_token_caller = points.grant_bonus(with_token(bonus(), "-")).await.unwrap_err();
     let checkout = points
         .grant_bonus(with_token(bonus(), "t-checkout"))
         .await
@@ -306,6 +310,10 @@ async fn tokens_grant_only_their_scopes(pool: PgPool) {
     );
     assert_eq!(
         (unknown.code(), reason(&unknown).as_str()),
+        (Code::Unauthenticated, "UNKNOWN_TOKEN")
+    );
+    assert_eq!(
+        (no_token_caller.code(), reason(&no_token_caller).as_str()),
         (Code::Unauthenticated, "UNKNOWN_TOKEN")
     );
     assert_eq!(
@@ -466,4 +474,30 @@ async fn bad_level_settings_fail_the_start() {
 
     let error = built.err().expect("thresholds must increase");
     assert!(error.to_string().contains("thresholds"), "{error}");
+}
+
+#[tokio::test]
+async fn a_tokens_file_open_to_others_fails_the_start() {
+    use clap::Parser;
+    use std::os::unix::fs::PermissionsExt as _;
+    let lazy = PgPoolOptions::new()
+        .connect_lazy("postgres://postgres@127.0.0.1:1/loyalty")
+        .unwrap();
+    let clock = std::sync::Arc::new(loyalty::clock::ManualClock::new(crate::helpers::default_now()));
+    let file = tokens_file("open-tokens", &[("admin", "t-admin", "*")]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = loyalty::config::Config::try_parse_from([
+        "loyalty",
+        "--listen-addr",
+        "127.0.0.1:0",
+        "--auth-tokens-file",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+
+    let built = loyalty::startup::Application::build(config, lazy, clock).await;
+
+    let error = built.err().expect("a tokens file others may read is refused");
+    assert!(error.to_string().contains("chmod 600"), "{error}");
+    std::fs::remove_file(file).ok();
 }

@@ -12,7 +12,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::{after, has_request, summary};
-use crate::helpers::{from_oldest, named, reason, spawn_app, spawn_app_with, ts};
+use crate::helpers::{from_oldest, named, reason, spawn_app, spawn_app_with, tokens_file, ts};
 
 /// Reads `stream` to its end: `Ok` when it ended cleanly.
 async fn end_of(stream: &mut tonic::Streaming<pb::WatchResponse>) -> Result<(), tonic::Status> {
@@ -176,12 +176,14 @@ fn as_caller<T>(message: T, token: &str, request_id: &str) -> tonic::Request<T> 
 
 #[sqlx::test]
 async fn a_watch_needs_its_scope_and_events_name_the_calling_service(pool: PgPool) {
-    let file = std::env::temp_dir().join(format!("loyalty-event-tokens-{}.txt", std::process::id()));
-    std::fs::write(
-        &file,
-        "crm t-crm events:watch\norders t-orders members:write,points:earn\ncheckout t-checkout points:read\n",
-    )
-    .unwrap();
+    let file = tokens_file(
+        "event-tokens",
+        &[
+            ("crm", "t-crm", "events:watch"),
+            ("orders", "t-orders", "members:write,points:earn"),
+            ("checkout", "t-checkout", "points:read"),
+        ],
+    );
     let app = spawn_app_with(pool, &["--auth-tokens-file", file.to_str().unwrap()]).await;
 
     app.members
