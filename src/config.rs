@@ -114,8 +114,9 @@ pub struct Config {
     /// XXX, ...). Order minimums and fast-refund limits are in it.
     #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
     pub program_currency: Currency,
-    /// File of bearer tokens and their scopes (see README). Without it,
-    /// authentication is off: every caller may call everything.
+    /// File of the callers, their bearer tokens and their scopes (see README);
+    /// client certificates name callers of it too. Without it, authentication
+    /// is off: every caller may call everything.
     #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`); none to serve no metrics.
