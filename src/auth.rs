@@ -13,6 +13,11 @@
 //! token: `loyalty token` makes one and prints its line ([`new_token`]),
 //! `loyalty token --hash` hashes an existing one. Caller names are unique, and so
 //! are hashes. The file must be private to its owner (mode `600`).
+//!
+//! On a TLS connection where the client sent a verified certificate
+//! ([`crate::tls`]), the certificate names the caller instead, which gets the
+//! scopes of its line by name; a token sent as well is not looked at (the
+//! certificate wins).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,6 +35,7 @@ use subtle::ConstantTimeEq as _;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::connections::ConnInfo;
 use crate::error::Error;
 
 /// The scope a method needs; `None` for a method no token may call.
@@ -158,6 +164,21 @@ impl Caller {
     fn may(&self, scope: &str) -> bool {
         self.scopes.contains("*") || self.scopes.contains(scope)
     }
+
+    /// Whether this caller may call `path`.
+    fn check(&self, path: &str) -> Result<(), Error> {
+        match required_scope(path) {
+            Some(scope) if self.may(scope) => Ok(()),
+            Some(scope) => Err(Error::PermissionDenied {
+                reason: "MISSING_SCOPE",
+                message: format!("caller {} lacks the scope {scope}", self.name),
+            }),
+            None => Err(Error::PermissionDenied {
+                reason: "UNKNOWN_METHOD",
+                message: format!("no scope grants {path}"),
+            }),
+        }
+    }
 }
 
 /// The known callers and the hashes of their tokens.
@@ -257,17 +278,29 @@ impl Tokens {
             message: "the bearer token is not known".to_owned(),
         })?;
         crate::call::set_caller(&caller.name);
-        match required_scope(path) {
-            Some(scope) if caller.may(scope) => Ok(()),
-            Some(scope) => Err(Error::PermissionDenied {
-                reason: "MISSING_SCOPE",
-                message: format!("caller {} lacks the scope {scope}", caller.name),
-            }),
-            None => Err(Error::PermissionDenied {
-                reason: "UNKNOWN_METHOD",
-                message: format!("no scope grants {path}"),
-            }),
-        }
+        caller.check(path)
+    }
+
+    /// The caller named `name`, and its scopes.
+    fn scopes_of_caller(&self, name: &str) -> Option<&Caller> {
+        self.callers.iter().find(|caller| caller.name == name)
+    }
+
+    /// Checks a call on a connection whose verified client certificate names
+    /// `name` (`None`: it names no caller) against the scope `path` needs.
+    fn authorize_certificate(&self, path: &str, name: Option<&str>) -> Result<(), Error> {
+        let name = name.ok_or_else(|| Error::Unauthenticated {
+            reason: "UNKNOWN_CALLER",
+            message: "the client certificate names no caller (no URI or DNS SAN)".to_owned(),
+        })?;
+        let caller = self
+            .scopes_of_caller(name)
+            .ok_or_else(|| Error::Unauthenticated {
+                reason: "UNKNOWN_CALLER",
+                message: format!("the client certificate names {name}, who is not a known caller"),
+            })?;
+        crate::call::set_caller(&caller.name);
+        caller.check(path)
     }
 }
 
@@ -375,9 +408,16 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Some(tokens) = &self.tokens {
             let path = request.uri().path();
-            if !is_public(path)
-                && let Err(error) = tokens.authorize(path, request.headers().get(http::header::AUTHORIZATION))
-            {
+            let client_cert = request
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|conn| conn.client_cert.as_ref());
+            let authorized = match client_cert {
+                _ if is_public(path) => Ok(()),
+                Some(cert) => tokens.authorize_certificate(path, cert.caller.as_deref()),
+                None => tokens.authorize(path, request.headers().get(http::header::AUTHORIZATION)),
+            };
+            if let Err(error) = authorized {
                 // Logged (at INFO) by the conversion, like every refused call.
                 return Either::Left(ready(Ok(Status::from(error).into_http())));
             }
@@ -495,6 +535,20 @@ mod tests {
         ] {
             let error = Tokens::parse(&format!("# callers\nx {bad} *\n")).unwrap_err();
             assert!(error.to_string().contains("line 2"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_gets_the_scopes_of_the_caller_it_names() {
+        let tokens = Tokens::parse(&file()).unwrap();
+        let earn = "/loyalty.v1.Points/RecordConfirmedOrder";
+        let bonus = "/loyalty.v1.Points/GrantBonus";
+        assert!(tokens.authorize_certificate(earn, Some("orders")).is_ok());
+        let denied = tokens.authorize_certificate(bonus, Some("orders")).unwrap_err();
+        assert_eq!(denied.reason(), "MISSING_SCOPE");
+        for unknown in [Some("stranger"), None] {
+            let error = tokens.authorize_certificate(earn, unknown).unwrap_err();
+            assert_eq!(error.reason(), "UNKNOWN_CALLER");
         }
     }
 

@@ -15,6 +15,7 @@ use crate::domain::coupons;
 use crate::domain::levels::{BenefitsTable, Thresholds};
 use crate::domain::money::{Currency, Money};
 use crate::domain::points::rules::EarningRules;
+use crate::tls::TlsFiles;
 
 /// The loyalty service.
 #[derive(Debug, Parser)]
@@ -193,8 +194,9 @@ pub struct Config {
     #[arg(long, env = "LOYALTY_PROGRAM_CURRENCY", default_value = "USD", value_parser = Currency::parse)]
     pub program_currency: Currency,
     /// File of callers, the SHA-256 hashes of their bearer tokens and their
-    /// scopes (see README); it must be private to its owner (mode 600). Without
-    /// it, authentication is off: every caller may call everything.
+    /// scopes (see README); client certificates name callers of it too. It must
+    /// be private to its owner (mode 600). Without it, authentication is off:
+    /// every caller may call everything.
     #[arg(long, env = "LOYALTY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
     /// Address of the Prometheus endpoint (`GET /metrics`); none to serve no metrics.
@@ -212,6 +214,8 @@ pub struct Config {
           value_parser = parse_hold)]
     pub coupon_hold: Duration,
     #[command(flatten)]
+    pub tls: TlsConfig,
+    #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
     pub earning: EarningConfig,
@@ -219,6 +223,45 @@ pub struct Config {
     pub levels: LevelConfig,
     #[command(flatten)]
     pub events: EventsConfig,
+}
+
+/// TLS served by the service, and client certificates (SPEC §5). Plain TCP
+/// without a certificate; SIGHUP reads the files again.
+#[derive(Debug, Clone, Args)]
+pub struct TlsConfig {
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// `--tls-key-file`.
+    #[arg(long, env = "LOYALTY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `--tls-cert-file` (PEM).
+    #[arg(long, env = "LOYALTY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Verify client certificates against these CAs (PEM bundle): a verified
+    /// certificate names the calling service, which gets the scopes of its line
+    /// in `--auth-tokens-file`. Clients without a certificate still connect and
+    /// send a token.
+    #[arg(long, env = "LOYALTY_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The files TLS is served from, `None` for plain TCP; fails on a
+    /// certificate without its key (or the reverse), or a client CA without TLS.
+    pub fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            })),
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                anyhow::bail!("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+            }
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--tls-cert-file needs --tls-key-file"),
+            (None, Some(_)) => anyhow::bail!("--tls-key-file needs --tls-cert-file"),
+        }
+    }
 }
 
 /// The bounds of every call and connection (SPEC §5, "Bounded everything").
@@ -498,6 +541,24 @@ mod tests {
         assert_eq!((rules.visit_points, rules.visit_monthly_cap), (1, 10));
         assert_eq!((rules.post_points, rules.post_monthly_cap), (2, 10));
         assert_eq!(config.time_zone, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn a_tls_certificate_comes_with_its_key() {
+        let files = |flags: &[&str]| {
+            let config = Config::try_parse_from([&["loyalty"], flags].concat()).unwrap();
+            config.tls.files().map(|files| files.is_some())
+        };
+        assert!(!files(&[]).unwrap());
+        assert!(files(&["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"]).unwrap());
+        for half in [
+            &["--tls-cert-file", "c.pem"][..],
+            &["--tls-key-file", "k.pem"],
+            &["--tls-client-ca-file", "ca.pem"],
+        ] {
+            let error = files(half).unwrap_err().to_string();
+            assert!(error.contains("needs"), "{half:?}: {error}");
+        }
     }
 
     #[test]

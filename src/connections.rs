@@ -8,7 +8,13 @@
 //! layer marks them through [`ConnInfo`]); once none has been open for the idle
 //! timeout, or none is open when the server drains, the connection is closed.
 //! A client whose connection closed while idle reconnects on its next call.
+//!
+//! With TLS configured ([`crate::tls`]), each accepted connection first runs
+//! the handshake, holding its slot, within the handshake timeout; handshakes
+//! run side by side. The verified client certificate, if any, reaches the calls
+//! in [`ConnInfo::client_cert`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,16 +23,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::FuturesUnordered;
 use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 use crate::metrics::Metrics;
+use crate::tls::Tls;
 
 /// File descriptors kept for everything but client connections: the database
 /// pool is added to it.
@@ -62,50 +71,159 @@ pub fn connection_capacity(db_connections: u32) -> Option<usize> {
     usize::try_from(limit.rlim_cur.saturating_sub(reserve)).ok()
 }
 
-/// Accepts connections from `listener`, at most `max_connections` open at once.
+/// How accepted connections become TLS ones; none for plain TCP.
+#[derive(Debug, Clone)]
+pub struct TlsAccept {
+    /// The configuration in force (reloadable).
+    pub tls: Arc<Tls>,
+    /// How long a client may take to finish the handshake; then its connection
+    /// (and the slot it holds) is closed.
+    pub handshake_timeout: Duration,
+}
+
+/// A TLS handshake under way; yields the connection once it is done.
+type Handshake = Pin<Box<dyn Future<Output = Option<Conn>> + Send>>;
+
+/// What the accept loop keeps between connections.
+struct Accepting {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
+    last_warning: Option<Instant>,
+    /// Handshakes run side by side, so a slow client does not hold up the others.
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+/// Accepts connections from `listener`, at most `max_connections` open at once
+/// (a connection in its TLS handshake counts).
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
     idle_timeout: Duration,
+    tls: Option<TlsAccept>,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Conn>> {
-    let open = Arc::new(Semaphore::new(max_connections.max(1)));
-    let state = (listener, open, None::<Instant>);
-    futures::stream::unfold(state, move |(listener, open, mut last_warning)| {
+    let state = Accepting {
+        listener,
+        open: Arc::new(Semaphore::new(max_connections.max(1))),
+        last_warning: None,
+        handshakes: FuturesUnordered::new(),
+    };
+    futures::stream::unfold(state, move |mut state| {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
+        let tls = tls.clone();
         async move {
             loop {
-                let (socket, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, or a connection reset before it
-                        // was accepted: wait a little rather than spin.
-                        tracing::warn!(error = %error, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                let (socket, remote) = tokio::select! {
+                    accepted = state.listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors, or a connection reset before
+                            // it was accepted: wait a little rather than spin.
+                            tracing::warn!(error = %error, "cannot accept a connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    Some(handshaken) = state.handshakes.next(), if !state.handshakes.is_empty() => {
+                        match handshaken {
+                            Some(conn) => return Some((Ok(conn), state)),
+                            None => continue,
+                        }
                     }
                 };
-                let Ok(permit) = open.clone().try_acquire_owned() else {
+                let Ok(permit) = state.open.clone().try_acquire_owned() else {
                     metrics.connection_refused();
-                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    if state
+                        .last_warning
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                    {
                         tracing::warn!(
                             max_connections,
                             remote = %remote,
                             "too many open connections: closing new ones"
                         );
-                        last_warning = Some(Instant::now());
+                        state.last_warning = Some(Instant::now());
                     }
                     drop(socket);
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                let conn = Conn::new(socket, remote, permit, idle_timeout, &shutdown, metrics);
-                return Some((Ok(conn), (listener, open, last_warning)));
+                let accepted = Accepted {
+                    remote,
+                    permit,
+                    idle_timeout,
+                    shutdown: shutdown.clone(),
+                    metrics: metrics.clone(),
+                };
+                match &tls {
+                    None => return Some((Ok(accepted.into_conn(Io::Plain(socket), None)), state)),
+                    Some(tls) => state
+                        .handshakes
+                        .push(Box::pin(accepted.handshake(socket, tls.clone()))),
+                }
             }
         }
     })
+}
+
+/// A connection accepted and given its slot, not yet serving.
+struct Accepted {
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl Accepted {
+    fn into_conn(self, io: Io, client_cert: Option<ClientCert>) -> Conn {
+        Conn::new(
+            io,
+            self.remote,
+            client_cert,
+            self.permit,
+            self.idle_timeout,
+            &self.shutdown,
+            self.metrics,
+        )
+    }
+
+    /// Runs the TLS handshake, bounded by the handshake timeout; `None` when it
+    /// fails (logged: a client's mistake or a scanner, not the server's).
+    async fn handshake(self, socket: TcpStream, accept: TlsAccept) -> Option<Conn> {
+        let remote = self.remote;
+        let handshake = accept.tls.acceptor().accept(socket);
+        let stream = match tokio::time::timeout(accept.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::info!(remote = %remote, error = %error, "tls handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(remote = %remote, "tls handshake timed out");
+                return None;
+            }
+        };
+        let client_cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(|certificate| ClientCert {
+                caller: crate::tls::caller_of(certificate).map(Arc::from),
+            });
+        Some(self.into_conn(Io::Tls(Box::new(stream)), client_cert))
+    }
+}
+
+/// A client certificate the TLS handshake verified.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The calling service it names ([`crate::tls::caller_of`]); `None` when
+    /// it names none.
+    pub caller: Option<Arc<str>>,
 }
 
 /// What the call layer sees of the connection a call came on.
@@ -113,6 +231,8 @@ pub fn incoming(
 pub struct ConnInfo {
     /// The client's address.
     pub remote_addr: SocketAddr,
+    /// The client's verified certificate, on a TLS connection where it sent one.
+    pub client_cert: Option<ClientCert>,
     state: Arc<ConnState>,
 }
 
@@ -164,9 +284,15 @@ impl ConnState {
     }
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// An accepted client connection.
 pub struct Conn {
-    socket: TcpStream,
+    socket: Io,
     info: ConnInfo,
     idle_timeout: Duration,
     idle: Pin<Box<Sleep>>,
@@ -179,8 +305,9 @@ pub struct Conn {
 
 impl Conn {
     fn new(
-        socket: TcpStream,
+        socket: Io,
         remote_addr: SocketAddr,
+        client_cert: Option<ClientCert>,
         permit: OwnedSemaphorePermit,
         idle_timeout: Duration,
         shutdown: &CancellationToken,
@@ -192,6 +319,7 @@ impl Conn {
             socket,
             info: ConnInfo {
                 remote_addr,
+                client_cert,
                 state: Arc::new(ConnState {
                     opened_at,
                     open: AtomicUsize::new(0),
@@ -256,13 +384,19 @@ impl AsyncRead for Conn {
                 "closing a connection with no open call",
             )));
         }
-        Pin::new(&mut self.socket).poll_read(cx, buf)
+        match &mut self.socket {
+            Io::Plain(socket) => Pin::new(socket).poll_read(cx, buf),
+            Io::Tls(socket) => Pin::new(socket).poll_read(cx, buf),
+        }
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
+        match &mut self.socket {
+            Io::Plain(socket) => Pin::new(socket).poll_write(cx, buf),
+            Io::Tls(socket) => Pin::new(socket).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -270,18 +404,30 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+        match &mut self.socket {
+            Io::Plain(socket) => Pin::new(socket).poll_write_vectored(cx, bufs),
+            Io::Tls(socket) => Pin::new(socket).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.socket.is_write_vectored()
+        match &self.socket {
+            Io::Plain(socket) => socket.is_write_vectored(),
+            Io::Tls(socket) => socket.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_flush(cx)
+        match &mut self.socket {
+            Io::Plain(socket) => Pin::new(socket).poll_flush(cx),
+            Io::Tls(socket) => Pin::new(socket).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_shutdown(cx)
+        match &mut self.socket {
+            Io::Plain(socket) => Pin::new(socket).poll_shutdown(cx),
+            Io::Tls(socket) => Pin::new(socket).poll_shutdown(cx),
+        }
     }
 }

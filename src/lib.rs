@@ -13,7 +13,8 @@
 //!   framing checks, request id, retries of aborted transactions.
 //! - [`connections`]: client connections, bounded in number and idle time.
 //! - [`codec`]: the protobuf codec; malformed bodies are bad input.
-//! - [`auth`]: bearer tokens and scopes.
+//! - [`tls`]: TLS served by the service, client certificates, reload.
+//! - [`auth`]: bearer tokens, client certificates, and scopes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`clock`]: the injected source of "now".
 //!
@@ -33,6 +34,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 /// Code generated from `proto/loyalty/v1` by `build.rs`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

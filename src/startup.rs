@@ -14,6 +14,9 @@
 //! ([`connections`]). On shutdown the server stops accepting, tells clients
 //! (HTTP/2 GOAWAY), ends streams, lets in-flight calls finish, and returns
 //! within the drain timeout whatever its peers do.
+//!
+//! With a certificate configured the server speaks TLS ([`crate::tls`]), and
+//! SIGHUP reads its files again.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -34,7 +37,7 @@ use crate::call::budget::Budget;
 use crate::call::{CallLayer, CallLimits};
 use crate::clock::Clock;
 use crate::config::{Config, DatabaseConfig};
-use crate::connections;
+use crate::connections::{self, TlsAccept};
 use crate::db::MIGRATOR;
 use crate::domain::calendar::Calendar;
 use crate::domain::coupons::Coupons;
@@ -49,6 +52,7 @@ use crate::grpc::membership::MembershipService;
 use crate::grpc::points::PointsService;
 use crate::metrics::{self, Metrics, MetricsLayer};
 use crate::pb;
+use crate::tls::{Tls, TlsReloader};
 
 /// The names health is reported under: the whole server ("") and each service.
 pub const HEALTH_SERVICES: [&str; 5] = [
@@ -89,6 +93,8 @@ pub struct Application {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     tokens: Option<Tokens>,
+    /// The TLS configuration; `None` serves plain TCP.
+    tls: Option<Arc<Tls>>,
     /// `max_connections`, lowered to what the file descriptor limit allows.
     max_connections: usize,
 }
@@ -103,6 +109,12 @@ impl Application {
             .transpose()?;
         if tokens.is_none() {
             tracing::warn!("no tokens file: authentication is off, every caller may call everything");
+        }
+        let tls = config.tls.files()?.map(Tls::load).transpose()?;
+        if tls.as_ref().is_some_and(|tls| tls.verifies_clients()) && tokens.is_none() {
+            anyhow::bail!(
+                "--tls-client-ca-file needs --auth-tokens-file: the callers client certificates name, and their scopes"
+            );
         }
         let level_rules = LevelRules {
             thresholds: config.levels.thresholds()?,
@@ -146,7 +158,14 @@ impl Application {
             pool,
             clock,
             tokens,
+            tls,
         })
+    }
+
+    /// What SIGHUP does: reads the TLS files again for new connections; `None`
+    /// without TLS.
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.tls.clone().map(TlsReloader::new)
     }
 
     /// The port the gRPC server is bound to.
@@ -174,6 +193,7 @@ impl Application {
             pool,
             clock,
             tokens,
+            tls,
             max_connections,
         } = self;
         let metrics = Arc::new(Metrics::default());
@@ -204,10 +224,21 @@ impl Application {
             event_log.commits(),
         );
         let in_flight = calls.tasks();
+        let reloads = tls
+            .clone()
+            .map(|tls| tokio::spawn(reload_on_hangup(TlsReloader::new(tls))));
+        // A handshake is given as long as a PING is to be answered (and no
+        // longer than a connection may sit idle).
+        let tls = tls.map(|tls| TlsAccept {
+            tls,
+            handshake_timeout: Duration::from_millis(limits.http2_keepalive_timeout_ms.max(1))
+                .min(limits.idle_connection_timeout()),
+        });
         let incoming = connections::incoming(
             listener,
             max_connections,
             limits.idle_connection_timeout(),
+            tls,
             shutdown.clone(),
             metrics.clone(),
         );
@@ -283,7 +314,13 @@ impl Application {
         };
         let drain_timeout = limits.drain_timeout();
         let max_request_bytes = limits.max_request_bytes;
-        tracing::info!(port, time_zone = %config.time_zone, max_connections, "serving gRPC");
+        tracing::info!(
+            port,
+            time_zone = %config.time_zone,
+            max_connections,
+            tls = config.tls.tls_cert_file.is_some(),
+            "serving gRPC"
+        );
         let server = Server::builder()
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(Duration::from_millis(
@@ -346,6 +383,9 @@ impl Application {
         if let Some(task) = metrics_server {
             task.abort();
         }
+        if let Some(task) = reloads {
+            task.abort();
+        }
         // The relay stops between batches once the drain starts.
         if let Some(task) = relay {
             let _ =
@@ -380,6 +420,22 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         health.set_service_status(service, status).await;
+    }
+}
+
+/// Reads the TLS files again on each SIGHUP (a file that does not load is
+/// logged and the old configuration kept).
+async fn reload_on_hangup(reloader: TlsReloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot listen for SIGHUP: the tls files will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let _ = reloader.reload();
     }
 }
 

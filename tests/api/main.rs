@@ -23,3 +23,4 @@ mod orders;
 mod page_tokens;
 mod server;
 mod time_zones;
+mod tls;
