@@ -89,6 +89,9 @@ pub struct Metrics {
     events_sliced: IntCounter,
     events_relayed: IntCounter,
     relay_lag: Gauge,
+    calls_shed: IntCounter,
+    watches_refused: IntCounter,
+    calls_retried: IntCounter,
 }
 
 /// The paths of every method the server serves: the loyalty services', health
@@ -207,8 +210,35 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            calls_shed: counter(
+                "loyalty_calls_shed_total",
+                "Calls refused with RESOURCE_EXHAUSTED (OVERLOADED): --max-concurrent-calls were running.",
+            ),
+            watches_refused: counter(
+                "loyalty_watches_refused_total",
+                "Event watches refused with RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS).",
+            ),
+            calls_retried: counter(
+                "loyalty_calls_retried_total",
+                "Attempts made again after the database aborted a call for a concurrent one.",
+            ),
             registry,
         }
+    }
+
+    /// Counts a call shed because the server ran its maximum of calls.
+    pub fn call_shed(&self) {
+        self.calls_shed.inc();
+    }
+
+    /// Counts a watch refused because the server ran its maximum of watches.
+    pub fn watch_refused(&self) {
+        self.watches_refused.inc();
+    }
+
+    /// The counter of retried attempts (a handle: cloning it is cheap).
+    pub fn retries(&self) -> IntCounter {
+        self.calls_retried.clone()
     }
 
     /// The series of the method at `path` (those of unknown paths for a path

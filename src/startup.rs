@@ -222,6 +222,7 @@ impl Application {
             },
             shutdown.clone(),
             event_log.commits(),
+            metrics.clone(),
         );
         let in_flight = calls.tasks();
         let reloads = tls

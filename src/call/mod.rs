@@ -64,6 +64,7 @@ use tracing::Instrument;
 use crate::connections::{ConnInfo, StreamGuard};
 use crate::error::Error;
 use crate::events::Commits;
+use crate::metrics::Metrics;
 use budget::Budget;
 pub use context::{CallContext, caller, concerned_ids, concerns, request_id, set_caller};
 
@@ -129,12 +130,19 @@ struct Shared {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     commits: Arc<Commits>,
+    metrics: Arc<Metrics>,
 }
 
 impl CallLayer {
     /// Applies `limits`; `shutdown` is cancelled when the server starts
-    /// draining; `commits` is poked after a call that committed.
-    pub fn new(limits: CallLimits, shutdown: CancellationToken, commits: Arc<Commits>) -> Self {
+    /// draining; `commits` is poked after a call that committed; shed calls
+    /// and retries are counted in `metrics`.
+    pub fn new(
+        limits: CallLimits,
+        shutdown: CancellationToken,
+        commits: Arc<Commits>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let in_flight = Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1)));
         let watchers = Arc::new(Semaphore::new(limits.max_watchers.max(1)));
         Self {
@@ -145,6 +153,7 @@ impl CallLayer {
                 tasks: TaskTracker::new(),
                 shutdown,
                 commits,
+                metrics,
             }),
         }
     }
@@ -287,7 +296,13 @@ impl Shared {
         let probe = context.clone();
         let task = self.tasks.spawn(
             context
-                .scope(budget.scope(serve_with_retries(inner, parts, message, attempts)))
+                .scope(budget.scope(serve_with_retries(
+                    inner,
+                    parts,
+                    message,
+                    attempts,
+                    self.metrics.retries(),
+                )))
                 .instrument(span),
         );
         let response = tokio::select! {
@@ -314,32 +329,32 @@ impl Shared {
 
     /// A place among the running watches, or `RESOURCE_EXHAUSTED`.
     fn admit_watcher(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.watchers
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::ResourceExhausted {
+        self.watchers.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.watch_refused();
+            Error::ResourceExhausted {
                 reason: "TOO_MANY_WATCHERS",
                 message: format!(
                     "the server is running its maximum of {} event watches; retry later",
                     self.limits.max_watchers
                 ),
                 retry_after: Some(Duration::from_secs(1)),
-            })
+            }
+        })
     }
 
     /// A place among the running calls, or `RESOURCE_EXHAUSTED`.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::ResourceExhausted {
+        self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.call_shed();
+            Error::ResourceExhausted {
                 reason: "OVERLOADED",
                 message: format!(
                     "the server is running its maximum of {} calls; retry shortly",
                     self.limits.max_concurrent_calls
                 ),
                 retry_after: Some(Duration::from_millis(100)),
-            })
+            }
+        })
     }
 
     /// The statement and lock-wait caps: a job's statement may run, and wait for
@@ -386,6 +401,7 @@ async fn serve_with_retries<S>(
     parts: http::request::Parts,
     message: Bytes,
     attempts: u32,
+    retries: prometheus::IntCounter,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
@@ -417,6 +433,7 @@ where
             attempt,
             "retrying a call the database aborted for a concurrent one"
         );
+        retries.inc();
         tokio::time::sleep(pause).await;
     }
 }

@@ -172,7 +172,11 @@ async fn a_single_update_blocked_past_its_deadline_never_lands(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_lock_timeout_is_retried_within_the_deadline(pool: PgPool) {
-    let app = spawn_app_with(pool.clone(), &["--db-lock-timeout-ms", "300"]).await;
+    let app = spawn_app_with(
+        pool.clone(),
+        &["--db-lock-timeout-ms", "300", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
     app.register("alice").await;
     let blocker = lock_member(&pool, "alice").await;
     let release = tokio::spawn(async move {
@@ -186,6 +190,11 @@ async fn a_lock_timeout_is_retried_within_the_deadline(pool: PgPool) {
     let flagged = flag_alice_within(&app, Duration::from_secs(5)).await;
     release.await.unwrap();
     assert!(flagged.unwrap().member.unwrap().fraud_flagged);
+    let metrics = crate::server::scrape(app.metrics_port.unwrap()).await;
+    assert!(
+        metrics.lines().any(|l| l == "loyalty_calls_retried_total 1"),
+        "{metrics}"
+    );
 }
 
 #[sqlx::test]
@@ -579,7 +588,14 @@ async fn a_connection_is_closed_once_idle_after_its_calls_but_not_during_a_strea
 async fn calls_beyond_the_concurrency_limit_are_shed_while_health_answers(pool: PgPool) {
     let app = spawn_app_with(
         pool.clone(),
-        &["--max-concurrent-calls", "2", "--db-lock-timeout-ms", "10000"],
+        &[
+            "--max-concurrent-calls",
+            "2",
+            "--db-lock-timeout-ms",
+            "10000",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     app.register("alice").await;
@@ -598,6 +614,11 @@ async fn calls_beyond_the_concurrency_limit_are_shed_while_health_answers(pool: 
     assert_eq!(error.code(), Code::ResourceExhausted);
     assert_eq!(reason(&error), "OVERLOADED");
     assert!(error.get_details_retry_info().is_some());
+    let metrics = crate::server::scrape(app.metrics_port.unwrap()).await;
+    assert!(
+        metrics.lines().any(|l| l == "loyalty_calls_shed_total 1"),
+        "{metrics}"
+    );
     assert_eq!(
         status_of(app.channel.clone(), "").await,
         ServingStatus::Serving as i32
