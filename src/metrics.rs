@@ -92,6 +92,7 @@ pub struct Metrics {
     calls_shed: IntCounter,
     watches_refused: IntCounter,
     calls_retried: IntCounter,
+    pool_wait: Histogram,
 }
 
 /// The paths of every method the server serves: the loyalty services', health
@@ -222,8 +223,25 @@ impl Metrics {
                 "loyalty_calls_retried_total",
                 "Attempts made again after the database aborted a call for a concurrent one.",
             ),
+            pool_wait: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "loyalty_db_pool_wait_seconds",
+                        "How long calls waited for a database connection of the pool.",
+                    )
+                    .buckets(BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
+    }
+
+    /// The histogram of the calls' waits for a database connection (a handle:
+    /// cloning it is cheap).
+    pub fn pool_wait(&self) -> Histogram {
+        self.pool_wait.clone()
     }
 
     /// Counts a call shed because the server ran its maximum of calls.

@@ -34,6 +34,8 @@ pub struct CallContext {
     ids: Mutex<Ids>,
     /// Whether the call committed a transaction (so may have written events).
     committed: AtomicBool,
+    /// Where the call's waits for a database connection are recorded.
+    pool_wait: Option<prometheus::Histogram>,
 }
 
 impl CallContext {
@@ -44,7 +46,18 @@ impl CallContext {
             caller: OnceLock::new(),
             ids: Mutex::new(Ids::default()),
             committed: AtomicBool::new(false),
+            pool_wait: None,
         })
+    }
+
+    /// The context of a call named `request_id` whose waits for a database
+    /// connection go to `pool_wait`.
+    pub fn with_pool_wait(request_id: String, pool_wait: prometheus::Histogram) -> Arc<Self> {
+        let mut context = Self::new(request_id);
+        if let Some(context) = Arc::get_mut(&mut context) {
+            context.pool_wait = Some(pool_wait);
+        }
+        context
     }
 
     /// Whether the call committed a transaction.
@@ -64,6 +77,16 @@ pub fn request_id() -> String {
     CONTEXT
         .try_with(|context| context.request_id.clone())
         .unwrap_or_default()
+}
+
+/// Records how long the current call waited for a database connection;
+/// outside a call this does nothing.
+pub fn note_pool_wait(waited: std::time::Duration) {
+    let _ = CONTEXT.try_with(|context| {
+        if let Some(histogram) = &context.pool_wait {
+            histogram.observe(waited.as_secs_f64());
+        }
+    });
 }
 
 /// Notes that the current call committed a transaction; outside a call this

@@ -213,7 +213,7 @@ where
                 method = %method_label(request.uri().path()),
                 request_id = %request_id,
             );
-            let context = CallContext::new(request_id.clone());
+            let context = CallContext::with_pool_wait(request_id.clone(), shared.metrics.pool_wait());
             // The layer's own failures are mapped in the call's context too, so
             // they name what the handler declared.
             let mut response = context

@@ -30,7 +30,10 @@ pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>, Error> {
     let Some(budget) = Budget::current() else {
         return Ok(pool.acquire().await?);
     };
-    match tokio::time::timeout(budget.remaining()?, pool.acquire()).await {
+    let started = tokio::time::Instant::now();
+    let acquired = tokio::time::timeout(budget.remaining()?, pool.acquire()).await;
+    call::context::note_pool_wait(started.elapsed());
+    match acquired {
         Ok(connection) => Ok(connection?),
         Err(_) => Err(Error::DeadlineExceeded),
     }

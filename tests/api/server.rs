@@ -405,6 +405,13 @@ async fn metrics_count_calls_by_method_and_code(pool: PgPool) {
             "missing {line:?} in\n{response}"
         );
     }
+    // Both calls waited for a connection of the pool (each once at least).
+    let waits: u64 = response
+        .lines()
+        .find_map(|l| l.strip_prefix("loyalty_db_pool_wait_seconds_count "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    assert!(waits >= 2, "{response}");
 }
 
 pub async fn wait_for_status(channel: Channel, wanted: ServingStatus) {
