@@ -153,15 +153,45 @@ mod tests {
         }
     }
 
+    /// Log lines written to a buffer the test reads.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn without_an_exporter_no_traceparent_is_answered() {
-        let span = tracing::info_span!("call", trace_id = tracing::field::Empty);
+    fn without_an_exporter_the_log_still_names_the_callers_trace() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let logs = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
         let sent = headers(&[(
             TRACEPARENT_HEADER,
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )]);
 
-        assert_eq!(join(&span, &sent), None);
+        tracing::subscriber::with_default(logs, || {
+            let span = tracing::info_span!("call", trace_id = tracing::field::Empty);
+            assert_eq!(join(&span, &sent), None, "no span of its own to name");
+            span.in_scope(|| tracing::info!("served"));
+        });
+
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{logged}"
+        );
     }
 
     #[test]
