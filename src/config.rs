@@ -208,6 +208,8 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOYALTY_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    #[command(flatten)]
+    pub traces: TracesConfig,
     /// How long a reservation holds its coupons when the checkout asks for no
     /// length (seconds, 60 to 86400): then the coupons read as VALID again.
     #[arg(long = "coupon-hold-secs", env = "LOYALTY_COUPON_HOLD_SECS", default_value = "1800",
@@ -223,6 +225,18 @@ pub struct Config {
     pub levels: LevelConfig,
     #[command(flatten)]
     pub events: EventsConfig,
+}
+
+/// OpenTelemetry traces (SPEC §5): off unless an OTLP endpoint is given.
+#[derive(Debug, Clone, Args)]
+pub struct TracesConfig {
+    /// OTLP/gRPC collector the spans are exported to, e.g.
+    /// `http://127.0.0.1:4317`; none to export nothing.
+    #[arg(long, env = "LOYALTY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the exported spans carry.
+    #[arg(long, env = "LOYALTY_OTLP_SERVICE_NAME", default_value = "loyalty")]
+    pub otlp_service_name: String,
 }
 
 /// TLS served by the service, and client certificates (SPEC §5). Plain TCP

@@ -10,12 +10,15 @@
 //! - [`events`]: the event log's background work (slices, wake-ups, pruning,
 //!   the NATS relay); events themselves are written by [`db`] with each change.
 //! - [`call`]: what every call goes through: deadline, load shedding, size and
-//!   framing checks, request id, retries of aborted transactions.
+//!   framing checks, request id, the caller's trace, retries of aborted
+//!   transactions.
 //! - [`connections`]: client connections, bounded in number and idle time.
 //! - [`codec`]: the protobuf codec; malformed bodies are bad input.
 //! - [`tls`]: TLS served by the service, client certificates, reload.
 //! - [`auth`]: bearer tokens, client certificates, and scopes.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`telemetry`]: the tracing subscriber: logs, and OpenTelemetry traces over
+//!   OTLP when configured.
 //! - [`clock`]: the injected source of "now".
 //!
 //! Data flows one way: `grpc` -> `domain` -> `db`.

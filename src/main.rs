@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use loyalty::auth::{self, TokenHash};
 use loyalty::clock::SystemClock;
-use loyalty::config::{Cli, Command, TokenArgs};
+use loyalty::config::{Cli, Command, Config, TokenArgs};
 use loyalty::db::MIGRATOR;
 use loyalty::startup::{Application, connect_pool};
 use loyalty::telemetry;
@@ -17,13 +17,14 @@ use loyalty::telemetry;
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => {
-            telemetry::init(&config.log_format);
-            let pool = connect_pool(&config.database)?;
-            let app = Application::build(*config, pool, Arc::new(SystemClock)).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            let telemetry = telemetry::init(&config.log_format, Some(&config.traces))?;
+            let served = serve(*config).await;
+            // The last spans go out whatever the outcome, the error's too.
+            telemetry.shutdown().await;
+            served
         }
         Command::Migrate(database) => {
-            telemetry::init("text");
+            let _telemetry = telemetry::init("text", None)?;
             let pool = connect_pool(&database)?;
             MIGRATOR
                 .run(&pool)
@@ -34,6 +35,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token(args) => token(&args),
     }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then drains.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let pool = connect_pool(&config.database)?;
+    let app = Application::build(config, pool, Arc::new(SystemClock)).await?;
+    app.run_until_stopped(shutdown_signal()).await
 }
 
 /// Prints a new token and its line, or the hash of a token read on stdin.

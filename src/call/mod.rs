@@ -6,7 +6,8 @@
 //! 1. names it: the caller's `x-request-id` when it sends a sane one, else a new
 //!    one; it is on the call's log span and in the response metadata, and
 //!    handlers read it from the call's [`CallContext`] ([`request_id`]), where
-//!    they also declare the ids the call concerns ([`concerns`]);
+//!    they also declare the ids the call concerns ([`concerns`]); it continues
+//!    the caller's trace (W3C `traceparent`, see [`trace`]);
 //! 2. gives it a deadline: the caller's `grpc-timeout`, capped by the server's
 //!    call timeout (the job timeout for the admin jobs);
 //! 3. sheds it with `RESOURCE_EXHAUSTED` (and a `RetryInfo`) when
@@ -40,6 +41,7 @@
 pub mod budget;
 pub mod context;
 mod framing;
+pub mod trace;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -212,7 +214,10 @@ where
                 "call",
                 method = %method_label(request.uri().path()),
                 request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                otel.kind = "server",
             );
+            let traceparent = trace::join(&span, request.headers());
             let context = CallContext::with_pool_wait(request_id.clone(), shared.metrics.pool_wait());
             // The layer's own failures are mapped in the call's context too, so
             // they name what the handler declared.
@@ -228,6 +233,9 @@ where
                 .await;
             if let Ok(value) = HeaderValue::from_str(&request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
+            }
+            if let Some(value) = traceparent {
+                response.headers_mut().insert(trace::TRACEPARENT_HEADER, value);
             }
             Ok(response)
         })
