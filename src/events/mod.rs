@@ -325,15 +325,30 @@ pub async fn read(pool: &PgPool, after: Cursor, filter: &Filter, limit: i64) -> 
     db::read_only_snapshot(&mut tx).await?;
     let (floor, last) = db::events::bounds(&mut tx).await?;
     let after = check(after, floor, last)?;
-    let until = last.min(after.slice.saturating_add(READ_SLICES - 1));
-    let events = db::events::read(&mut tx, after, until, filter, limit).await?;
+    let read = read_on(&mut tx, after, last, filter, limit).await?;
     tx.commit().await?;
+    Ok(read)
+}
+
+/// The events after `after` (a cursor at or above the floor) that pass
+/// `filter`, at most `limit` from at most [`READ_SLICES`] slices, on `conn`;
+/// `last` is the newest slice. The one reading of the log, for the watches
+/// and the relay.
+pub async fn read_on(
+    conn: &mut sqlx::PgConnection,
+    after: Cursor,
+    last: i64,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Read, sqlx::Error> {
+    let until = last.min(after.slice.saturating_add(READ_SLICES - 1));
+    let events = db::events::read(conn, after, until, filter, limit).await?;
     Ok(page(events, after, until, last, limit))
 }
 
 /// The [`Read`] of `events`, read after `after` from the slices up to `until`
 /// (`last` being the newest).
-pub fn page(events: Vec<StoredEvent>, after: Cursor, until: i64, last: i64, limit: i64) -> Read {
+fn page(events: Vec<StoredEvent>, after: Cursor, until: i64, last: i64, limit: i64) -> Read {
     let full = events.len() as i64 >= limit;
     let next = match events.last() {
         Some(event) if full => event.cursor,

@@ -36,7 +36,7 @@ use crate::clock::Clock;
 use crate::config::SecretUrl;
 use crate::db;
 use crate::domain::events::{Filter, StoredEvent};
-use crate::events::{EventLog, Read, oldest_cursor, page};
+use crate::events::{EventLog, Read, oldest_cursor, read_on};
 use crate::grpc::events::event_pb;
 use crate::metrics::Metrics;
 
@@ -186,13 +186,11 @@ impl Relay {
             tracing::warn!(%cursor, floor, "the relay's cursor was below the floor: moved up to it");
             cursor = oldest_cursor(floor);
         }
-        let until = last.min(cursor.slice.saturating_add(255));
-        let batch = db::events::read(&mut tx, cursor, until, &Filter::default(), BATCH).await?;
         let Read {
             events: batch,
             next,
             caught_up,
-        } = page(batch, cursor, until, last, BATCH);
+        } = read_on(&mut tx, cursor, last, &Filter::default(), BATCH).await?;
         if next == cursor {
             return Ok(true);
         }
