@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "proto/loyalty/v1/audit.proto",
     "proto/loyalty/v1/common.proto",
     "proto/loyalty/v1/coupons.proto",
     "proto/loyalty/v1/events.proto",

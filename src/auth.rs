@@ -54,6 +54,7 @@ pub fn required_scope(path: &str) -> Option<&'static str> {
         ("loyalty.v1.Membership", "ClaimDailyCoupon") => "coupons:claim",
         ("loyalty.v1.Membership", "FlagMember" | "UnflagMember") => "members:admin",
         ("loyalty.v1.Events", "Watch") => "events:watch",
+        ("loyalty.v1.Audit", "ListAudit") => "audit:read",
         ("loyalty.v1.Points", "RecordConfirmedOrder" | "RecordReview" | "RecordVisit" | "RecordPost") => {
             "points:earn"
         }

@@ -39,6 +39,7 @@ use crate::clock::Clock;
 use crate::config::{Config, DatabaseConfig};
 use crate::connections::{self, TlsAccept};
 use crate::db::MIGRATOR;
+use crate::domain::audit::Audit;
 use crate::domain::calendar::Calendar;
 use crate::domain::coupons::Coupons;
 use crate::domain::members::Members;
@@ -46,6 +47,7 @@ use crate::domain::membership::{LevelRules, Membership};
 use crate::domain::points::Points;
 use crate::events::relay::{Relay, RelaySettings};
 use crate::events::{EventLog, LogSettings};
+use crate::grpc::audit::AuditService;
 use crate::grpc::coupons::CouponsService;
 use crate::grpc::events::EventsService;
 use crate::grpc::membership::MembershipService;
@@ -55,8 +57,9 @@ use crate::pb;
 use crate::tls::{Tls, TlsReloader};
 
 /// The names health is reported under: the whole server ("") and each service.
-pub const HEALTH_SERVICES: [&str; 5] = [
+pub const HEALTH_SERVICES: [&str; 6] = [
     "",
+    "loyalty.v1.Audit",
     "loyalty.v1.Coupons",
     "loyalty.v1.Events",
     "loyalty.v1.Membership",
@@ -359,6 +362,10 @@ impl Application {
             )
             .add_service(
                 pb::events_server::EventsServer::new(EventsService::new(pool.clone(), event_log))
+                    .max_decoding_message_size(max_request_bytes),
+            )
+            .add_service(
+                pb::audit_server::AuditServer::new(AuditService::new(Audit::new(pool.clone())))
                     .max_decoding_message_size(max_request_bytes),
             )
             .serve_with_incoming_shutdown(incoming, draining);

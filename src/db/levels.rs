@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
-use crate::db::events;
+use crate::db::{audit, events};
 use crate::domain::events::Origin;
 use crate::domain::ids::{AccountId, TemplateId};
 use crate::domain::levels::{EvaluationMonth, Level, Thresholds};
@@ -86,6 +86,14 @@ pub async fn evaluate(
              'window_points', points, 'evaluation_month', $7::date)",
         ("$10", "$11"),
     );
+    let audit = audit::insert_admin_change_sql(
+        "recorded",
+        "'job.evaluate_levels'",
+        "null",
+        "to_jsonb(recorded) - 'finished_at'",
+        "$8",
+        ("$10", "$11"),
+    );
     let sql = format!(
         "with window_points as ( \
              select account_id, sum(points)::bigint as points from point_entry \
@@ -124,7 +132,7 @@ pub async fn evaluate(
              from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
              where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
-         ), events as ({events}) \
+         ), events as ({events}), audit as ({audit}) \
          select * from recorded"
     );
     sqlx::query_as(&sql)
@@ -216,6 +224,7 @@ pub async fn set_reward_templates(
     reward: &str,
     level: Option<Level>,
     templates: &[TemplateId],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let level = level.map_or("", Level::as_str);
     sqlx::query("delete from reward_template where reward = $1 and level = $2")
@@ -224,12 +233,29 @@ pub async fn set_reward_templates(
         .execute(&mut *conn)
         .await?;
     let ids: Vec<&str> = templates.iter().map(TemplateId::as_str).collect();
-    sqlx::query(
-        "insert into reward_template (reward, level, template_id) select $1, $2, t from unnest($3::text[]) t",
-    )
+    // Audited once per template named, so each template's audit shows the
+    // rewards that issue it; once without a template when the list is cleared.
+    let origin = Origin::current();
+    let audit = audit::insert_admin_change_sql(
+        "(select t from unnest($3::text[]) t union all select null where cardinality($3) = 0) as r (t)",
+        "'reward_templates.set'",
+        "r.t",
+        "jsonb_build_object('reward', $1::text, 'level', $2::text, 'template_ids', to_jsonb($3::text[]))",
+        "$4",
+        ("$5", "$6"),
+    );
+    sqlx::query(&format!(
+        "with set as ( \
+             insert into reward_template (reward, level, template_id) select $1, $2, t from unnest($3::text[]) t \
+         ), audit as ({audit}) \
+         select 1"
+    ))
     .bind(reward)
     .bind(level)
     .bind(&ids)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .execute(conn)
     .await?;
     Ok(())
@@ -289,6 +315,15 @@ pub async fn queue_daily_rewards(
     levels: &DailyRewardLevels<'_>,
     now: DateTime<Utc>,
 ) -> Result<DailyRunRow, sqlx::Error> {
+    let origin = Origin::current();
+    let audit = audit::insert_admin_change_sql(
+        "run",
+        "'job.daily_rewards'",
+        "null",
+        "to_jsonb(run) - 'finished_at'",
+        "$5",
+        ("$9", "$10"),
+    );
     // The member's level at the day's start (Silver without a period).
     let level_of_m = "coalesce((select ml.level from member_level ml where ml.account_id = m.account_id \
          and ml.effective_from <= $6 and (ml.effective_to is null or ml.effective_to > $6)), 'silver')";
@@ -316,10 +351,12 @@ pub async fn queue_daily_rewards(
                and {level_of_m} = any ($8) \
              on conflict do nothing \
              returning 1 \
-         ) \
-         insert into daily_reward_run (local_date, birthday_rewards, anniversary_rewards, finished_at) \
-         select $1, (select count(*) from birthdays), (select count(*) from anniversaries), $5 \
-         returning *"
+         ), run as ( \
+             insert into daily_reward_run (local_date, birthday_rewards, anniversary_rewards, finished_at) \
+             select $1, (select count(*) from birthdays), (select count(*) from anniversaries), $5 \
+             returning * \
+         ), audit as ({audit}) \
+         select * from run"
     ))
     .bind(day)
     .bind(time_zone)
@@ -329,6 +366,8 @@ pub async fn queue_daily_rewards(
     .bind(levels.day_start)
     .bind(levels.birthday)
     .bind(levels.anniversary)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_one(conn)
     .await
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::db::events;
+use crate::db::{audit, events};
 use crate::domain::events::Origin;
 use crate::domain::ids::AccountId;
 use crate::domain::members::{Birthday, FraudFlag, FraudReason, Member};
@@ -85,6 +85,14 @@ pub async fn insert(
         "jsonb_build_object('registered_at', registered_at, 'has_birthday', birthday_month is not null)",
         ("$7", "$8"),
     );
+    let audit = audit::insert_member_change_sql(
+        "registered",
+        "account_id",
+        "'register'",
+        "jsonb_build_object('registered_at', registered_at, 'has_birthday', birthday_month is not null)",
+        "$6",
+        ("$7", "$8"),
+    );
     // A birthday given at registration counts as set when the account registered
     // (a backfilled member keeps its birthday rewards).
     let row: Option<MemberRow> = sqlx::query_as(&format!(
@@ -94,7 +102,7 @@ pub async fn insert(
              values ($1, $2, $3, $4, $5, case when $4::smallint is null then null else $2 end) \
              on conflict (account_id) do nothing \
              returning * \
-         ), event as ({event}) \
+         ), event as ({event}), audit as ({audit}) \
          select {MEMBER_COLUMNS} from registered"
     ))
     .bind(account_id)
@@ -161,18 +169,37 @@ pub async fn set_birthday(
     now: DateTime<Utc>,
 ) -> Result<Option<Member>, sqlx::Error> {
     let (year, month, day) = birthday_columns(birthday);
+    let origin = Origin::current();
+    let audit = audit::insert_member_change_sql(
+        "changed where differs",
+        "account_id",
+        "'birthday'",
+        "jsonb_build_object('year', birthday_year, 'month', birthday_month, 'day', birthday_day)",
+        "$5",
+        ("$6", "$7"),
+    );
+    // Only a birthday that changes is audited (a repeat of the same one is not
+    // a change).
     let row: Option<MemberRow> = sqlx::query_as(&format!(
-        "update member set birthday_year = $2, birthday_month = $3, birthday_day = $4, \
-                birthday_updated_at = case \
-                    when (birthday_year, birthday_month, birthday_day) is distinct from ($2, $3, $4) then $5 \
-                    else birthday_updated_at end \
-         where account_id = $1 returning {MEMBER_COLUMNS}"
+        "with before as ( \
+             select account_id, (birthday_year, birthday_month, birthday_day) \
+                    is distinct from ($2, $3, $4) as differs \
+             from member where account_id = $1 for update \
+         ), changed as ( \
+             update member m set birthday_year = $2, birthday_month = $3, birthday_day = $4, \
+                    birthday_updated_at = case when before.differs then $5 else m.birthday_updated_at end \
+             from before where m.account_id = before.account_id \
+             returning m.*, before.differs \
+         ), audit as ({audit}) \
+         select {MEMBER_COLUMNS} from changed"
     ))
     .bind(account_id)
     .bind(year)
     .bind(month)
     .bind(day)
     .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Member::try_from).transpose()
@@ -196,6 +223,14 @@ pub async fn flag(
         "jsonb_build_object('reason', fraud_reason)",
         ("$4", "$5"),
     );
+    let audit = audit::insert_member_change_sql(
+        "flagged",
+        "account_id",
+        "'flag'",
+        "jsonb_build_object('reason', fraud_reason)",
+        "$2",
+        ("$4", "$5"),
+    );
     let row: Option<MemberRow> = sqlx::query_as(&format!(
         "with before as ( \
              select account_id, fraud_flagged_at is not null as was_flagged from member \
@@ -207,7 +242,7 @@ pub async fn flag(
              returning m.*, before.was_flagged \
          ), flagged as ( \
              select * from changed where not was_flagged \
-         ), event as ({event}) \
+         ), event as ({event}), audit as ({audit}) \
          select {MEMBER_COLUMNS} from changed"
     ))
     .bind(account_id)
@@ -237,6 +272,14 @@ pub async fn unflag(
         "'{}'::jsonb",
         ("$3", "$4"),
     );
+    let audit = audit::insert_member_change_sql(
+        "unflagged",
+        "account_id",
+        "'unflag'",
+        "'{}'::jsonb",
+        "$2",
+        ("$3", "$4"),
+    );
     let row: Option<MemberRow> = sqlx::query_as(&format!(
         "with before as ( \
              select account_id, fraud_flagged_at is not null as was_flagged from member \
@@ -247,7 +290,7 @@ pub async fn unflag(
              returning m.*, before.was_flagged \
          ), unflagged as ( \
              select * from changed where was_flagged \
-         ), event as ({event}) \
+         ), event as ({event}), audit as ({audit}) \
          select {MEMBER_COLUMNS} from changed"
     ))
     .bind(account_id)

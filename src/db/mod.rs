@@ -7,6 +7,7 @@
 //! connection ends at the deadline, and PostgreSQL itself stops a statement or
 //! a lock wait that would outlive it.
 
+pub mod audit;
 pub mod coupons;
 pub mod events;
 pub mod levels;

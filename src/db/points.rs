@@ -63,16 +63,23 @@ pub enum Inserted {
 }
 
 /// Reads the member's fraud flag and inserts the event under its natural key, in
-/// one statement. A concurrent insert of the same key waits here until the first
-/// commits (or rolls back).
+/// one statement, with the call's origin (the audit of its entries). A
+/// concurrent insert of the same key waits here until the first commits (or
+/// rolls back).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %event.account_id, kind = %event.kind))]
-pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Inserted, sqlx::Error> {
+pub async fn insert_event(
+    conn: &mut PgConnection,
+    event: &NewEvent<'_>,
+    now: DateTime<Utc>,
+) -> Result<Inserted, sqlx::Error> {
+    let origin = Origin::current();
     let row: Option<(bool, Option<i64>)> = sqlx::query_as(
         "with m as ( \
              select fraud_flagged_at is not null as flagged from member where account_id = $1 \
          ), inserted as ( \
-             insert into earning_event (account_id, kind, natural_key, content, occurred_at) \
-             select $1, $2, $3, $4, $5 from m \
+             insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
+                                        created_at, request_id, caller) \
+             select $1, $2, $3, $4, $5, $6, $7, $8 from m \
              on conflict (account_id, kind, natural_key) do nothing \
              returning earning_event_id \
          ) \
@@ -83,6 +90,9 @@ pub async fn insert_event(conn: &mut PgConnection, event: &NewEvent<'_>) -> Resu
     .bind(event.natural_key)
     .bind(Json(&event.content))
     .bind(event.occurred_at)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     Ok(match row {

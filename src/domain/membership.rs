@@ -458,7 +458,7 @@ impl Membership {
                 })?;
         }
         let (name, level) = reward.columns();
-        db::levels::set_reward_templates(&mut tx, name, level, templates).await?;
+        db::levels::set_reward_templates(&mut tx, name, level, templates, self.clock.now()).await?;
         db::commit(tx).await?;
         Ok(())
     }

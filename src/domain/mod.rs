@@ -1,5 +1,6 @@
 //! The rules of the loyalty program. Knows nothing of protobuf; calls `db`.
 
+pub mod audit;
 pub mod calendar;
 pub mod coupons;
 pub mod events;

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on port 0, typed gRPC clients over a real
 //! socket, and a fresh PostgreSQL database per test (`#[sqlx::test]`).
 
+mod audit;
 mod best_choice;
 mod bounds;
 mod call_context;

@@ -4,6 +4,7 @@
 //! events.
 
 use super::*;
+use crate::db::audit;
 
 /// Which notice a statement sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,15 @@ pub async fn send_expiry_notices(
         "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'expires_at', expires_at)",
         ("$4", "$5"),
     );
+    // One audit row per batch that marked coupons.
+    let audit = audit::insert_admin_change_sql(
+        "(select count(*) as coupons from marked) as batch where coupons > 0",
+        "'job.expiry_notices'",
+        "null",
+        &format!("jsonb_build_object('notice', {event_type}, 'coupons', coupons)"),
+        "$1",
+        ("$4", "$5"),
+    );
     // The partial index `coupon_expiry_notice` finds the candidates by expiry.
     let (sent,): (i64,) = sqlx::query_as(&format!(
         "with due as ( \
@@ -64,7 +74,7 @@ pub async fn send_expiry_notices(
              update coupon k set {mark} = $1 from due \
              where k.account_id = due.account_id and k.coupon_id = due.coupon_id \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
-         ), event as ({event}) \
+         ), event as ({event}), audit as ({audit}) \
          select count(*) from marked"
     ))
     .bind(now)

@@ -121,8 +121,9 @@ pub async fn issue_coupon(
              from t \
              returning * \
          ), transition as ( \
-             insert into coupon_transition (account_id, coupon_id, action, to_status, occurred_at) \
-             select account_id, coupon_id, 'issue', 'valid', $6 from c \
+             insert into coupon_transition (account_id, coupon_id, action, to_status, occurred_at, \
+                                            request_id, caller) \
+             select account_id, coupon_id, 'issue', 'valid', $6, $7, $8 from c \
          ), event as ({event}) \
          select {} from c",
         coupon_columns("", "$6")

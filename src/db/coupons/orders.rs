@@ -185,8 +185,9 @@ pub async fn change(
                        c.action as change_action, c.note as change_note, c.event_type as change_event \
          ), recorded as ( \
              insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                            order_id, note, occurred_at) \
-             select $1, coupon_id, change_action, change_from, status, change_order, change_note, $10 \
+                                            order_id, note, occurred_at, request_id, caller) \
+             select $1, coupon_id, change_action, change_from, status, change_order, change_note, $10, \
+                    $12, $13 \
              from moved where change_action is not null \
          ), events as ({events}) \
          select {} from moved m order by m.coupon_id",

@@ -1,6 +1,7 @@
 //! Templates, claim codes and batches of single-use codes.
 
 use super::*;
+use crate::db::audit;
 use crate::domain::coupons::CodeKind;
 use crate::domain::ids::BatchRequestId;
 
@@ -82,6 +83,15 @@ const TEMPLATE_COLUMNS: &str = "template_id, name, description, issuer, seller_i
      valid_from, valid_until, valid_days, total_stock, daily_stock, per_member_limit, allowed_levels, \
      regular_price_only, paused, issued_count, created_at, updated_at";
 
+/// A template's terms as the audit records them (`t`: the row as changed).
+const TEMPLATE_DETAIL: &str = "to_jsonb(t) - 'issued_count' - 'created_at' - 'updated_at'";
+
+/// The audit of a template change, one per row of `t`, at `$at` by the call's
+/// origin (`$request_id`, `$caller`).
+fn template_audit(action: &str, detail: &str, at: &str, origin: (&str, &str)) -> String {
+    audit::insert_admin_change_sql("t", action, "t.template_id", detail, at, origin)
+}
+
 /// Binds a template's terms as $1..$18 in [`TEMPLATE_COLUMNS`] order (up to
 /// `regular_price_only`).
 macro_rules! bind_spec {
@@ -124,16 +134,24 @@ pub async fn insert_template(
     spec: &TemplateSpec,
     now: DateTime<Utc>,
 ) -> Result<Option<Template>, sqlx::Error> {
+    let origin = Origin::current();
+    let audit = template_audit("'template.create'", TEMPLATE_DETAIL, "$20", ("$21", "$22"));
     let query = format!(
-        "insert into coupon_template (template_id, name, description, issuer, seller_id, discount_kind, \
-             amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor, \
-             valid_from, valid_until, valid_days, total_stock, daily_stock, per_member_limit, \
-             allowed_levels, regular_price_only, created_at, updated_at) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $20) \
-         on conflict (template_id) do nothing returning {TEMPLATE_COLUMNS}"
+        "with t as ( \
+             insert into coupon_template (template_id, name, description, issuer, seller_id, discount_kind, \
+                 amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor, \
+                 valid_from, valid_until, valid_days, total_stock, daily_stock, per_member_limit, \
+                 allowed_levels, regular_price_only, created_at, updated_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                     $20, $20) \
+             on conflict (template_id) do nothing returning * \
+         ), audit as ({audit}) \
+         select {TEMPLATE_COLUMNS} from t"
     );
     let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
         .bind(now)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
         .fetch_optional(conn)
         .await?;
     row.map(Template::try_from).transpose()
@@ -181,16 +199,23 @@ pub async fn update_template(
     spec: &TemplateSpec,
     now: DateTime<Utc>,
 ) -> Result<Option<Template>, sqlx::Error> {
+    let origin = Origin::current();
+    let audit = template_audit("'template.update'", TEMPLATE_DETAIL, "$20", ("$21", "$22"));
     let query = format!(
-        "update coupon_template set name = $2, description = $3, issuer = $4, seller_id = $5, \
-             discount_kind = $6, amount_off_minor = $7, percent_basis_points = $8, max_discount_minor = $9, \
-             currency = $10, min_purchase_minor = $11, valid_from = $12, valid_until = $13, valid_days = $14, \
-             total_stock = $15, daily_stock = $16, per_member_limit = $17, allowed_levels = $18, \
-             regular_price_only = $19, updated_at = $20 \
-         where template_id = $1 returning {TEMPLATE_COLUMNS}"
+        "with t as ( \
+             update coupon_template set name = $2, description = $3, issuer = $4, seller_id = $5, \
+                 discount_kind = $6, amount_off_minor = $7, percent_basis_points = $8, \
+                 max_discount_minor = $9, currency = $10, min_purchase_minor = $11, valid_from = $12, \
+                 valid_until = $13, valid_days = $14, total_stock = $15, daily_stock = $16, \
+                 per_member_limit = $17, allowed_levels = $18, regular_price_only = $19, updated_at = $20 \
+             where template_id = $1 returning * \
+         ), audit as ({audit}) \
+         select {TEMPLATE_COLUMNS} from t"
     );
     let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
         .bind(now)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
         .fetch_optional(conn)
         .await?;
     row.map(Template::try_from).transpose()
@@ -204,12 +229,32 @@ pub async fn set_paused(
     paused: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<Template>, sqlx::Error> {
+    let origin = Origin::current();
+    // A pause of a paused template (or a resume of a running one) changes
+    // nothing and is not audited.
+    let audit = template_audit(
+        "case when t.paused then 'template.pause' else 'template.resume' end",
+        "'{}'::jsonb",
+        "$3",
+        ("$4", "$5"),
+    );
     let row: Option<TemplateRow> = sqlx::query_as(&format!(
-        "update coupon_template set paused = $2, updated_at = $3 where template_id = $1 returning {TEMPLATE_COLUMNS}"
+        "with before as ( \
+             select template_id, paused as was_paused from coupon_template where template_id = $1 for update \
+         ), changed as ( \
+             update coupon_template c set paused = $2, updated_at = $3 \
+             from before where c.template_id = before.template_id \
+             returning c.*, before.was_paused \
+         ), t as ( \
+             select * from changed where paused <> was_paused \
+         ), audit as ({audit}) \
+         select {TEMPLATE_COLUMNS} from changed"
     ))
     .bind(template_id.as_str())
     .bind(paused)
     .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await?;
     row.map(Template::try_from).transpose()
@@ -230,18 +275,32 @@ pub async fn insert_public_code(
     code_hash: &[u8],
     template_id: &TemplateId,
     code: &str,
+    now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "insert into claim_code (code_hash, template_id, kind, public_code) values ($1, $2, $3, $4) \
-         on conflict (code_hash) do nothing",
-    )
+    let origin = Origin::current();
+    let audit = template_audit(
+        "'template.public_code'",
+        "jsonb_build_object('code', t.public_code)",
+        "$5",
+        ("$6", "$7"),
+    );
+    let inserted: Option<i32> = sqlx::query_scalar(&format!(
+        "with t as ( \
+             insert into claim_code (code_hash, template_id, kind, public_code) values ($1, $2, $3, $4) \
+             on conflict (code_hash) do nothing returning * \
+         ), audit as ({audit}) \
+         select 1 from t"
+    ))
     .bind(code_hash)
     .bind(template_id.as_str())
     .bind(CodeKind::Public)
     .bind(code)
-    .execute(conn)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
+    .fetch_optional(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(inserted.is_some())
 }
 
 /// A `code_batch` row: a batch of single-use codes.
@@ -266,14 +325,27 @@ pub async fn insert_code_batch(
     count: u32,
     now: DateTime<Utc>,
 ) -> Result<Option<CodeBatchRow>, sqlx::Error> {
+    let origin = Origin::current();
+    let audit = template_audit(
+        "'template.single_use_codes'",
+        "jsonb_build_object('code_batch_id', t.code_batch_id, 'batch_request_id', t.request_id, \
+             'code_count', t.code_count)",
+        "$4",
+        ("$5", "$6"),
+    );
     sqlx::query_as(&format!(
-        "insert into code_batch (request_id, template_id, code_count, created_at) values ($1, $2, $3, $4) \
-         on conflict (request_id) do nothing returning {CODE_BATCH_COLUMNS}"
+        "with t as ( \
+             insert into code_batch (request_id, template_id, code_count, created_at) values ($1, $2, $3, $4) \
+             on conflict (request_id) do nothing returning * \
+         ), audit as ({audit}) \
+         select {CODE_BATCH_COLUMNS} from t"
     ))
     .bind(request_id.as_str())
     .bind(template_id.as_str())
     .bind(i32::try_from(count).unwrap_or(i32::MAX))
     .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .fetch_optional(conn)
     .await
 }

@@ -159,7 +159,9 @@ impl Coupons {
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
         let hash = code.hash();
-        if db::coupons::insert_public_code(&mut tx, &hash, template_id, code.as_str()).await? {
+        if db::coupons::insert_public_code(&mut tx, &hash, template_id, code.as_str(), self.clock.now())
+            .await?
+        {
             db::commit(tx).await?;
             return Ok(false);
         }

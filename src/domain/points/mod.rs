@@ -741,7 +741,7 @@ impl Points {
 
     /// Inserts the event under its natural key, or finds the original.
     async fn begin_event(&self, conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Begun, Error> {
-        match db::points::insert_event(conn, event).await? {
+        match db::points::insert_event(conn, event, self.clock.now()).await? {
             Inserted::NoMember => return Err(member_not_found(event.account_id)),
             Inserted::New { event_id, flagged } => return Ok(Begun::New { event_id, flagged }),
             Inserted::Taken => {}
