@@ -163,6 +163,9 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        // Recorded from the database spans by the process's subscriber
+        // (`telemetry::StatementLayer`).
+        registered(&registry, crate::telemetry::statement_durations().clone());
         let mut methods = HashMap::new();
         let mut series = Vec::new();
         for method in served_methods().into_iter().chain([UNKNOWN_METHOD.to_owned()]) {

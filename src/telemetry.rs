@@ -5,17 +5,29 @@
 //! The subscriber is process-global, so [`init`] is the one place that
 //! installs it; [`otlp_provider`] builds the exporting half on its own, for
 //! whoever needs it without a global subscriber.
+//!
+//! Every database function (`db::…`) is a DEBUG span. Three layers look at
+//! the spans, each with its own filter: the logs (`RUST_LOG`), the exported
+//! traces (the calls, the domain and the database spans, whatever `RUST_LOG`
+//! says), and [`StatementLayer`], which times the database spans into
+//! `loyalty_db_statement_duration_seconds`.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::layer::SubscriberExt as _;
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use tracing::span::{Attributes, Id};
+use tracing::{Level, Metadata, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::TracesConfig;
 
@@ -59,9 +71,22 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format`
-/// is `text` or `json`; with `traces` naming an OTLP endpoint, the spans the
-/// filter lets through are exported too. Installing twice leaves the first
+/// The target of the database functions' spans.
+const DB_TARGET: &str = "loyalty::db";
+
+/// What the traces export: the call and domain spans (INFO) and the database
+/// spans (DEBUG), whatever the logs show.
+fn traced() -> Targets {
+    Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), Level::INFO)
+        .with_target(DB_TARGET, Level::DEBUG)
+}
+
+/// Installs the global subscriber: `RUST_LOG` filters the logs (default
+/// `info`), `format` is `text` or `json`; with `traces` naming an OTLP
+/// endpoint, the calls, their domain spans and their database statements are
+/// exported too. The database spans are timed into
+/// [`statement_durations`] in any case. Installing twice leaves the first
 /// subscriber in place (and exports nothing from the second).
 ///
 /// Must run inside the tokio runtime when exporting: the exporter's channel
@@ -85,9 +110,9 @@ pub fn init(format: &str, traces: Option<&TracesConfig>) -> anyhow::Result<Telem
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(env!("CARGO_PKG_NAME"))));
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(logs)
-        .with(traces_layer)
+        .with(logs.with_filter(filter))
+        .with(traces_layer.map(|layer| layer.with_filter(traced())))
+        .with(StatementLayer::new().with_filter(Targets::new().with_target(DB_TARGET, Level::DEBUG)))
         .try_init();
     if installed.is_err() {
         // Another subscriber is installed: ours would export nothing.
@@ -118,4 +143,169 @@ pub fn otlp_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTr
                 .build(),
         )
         .build())
+}
+
+/// Upper bounds (seconds) of the statement duration buckets: a statement
+/// takes a fraction of a millisecond to a few.
+const STATEMENT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// `loyalty_db_statement_duration_seconds{statement}`: how long each database
+/// function took, from its span's start to its end (the round trips and the
+/// decoding of the rows), labelled `<module>::<function>` (`points::insert_entries`).
+/// Process-wide, as the subscriber is; each server's registry shows it.
+pub fn statement_durations() -> &'static HistogramVec {
+    static DURATIONS: OnceLock<HistogramVec> = OnceLock::new();
+    DURATIONS.get_or_init(|| {
+        HistogramVec::new(
+            HistogramOpts::new(
+                "loyalty_db_statement_duration_seconds",
+                "Duration of the database statements, by the function that runs them.",
+            )
+            .buckets(STATEMENT_BUCKETS.to_vec()),
+            &["statement"],
+        )
+        .expect("valid metric")
+    })
+}
+
+/// Slots of [`SeriesTable`]: more than the database functions there are.
+const SERIES_SLOTS: usize = 256;
+
+/// The histogram of each database span's callsite, found without a lock: an
+/// open-addressed table of write-once slots keyed by the callsite's (static)
+/// metadata address. A slot is written the first time its callsite opens a
+/// span; afterwards finding it is a few atomic loads.
+struct SeriesTable {
+    slots: Vec<OnceLock<(usize, Histogram)>>,
+}
+
+impl SeriesTable {
+    fn new() -> Self {
+        Self {
+            slots: (0..SERIES_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn series(&self, metadata: &'static Metadata<'static>) -> Histogram {
+        let key = std::ptr::from_ref(metadata) as usize;
+        let make = || {
+            (
+                key,
+                statement_durations().with_label_values(&[&statement_label(metadata)]),
+            )
+        };
+        let start = (key >> 4) % SERIES_SLOTS;
+        for i in 0..SERIES_SLOTS {
+            let (slot_key, histogram) = self.slots[(start + i) % SERIES_SLOTS].get_or_init(make);
+            if *slot_key == key {
+                return histogram.clone();
+            }
+        }
+        // Full (it is sized well beyond the callsites): the labelled lookup.
+        make().1
+    }
+}
+
+/// `points::insert_entries` for the span of `loyalty::db::points::insert_entries`.
+fn statement_label(metadata: &Metadata<'_>) -> String {
+    let module = metadata
+        .target()
+        .strip_prefix(DB_TARGET)
+        .map(|rest| rest.trim_start_matches("::"))
+        .unwrap_or(metadata.target());
+    if module.is_empty() {
+        metadata.name().to_owned()
+    } else {
+        format!("{module}::{}", metadata.name())
+    }
+}
+
+/// When a database span started, and where its duration goes.
+struct Timed {
+    start: Instant,
+    histogram: Histogram,
+}
+
+/// Times the spans it is given (the database functions', by its filter) into
+/// [`statement_durations`].
+pub struct StatementLayer {
+    table: SeriesTable,
+}
+
+impl StatementLayer {
+    /// A layer recording into [`statement_durations`].
+    pub fn new() -> Self {
+        Self {
+            table: SeriesTable::new(),
+        }
+    }
+}
+
+impl Default for StatementLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for StatementLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let histogram = self.table.series(attrs.metadata());
+        span.extensions_mut().insert(Timed {
+            start: Instant::now(),
+            histogram,
+        });
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        if let Some(timed) = span.extensions().get::<Timed>() {
+            timed.histogram.observe(timed.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    mod db_like {
+        #[tracing::instrument(level = "debug", target = "loyalty::db::members", name = "lookup")]
+        pub fn lookup() {}
+    }
+
+    #[tracing::instrument(level = "debug")]
+    fn not_a_statement() {}
+
+    #[test]
+    fn database_spans_are_timed_under_their_module_and_name() {
+        let subscriber = tracing_subscriber::registry()
+            .with(StatementLayer::new().with_filter(Targets::new().with_target(DB_TARGET, Level::DEBUG)));
+        let count = |label: &str| {
+            statement_durations()
+                .with_label_values(&[label])
+                .get_sample_count()
+        };
+        let before = count("members::lookup");
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                db_like::lookup();
+                not_a_statement();
+            }
+        });
+        assert_eq!(count("members::lookup") - before, 3);
+        assert_eq!(count("telemetry::tests::not_a_statement"), 0);
+        assert_eq!(count("not_a_statement"), 0);
+    }
 }

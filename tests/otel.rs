@@ -48,6 +48,8 @@ async fn a_call_continues_the_callers_trace_and_its_spans_reach_the_collector(po
         &collector.endpoint,
         "--otlp-service-name",
         "loyalty-under-test",
+        "--metrics-addr",
+        "127.0.0.1:0",
     ])
     .expect("test flags parse");
     let telemetry = telemetry::init("text", Some(&config.traces)).expect("telemetry starts");
@@ -55,6 +57,7 @@ async fn a_call_continues_the_callers_trace_and_its_spans_reach_the_collector(po
         .await
         .expect("app builds");
     let port = app.port();
+    let metrics_port = app.metrics_port().expect("metrics are served");
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -86,6 +89,7 @@ async fn a_call_continues_the_callers_trace_and_its_spans_reach_the_collector(po
         .register_member(request)
         .await
         .expect("the member registers");
+    let metrics = scrape(metrics_port).await;
     let _ = stop.send(());
     server.await.unwrap().expect("the server stops cleanly");
     telemetry.shutdown().await;
@@ -126,6 +130,43 @@ async fn a_call_continues_the_callers_trace_and_its_spans_reach_the_collector(po
             .any(|(_, span)| span.name == "register" && span.parent_span_id == call.span_id),
         "no register span under the call span: {spans:#?}"
     );
+    // The statement's span is the domain span's child, with its duration.
+    let register = spans
+        .iter()
+        .find(|(_, span)| span.name == "register")
+        .map(|(_, span)| span)
+        .unwrap();
+    let statement = spans
+        .iter()
+        .find(|(_, span)| span.name == "insert" && span.parent_span_id == register.span_id)
+        .map(|(_, span)| span)
+        .unwrap_or_else(|| panic!("no database span under the register span: {spans:#?}"));
+    assert!(statement.end_time_unix_nano > statement.start_time_unix_nano);
+    assert_eq!(attribute(statement, "account_id").as_deref(), Some("alice"));
+
+    // The same statement was timed into the metrics (the subscriber is this
+    // process's: the series is the process's too).
+    let count = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("loyalty_db_statement_duration_seconds_count")
+                && line.contains(r#"statement="members::insert""#)
+        })
+        .unwrap_or_else(|| panic!("no statement series in the scrape:\n{metrics}"));
+    assert!(count.ends_with(" 1"), "{count}");
+}
+
+/// The metrics endpoint's text.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 /// An OTLP/gRPC trace receiver on a port of its own, keeping what it is sent.

@@ -176,7 +176,7 @@ mod tests {
             <AuditCursor as PageCursor>::decode(&cursor.encode()),
             Some(cursor)
         );
-        for bad in ["", "1.2", "1.2.3.4", "1.9.3", "x.1.1", "99999999999999999.1.1"] {
+        for bad in ["", "1.2", "1.2.3.4", "1.9.3", "x.1.1", "400000000000000000.1.1"] {
             assert_eq!(<AuditCursor as PageCursor>::decode(bad), None, "{bad}");
         }
     }
