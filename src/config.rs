@@ -227,7 +227,8 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
-/// OpenTelemetry traces (SPEC §5): off unless an OTLP endpoint is given.
+/// OpenTelemetry traces (SPEC §5): off unless an OTLP endpoint is given; and
+/// the metric made from the database spans.
 #[derive(Debug, Clone, Args)]
 pub struct TracesConfig {
     /// OTLP/gRPC collector the spans are exported to, e.g.
@@ -237,6 +238,11 @@ pub struct TracesConfig {
     /// The `service.name` the exported spans carry.
     #[arg(long, env = "LOYALTY_OTLP_SERVICE_NAME", default_value = "loyalty")]
     pub otlp_service_name: String,
+    /// Time every database function into
+    /// `loyalty_db_statement_duration_seconds` (a span per function: see
+    /// docs/benchmarks.md for its cost); `false` to skip it.
+    #[arg(long, env = "LOYALTY_DB_STATEMENT_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub db_statement_metrics: bool,
 }
 
 /// TLS served by the service, and client certificates (SPEC §5). Plain TCP

@@ -85,8 +85,8 @@ fn traced() -> Targets {
 /// Installs the global subscriber: `RUST_LOG` filters the logs (default
 /// `info`), `format` is `text` or `json`; with `traces` naming an OTLP
 /// endpoint, the calls, their domain spans and their database statements are
-/// exported too. The database spans are timed into
-/// [`statement_durations`] in any case. Installing twice leaves the first
+/// exported too. The database spans are timed into [`statement_durations`]
+/// unless `traces` says not to (or is `None`, as for `loyalty migrate`). Installing twice leaves the first
 /// subscriber in place (and exports nothing from the second).
 ///
 /// Must run inside the tokio runtime when exporting: the exporter's channel
@@ -109,10 +109,22 @@ pub fn init(format: &str, traces: Option<&TracesConfig>) -> anyhow::Result<Telem
     let traces_layer = provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(env!("CARGO_PKG_NAME"))));
+    // A missing layer (`None`) would want every span; its filter says none is
+    // wanted when nothing is exported, so no span is made for it.
+    let traces_filter = if traces_layer.is_some() {
+        traced()
+    } else {
+        Targets::new()
+    };
+    let statements = if traces.is_some_and(|traces| traces.db_statement_metrics) {
+        Targets::new().with_target(DB_TARGET, Level::DEBUG)
+    } else {
+        Targets::new()
+    };
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(traces_layer.map(|layer| layer.with_filter(traced())))
-        .with(StatementLayer::new().with_filter(Targets::new().with_target(DB_TARGET, Level::DEBUG)))
+        .with(traces_layer.with_filter(traces_filter))
+        .with(StatementLayer::new().with_filter(statements))
         .try_init();
     if installed.is_err() {
         // Another subscriber is installed: ours would export nothing.
