@@ -5,6 +5,13 @@
 //!
 //! cargo bench --bench load -- --addr http://127.0.0.1:50061 --scenario validate \
 //!     --concurrency 16 --seconds 10 --members 10000
+//!
+//! With `--rate`, the load is open: calls start on a fixed schedule (`rate`
+//! per second) whether or not the earlier ones have answered, and a call's
+//! latency runs from when it was due, not from when it was sent, so a server
+//! that falls behind shows it (no coordinated omission). Then it also reports
+//! p99.9, and how many calls could not even start (`--max-in-flight` were
+//! already waiting).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +66,14 @@ struct Args {
     /// Tokio worker threads of the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Open load: start this many calls per second on a fixed schedule,
+    /// instead of `--concurrency` callers each waiting for its answer.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Open load: calls that may wait for their answer at once; a call due
+    /// while that many wait is counted as not started.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
     /// Print one machine-readable line instead of a sentence.
     #[arg(long)]
     tsv: bool,
@@ -377,6 +392,9 @@ async fn run(args: Args, scenario: Scenario) -> anyhow::Result<()> {
         members: args.members,
         sequence: AtomicU64::new(0),
     });
+    if let Some(rate) = args.rate {
+        return open_load(&args, scenario, shared, channels, rate).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let errors = Arc::new(AtomicU64::new(0));
@@ -427,6 +445,79 @@ async fn run(args: Args, scenario: Scenario) -> anyhow::Result<()> {
             latencies.len(),
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// The open load: `rate` calls per second for `--seconds`, each measured from
+/// when it was due.
+async fn open_load(
+    args: &Args,
+    scenario: Scenario,
+    shared: Arc<Shared>,
+    channels: Vec<Channel>,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let total = rate * args.seconds;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut not_started = 0u64;
+    let mut calls = tokio::task::JoinSet::new();
+    let started = tokio::time::Instant::now();
+    for k in 0..total {
+        let due = started + interval.mul_f64(k as f64);
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            not_started += 1;
+            continue;
+        };
+        let channel = channels[k as usize % channels.len()].clone();
+        let (shared, errors) = (shared.clone(), errors.clone());
+        calls.spawn(async move {
+            let _permit = permit;
+            let mut clients = Clients {
+                coupons: CouponsClient::new(channel.clone()),
+                points: PointsClient::new(channel.clone()),
+                health: HealthClient::new(channel),
+            };
+            match call(&shared, &mut clients).await {
+                Ok(()) => Some(due.elapsed()),
+                Err(status) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("first error: {status:?}");
+                    }
+                    None
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(total as usize);
+    while let Some(done) = calls.join_next().await {
+        latencies.extend(done?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let achieved = latencies.len() as f64 / elapsed;
+    let ms = |p: f64| percentile(&latencies, p).as_secs_f64() * 1000.0;
+    let errors = errors.load(Ordering::Relaxed);
+    if args.tsv {
+        println!(
+            "{scenario:?}\t{}\t{achieved:.0}\t{:.2}\t{:.2}\t{:.2}\t{errors}\t{not_started}",
+            latencies.len(),
+            ms(50.0),
+            ms(99.0),
+            ms(99.9)
+        );
+    } else {
+        println!(
+            "{scenario:?} at {rate}/s: {} calls answered = {achieved:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms, \
+             p99.9 {:.2} ms, {errors} errors, {not_started} not started",
+            latencies.len(),
+            ms(50.0),
+            ms(99.0),
+            ms(99.9)
         );
     }
     Ok(())

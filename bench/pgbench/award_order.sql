@@ -11,12 +11,12 @@ begin;
 with m as (
     select fraud_flagged_at is not null as flagged from member where account_id = 'm' || :m
 ), inserted as (
-    insert into earning_event (account_id, kind, natural_key, content, occurred_at)
+    insert into earning_event (account_id, kind, natural_key, content, occurred_at, created_at, request_id, caller)
     select 'm' || :m, 'order', 'ord-' || :n,
            jsonb_build_object('amount_minor', 2590, 'currency', 'USD', 'confirmed_at', '2026-05-28T20:26:40Z',
                               'products', jsonb_build_array(jsonb_build_array('sku-1', 'cat' || :c1),
                                                             jsonb_build_array('sku-2', 'cat' || :c2))),
-           '2026-05-28T20:26:40Z'
+           '2026-05-28T20:26:40Z', now(), md5('ord-' || :n), ''
     from m
     on conflict (account_id, kind, natural_key) do nothing
     returning earning_event_id

@@ -3,7 +3,8 @@
 -- (taken from the PostgreSQL log with log_statement = all; src/domain/coupons/
 -- checkout.rs reserve, orders.rs complete, src/db/coupons/): 7 and 8 round
 -- trips. Each status change writes its event (coupon_reserved, coupon_used)
--- in the same statement; the request ids stand for the ones the server makes
+-- in the same statement, and each transition its caller and request id (the
+-- audit); the request ids stand for the ones the server makes
 -- up for calls without x-request-id (32 hex digits), the caller is empty
 -- (authentication off).
 select nextval('bench_seq') as c \gset
@@ -40,8 +41,10 @@ with change as (
     returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order,
               c.action as change_action, c.note as change_note, c.event_type as change_event
 ), recorded as (
-    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
-    select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now()
+    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at,
+                                   request_id, caller)
+    select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now(),
+           md5('reserve-' || :c), ''
     from moved where change_action is not null
 ), events as (
     insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
@@ -112,8 +115,10 @@ with change as (
     returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order,
               c.action as change_action, c.note as change_note, c.event_type as change_event
 ), recorded as (
-    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at)
-    select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now()
+    insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, order_id, note, occurred_at,
+                                   request_id, caller)
+    select 'm' || :m, coupon_id, change_action, change_from, status, change_order, change_note, now(),
+           md5('complete-' || :c), ''
     from moved where change_action is not null
 ), events as (
     insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
