@@ -31,6 +31,25 @@ create table member_change (
     constraint member_change_action check (action in ('register', 'birthday', 'flag', 'unflag'))
 );
 
+-- A checkout order's changes (it is updated in place): each reservation (a new
+-- order or a newer cart revision), the completion or cancellation, each refund.
+-- No foreign key, as for member_level: the statement that writes the order
+-- writes this row too.
+create table order_change (
+    account_id text not null,
+    order_change_id bigint generated always as identity,
+    order_id text not null,
+    -- 'reserve', 'complete', 'cancel', 'refund'
+    action text not null,
+    -- The revision, coupons and hold of a reservation; the refund's id and extent.
+    detail jsonb not null,
+    caller text not null,
+    request_id text not null,
+    occurred_at timestamptz not null,
+    primary key (account_id, order_change_id),
+    constraint order_change_action check (action in ('reserve', 'complete', 'cancel', 'refund'))
+);
+
 -- Admin calls that change no member: template changes (a template is updated
 -- in place, so this is its history), claim codes, reward templates, and the
 -- runs of the jobs. Small, like the templates it refers to.

@@ -72,6 +72,13 @@ with header as (
     set status = excluded.status, cart_revision = excluded.cart_revision, content_digest = excluded.content_digest,
         currency = excluded.currency, coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until,
         updated_at = excluded.updated_at
+    returning account_id, order_id, cart_revision, coupon_ids, hold_until
+), audit as (
+    insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller)
+    select account_id, order_id, 'reserve',
+           jsonb_build_object('cart_revision', cart_revision, 'coupon_ids', to_jsonb(coupon_ids),
+                              'hold_until', hold_until), now(), md5('reserve-' || :c), ''
+    from header
 ), lines as (
     insert into checkout_order_line (account_id, order_id, line_id, position, seller_id, product_id, category_id,
                                      unit_price_minor, quantity, sale_price)
@@ -137,8 +144,17 @@ select m.coupon_id, m.account_id, m.template_id,
        m.name, m.issuer, m.seller_id, m.discount_kind, m.amount_off_minor, m.percent_basis_points, m.max_discount_minor,
        m.currency, m.min_purchase_minor, m.regular_price_only, m.valid_from, m.expires_at, m.source, m.issued_at
 from moved m order by m.coupon_id;
-update checkout_order set status = 'completed', updated_at = now()
-where account_id = 'm' || :m and order_id = 'b-' || :c;
+with changed as (
+    update checkout_order set status = 'completed', updated_at = now()
+    where account_id = 'm' || :m and order_id = 'b-' || :c and status <> 'completed'
+    returning account_id, order_id, status
+), audit as (
+    insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller)
+    select account_id, order_id, case status when 'completed' then 'complete' else 'cancel' end, '{}'::jsonb,
+           now(), md5('complete-' || :c), ''
+    from changed
+)
+select 1;
 select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity, l.sale_price,
        array_remove(array_agg(a.coupon_id order by a.coupon_id), null) as coupon_ids,
        array_remove(array_agg(a.discount_minor order by a.coupon_id), null) as discounts

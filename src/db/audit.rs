@@ -32,6 +32,22 @@ pub fn insert_member_change_sql(
     )
 }
 
+/// The `insert` of an `order_change` per row of `rows` (which has the
+/// columns `account_id` and `order_id`), as [`insert_member_change_sql`].
+pub fn insert_order_change_sql(
+    rows: &str,
+    action: &str,
+    detail: &str,
+    occurred_at: &str,
+    origin: (&str, &str),
+) -> String {
+    let (request_id, caller) = origin;
+    format!(
+        "insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller) \
+         select account_id, order_id, {action}, {detail}, {occurred_at}, {request_id}, {caller} from {rows}"
+    )
+}
+
 /// The `insert` of an `admin_change` per row of `rows`, as
 /// [`insert_member_change_sql`], with the template concerned (SQL `null` for
 /// none) instead of the account.
@@ -55,7 +71,7 @@ pub fn insert_admin_change_sql(
 struct AuditRow {
     occurred_at: DateTime<Utc>,
     /// Which table, for the order among equal instants: 1 admin, 2 member,
-    /// 3 ledger, 4 coupon.
+    /// 3 ledger, 4 coupon, 5 checkout order.
     source: i16,
     id: i64,
     action: String,
@@ -70,7 +86,8 @@ struct AuditRow {
 
 /// The parts of a member's audit, each filtered by `$1` (the account) and, when
 /// `$2` is not null, by the order. Entries of the ledger name the points the
-/// call moved; those of coupons the transition.
+/// call moved; those of coupons the transition; those of checkout orders the
+/// reservation or the refund.
 const MEMBER_PARTS: &str = "\
     select c.occurred_at, 2::int2 as source, c.member_change_id as id, 'member.' || c.action as action, \
            c.caller, c.request_id, c.account_id, null::text as template_id, null::text as order_id, \
@@ -94,7 +111,11 @@ const MEMBER_PARTS: &str = "\
            jsonb_strip_nulls(jsonb_build_object('from', t.from_status, 'to', t.to_status, \
                                                 'note', nullif(t.note, ''))) \
     from coupon_transition t join coupon c on c.account_id = t.account_id and c.coupon_id = t.coupon_id \
-    where t.account_id = $1 and ($2::text is null or t.order_id = $2)";
+    where t.account_id = $1 and ($2::text is null or t.order_id = $2) \
+    union all \
+    select o.occurred_at, 5::int2, o.order_change_id, 'order.' || o.action, o.caller, o.request_id, \
+           o.account_id, null, o.order_id, null, o.detail \
+    from order_change o where o.account_id = $1 and ($2::text is null or o.order_id = $2)";
 
 /// The admin changes, of the template `$1` unless it is null (`$2` is unused).
 const ADMIN_PARTS: &str = "\

@@ -227,20 +227,29 @@ pub async fn set_reward_templates(
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let level = level.map_or("", Level::as_str);
-    sqlx::query("delete from reward_template where reward = $1 and level = $2")
-        .bind(reward)
-        .bind(level)
-        .execute(&mut *conn)
-        .await?;
+    let removed: Vec<String> = sqlx::query_scalar(
+        "delete from reward_template where reward = $1 and level = $2 returning template_id",
+    )
+    .bind(reward)
+    .bind(level)
+    .fetch_all(&mut *conn)
+    .await?;
     let ids: Vec<&str> = templates.iter().map(TemplateId::as_str).collect();
-    // Audited once per template named, so each template's audit shows the
-    // rewards that issue it; once without a template when the list is cleared.
+    let changed = {
+        let before: std::collections::BTreeSet<&str> = removed.iter().map(String::as_str).collect();
+        let after: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        before != after
+    };
+    // Audited when the set changes: once per template it adds, keeps or
+    // drops, so each template's audit shows the rewards that issue it (or
+    // stopped issuing it). A set that stays the same records nothing.
     let origin = Origin::current();
     let audit = audit::insert_admin_change_sql(
-        "(select t from unnest($3::text[]) t union all select null where cardinality($3) = 0) as r (t)",
+        "(select t from unnest($3::text[] || $7::text[]) t group by t) as r (t) where $8",
         "'reward_templates.set'",
         "r.t",
-        "jsonb_build_object('reward', $1::text, 'level', $2::text, 'template_ids', to_jsonb($3::text[]))",
+        "jsonb_build_object('reward', $1::text, 'level', $2::text, 'template_ids', to_jsonb($3::text[]), \
+             'previous_template_ids', to_jsonb($7::text[]))",
         "$4",
         ("$5", "$6"),
     );
@@ -256,6 +265,8 @@ pub async fn set_reward_templates(
     .bind(now)
     .bind(&origin.request_id)
     .bind(&origin.caller)
+    .bind(&removed)
+    .bind(changed)
     .execute(conn)
     .await?;
     Ok(())

@@ -39,7 +39,7 @@ impl PageCursor for AuditCursor {
         let occurred_at = PageCursor::decode(parts.next()?)?;
         let source: i16 = parts.next()?.parse().ok()?;
         let id: i64 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || !(1..=4).contains(&source) {
+        if parts.next().is_some() || !(1..=5).contains(&source) {
             return None;
         }
         Some(Self {
@@ -176,7 +176,7 @@ mod tests {
             <AuditCursor as PageCursor>::decode(&cursor.encode()),
             Some(cursor)
         );
-        for bad in ["", "1.2", "1.2.3.4", "1.9.3", "x.1.1", "400000000000000000.1.1"] {
+        for bad in ["", "1.2", "1.2.3.4", "1.6.3", "x.1.1", "400000000000000000.1.1"] {
             assert_eq!(<AuditCursor as PageCursor>::decode(bad), None, "{bad}");
         }
     }

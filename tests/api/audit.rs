@@ -135,6 +135,16 @@ async fn template_changes_and_a_flag_are_listed_with_the_caller_that_made_them(p
         ))
         .await
         .unwrap();
+    coupons
+        .update_coupon_template(signed(
+            pb::UpdateCouponTemplateRequest {
+                template: Some(template.clone()),
+            },
+            "t-admin",
+            "r-update-again",
+        ))
+        .await
+        .unwrap();
     for (paused, request_id) in [(true, "r-pause"), (true, "r-pause-again"), (false, "r-resume")] {
         tick();
         coupons
@@ -236,8 +246,8 @@ async fn template_changes_and_a_flag_are_listed_with_the_caller_that_made_them(p
             .unwrap();
     }
 
-    // The template's history, newest first; a pause of a paused template
-    // changed nothing and is not there.
+    // The template's history, newest first; the same terms again and a pause
+    // of a paused template changed nothing and are not there.
     let spring = all_entries(&app, template_audit("spring"), 2).await;
     assert_eq!(
         who(&spring),
@@ -256,14 +266,16 @@ async fn template_changes_and_a_flag_are_listed_with_the_caller_that_made_them(p
             .all(|e| e.template_id == "spring" && e.account_id.is_empty())
     );
 
-    // The member's: the flag (once), the coupon's transitions, the earning
-    // (once: the retry replayed), the registration.
+    // The member's: the flag (once), the order's and the coupon's changes,
+    // the earning (once: the retry replayed), the registration.
     let alice = all_entries(&app, member_audit("alice", ""), 3).await;
     assert_eq!(
         who(&alice),
         vec![
             row("member.flag", "fraud-desk", "r-flag"),
+            row("order.complete", "admin-console", "r-complete"),
             row("coupon.complete", "admin-console", "r-complete"),
+            row("order.reserve", "admin-console", "r-reserve"),
             row("coupon.reserve", "admin-console", "r-reserve"),
             row("coupon.issue", "admin-console", "r-issue"),
             row("points.order", "order-service", "r-order"),
@@ -273,22 +285,24 @@ async fn template_changes_and_a_flag_are_listed_with_the_caller_that_made_them(p
     assert_eq!(detail_text(&alice[0], "reason"), "chargebacks");
     assert_eq!(
         (
-            alice[1].coupon_id,
-            alice[1].template_id.as_str(),
-            alice[1].order_id.as_str()
+            alice[2].coupon_id,
+            alice[2].template_id.as_str(),
+            alice[2].order_id.as_str()
         ),
         (coupon.coupon_id, "spring", "o-2")
     );
-    assert_eq!(detail_text(&alice[1], "to"), "used");
-    assert_eq!(alice[4].order_id, "o-1");
-    assert_eq!(detail_text(&alice[4], "points"), awarded[0].0.to_string());
+    assert_eq!(detail_text(&alice[2], "to"), "used");
+    assert_eq!(alice[6].order_id, "o-1");
+    assert_eq!(detail_text(&alice[6], "points"), awarded[0].0.to_string());
 
     // One order of the member.
     let o2 = all_entries(&app, member_audit("alice", "o-2"), 20).await;
     assert_eq!(
         who(&o2),
         vec![
+            row("order.complete", "admin-console", "r-complete"),
             row("coupon.complete", "admin-console", "r-complete"),
+            row("order.reserve", "admin-console", "r-reserve"),
             row("coupon.reserve", "admin-console", "r-reserve"),
         ]
     );
@@ -457,6 +471,26 @@ async fn codes_reward_templates_jobs_and_birthdays_are_audited_once_per_change(p
         ))
         .await
         .unwrap();
+    for (templates, request_id) in [
+        (vec!["gift".to_owned()], "r-rewards-again"),
+        (vec![], "r-rewards-clear"),
+    ] {
+        tick();
+        members
+            .set_reward_templates(signed(
+                pb::SetRewardTemplatesRequest {
+                    rewards: Some(pb::RewardTemplates {
+                        reward: pb::RewardKind::Birthday.into(),
+                        level: 0,
+                        template_ids: templates,
+                    }),
+                },
+                "t-admin",
+                request_id,
+            ))
+            .await
+            .unwrap();
+    }
     tick();
     members
         .evaluate_levels(signed(
@@ -477,17 +511,18 @@ async fn codes_reward_templates_jobs_and_birthdays_are_audited_once_per_change(p
     assert_eq!(
         who(&gift),
         vec![
+            row("reward_templates.set", "admin-console", "r-rewards-clear"),
             row("reward_templates.set", "admin-console", "r-rewards"),
             row("template.single_use_codes", "admin-console", "r-batch"),
             row("template.public_code", "admin-console", "r-code"),
             row("template.create", "admin-console", "r-create"),
         ],
-        "a replayed code or batch records nothing"
+        "a replayed code or batch, or the same reward templates again, records nothing"
     );
-    assert_eq!(detail_text(&gift[0], "reward"), "birthday");
-    assert_eq!(detail_text(&gift[1], "batch_request_id"), "batch-1");
-    assert_eq!(detail_text(&gift[1], "code_count"), "3");
-    assert_eq!(detail_text(&gift[2], "code"), "WELCOME");
+    assert_eq!(detail_text(&gift[1], "reward"), "birthday");
+    assert_eq!(detail_text(&gift[2], "batch_request_id"), "batch-1");
+    assert_eq!(detail_text(&gift[2], "code_count"), "3");
+    assert_eq!(detail_text(&gift[3], "code"), "WELCOME");
 
     // The admin changes: the template's, and the job's run.
     let admin = all_entries(
@@ -499,7 +534,7 @@ async fn codes_reward_templates_jobs_and_birthdays_are_audited_once_per_change(p
         10,
     )
     .await;
-    assert_eq!(admin.len(), 5, "{:?}", who(&admin));
+    assert_eq!(admin.len(), 6, "{:?}", who(&admin));
     assert_eq!(admin[0].action, "job.evaluate_levels");
     assert_eq!(
         (admin[0].caller.as_str(), admin[0].request_id.as_str()),
@@ -548,4 +583,54 @@ async fn codes_reward_templates_jobs_and_birthdays_are_audited_once_per_change(p
         ]
     );
     assert_eq!(detail_text(&bob[0], "day"), "29");
+}
+
+#[sqlx::test]
+async fn an_orders_audit_has_its_reservations_completion_and_refunds_once_each(pool: PgPool) {
+    // Authentication off: the caller is empty, the changes are still recorded.
+    let app = crate::helpers::spawn_app(pool).await;
+    let tick = || app.clock.advance(chrono::TimeDelta::seconds(1));
+    app.register("carol").await;
+    app.create_template(platform_template("t5", 500)).await;
+    let coupon = app.issue("carol", "t5").await.unwrap();
+    tick();
+    let order = checkout(
+        "carol",
+        "o-9",
+        vec![checkout_line("l1", "seller-1", 10_000, 2, false)],
+    );
+    app.reserve(order.clone(), vec![coupon.coupon_id]).await.unwrap();
+    tick();
+    app.complete("carol", "o-9").await.unwrap();
+    app.complete("carol", "o-9").await.unwrap();
+    tick();
+    app.refund("carol", "o-9", "r-1", &[("l1", 1)]).await.unwrap();
+    app.refund("carol", "o-9", "r-1", &[("l1", 1)]).await.unwrap();
+
+    let mut audit = AuditClient::new(app.channel.clone());
+    let entries = audit
+        .list_audit(member_audit("carol", "o-9"))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "order.refund",
+            "coupon.refund_partial",
+            "order.complete",
+            "coupon.complete",
+            "order.reserve",
+            "coupon.reserve"
+        ],
+        "a replayed completion or refund records nothing"
+    );
+    assert_eq!(detail_text(&entries[0], "refund_id"), "r-1");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.caller.is_empty() && !e.request_id.is_empty())
+    );
 }

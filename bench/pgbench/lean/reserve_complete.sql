@@ -1,7 +1,7 @@
 -- The lean reference of reserve_complete: the same rows change as in
 -- ../reserve_complete.sql (a coupon VALID → INACTIVE → USED, its two
 -- transitions and two events, the checkout order with its lines and
--- allocations, then completed), with the fewest statements: read what pricing
+-- allocations, then completed, with its two audit rows), with the fewest statements: read what pricing
 -- needs (the member's flag and the coupon's terms, locked), then one write
 -- statement per transition. The order's exclusivity comes from its primary key
 -- in the reserving statement, not from an advisory lock.
@@ -21,6 +21,11 @@ with header as (
     values ('m' || :m, 'b-' || :c, 'open', 0, sha256(('b-' || :c)::bytea), 'USD', array[:c]::bigint[],
             now() + interval '30 minutes', now(), now())
     returning order_id
+), audit as (
+    insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller)
+    values ('m' || :m, 'b-' || :c, 'reserve',
+            jsonb_build_object('cart_revision', 0, 'coupon_ids', jsonb_build_array(:c),
+                               'hold_until', now() + interval '30 minutes'), now(), md5('reserve-' || :c), '')
 ), moved as (
     update coupon k
     set status = 'inactive', order_id = 'b-' || :c, hold_until = now() + interval '30 minutes', updated_at = now()
@@ -59,6 +64,9 @@ with closed as (
     update checkout_order set status = 'completed', updated_at = now()
     where account_id = 'm' || :m and order_id = 'b-' || :c and status = 'open'
     returning account_id, order_id, coupon_ids
+), audit as (
+    insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller)
+    select account_id, order_id, 'complete', '{}'::jsonb, now(), md5('complete-' || :c), '' from closed
 ), moved as (
     update coupon k
     set status = 'used', hold_until = null, updated_at = now()

@@ -2,6 +2,7 @@
 //! and stored allocations, and its refunds with their claw-backs.
 
 use super::*;
+use crate::db::audit;
 use crate::domain::coupons::{Allocation, Clawback, OrderRecord, OrderState, Refund, StoredRefundLine};
 use crate::domain::ids::{CategoryId, LineId, ProductId, RefundId};
 use crate::domain::pricing::CheckoutLine;
@@ -98,13 +99,29 @@ pub async fn set_order_state(
     state: OrderState,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "update checkout_order set status = $3, updated_at = $4 where account_id = $1 and order_id = $2",
-    )
+    let origin = Origin::current();
+    // Audited when the status moves (a completion or a cancellation).
+    let audit = audit::insert_order_change_sql(
+        "changed",
+        "case status when 'completed' then 'complete' else 'cancel' end",
+        "'{}'::jsonb",
+        "$4",
+        ("$5", "$6"),
+    );
+    sqlx::query(&format!(
+        "with changed as ( \
+             update checkout_order set status = $3, updated_at = $4 \
+             where account_id = $1 and order_id = $2 and status <> $3 \
+             returning account_id, order_id, status \
+         ), audit as ({audit}) \
+         select 1"
+    ))
     .bind(account_id)
     .bind(order_id)
     .bind(state)
     .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .execute(conn)
     .await?;
     Ok(())
@@ -153,7 +170,16 @@ pub async fn put_order(
     let coupon_ids: Vec<i64> = allocations.iter().map(|a| a.coupon_id).collect();
     let allocated_lines: Vec<&LineId> = allocations.iter().map(|a| &lines[a.line].line_id).collect();
     let amounts: Vec<i64> = allocations.iter().map(|a| a.discount).collect();
-    sqlx::query(
+    let origin = Origin::current();
+    let audit = audit::insert_order_change_sql(
+        "header",
+        "'reserve'",
+        "jsonb_build_object('cart_revision', cart_revision, 'coupon_ids', to_jsonb(coupon_ids), \
+             'hold_until', hold_until)",
+        "$21",
+        ("$22", "$23"),
+    );
+    sqlx::query(&format!(
         "with header as ( \
              insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, \
                                          coupon_ids, hold_until, created_at, updated_at) \
@@ -163,7 +189,8 @@ pub async fn put_order(
                  content_digest = excluded.content_digest, currency = excluded.currency, \
                  coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until, \
                  updated_at = excluded.updated_at \
-         ), lines as ( \
+             returning account_id, order_id, cart_revision, coupon_ids, hold_until \
+         ), audit as ({audit}), lines as ( \
              insert into checkout_order_line (account_id, order_id, line_id, position, seller_id, product_id, \
                                               category_id, unit_price_minor, quantity, sale_price) \
              select $1, $2, * from unnest($3::text[], $4::int[], $5::text[], $6::text[], $7::text[], \
@@ -173,8 +200,8 @@ pub async fn put_order(
          insert into checkout_allocation (account_id, order_id, coupon_id, line_id, discount_minor) \
          select $1, $2, a.coupon_id, a.line_id, a.discount \
          from unnest($11::bigint[], $12::text[], $13::bigint[]) as a (coupon_id, line_id, discount) \
-         join lines using (line_id)",
-    )
+         join lines using (line_id)"
+    ))
     .bind(account_id)
     .bind(order_id)
     .bind(&line_ids)
@@ -196,6 +223,8 @@ pub async fn put_order(
     .bind(record.hold_until)
     .bind(record.created_at)
     .bind(record.updated_at)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .execute(conn)
     .await?;
     Ok(())
@@ -374,13 +403,22 @@ pub async fn insert_refund(
     let claw_lines: Vec<&LineId> = refund.clawbacks.iter().map(|c| &c.line_id).collect();
     let claw_coupons: Vec<i64> = refund.clawbacks.iter().map(|c| c.coupon_id).collect();
     let claw_amounts: Vec<i64> = refund.clawbacks.iter().map(|c| c.discount).collect();
-    sqlx::query(
+    let origin = Origin::current();
+    let audit = audit::insert_order_change_sql(
+        "refund",
+        "'refund'",
+        "jsonb_build_object('refund_id', refund_id, 'whole_order', whole_order, \
+             'completes_order', completes_order)",
+        "$7",
+        ("$13", "$14"),
+    );
+    sqlx::query(&format!(
         "with refund as ( \
              insert into checkout_refund (account_id, order_id, refund_id, content_digest, whole_order, \
                                           completes_order, created_at) \
              values ($1, $2, $3, $4, $5, $6, $7) \
-             returning refund_id \
-         ), lines as ( \
+             returning account_id, order_id, refund_id, whole_order, completes_order \
+         ), audit as ({audit}), lines as ( \
              insert into checkout_refund_line (account_id, order_id, refund_id, line_id, quantity) \
              select $1, $2, refund.refund_id, l.line_id, l.quantity \
              from refund, unnest($8::text[], $9::int[]) as l (line_id, quantity) \
@@ -389,8 +427,8 @@ pub async fn insert_refund(
          insert into checkout_clawback (account_id, order_id, refund_id, line_id, coupon_id, discount_minor) \
          select $1, $2, lines.refund_id, c.line_id, c.coupon_id, c.discount \
          from unnest($10::text[], $11::bigint[], $12::bigint[]) as c (line_id, coupon_id, discount) \
-         join lines using (line_id)",
-    )
+         join lines using (line_id)"
+    ))
     .bind(account_id)
     .bind(order_id)
     .bind(&refund.refund_id)
@@ -403,6 +441,8 @@ pub async fn insert_refund(
     .bind(&claw_lines)
     .bind(&claw_coupons)
     .bind(&claw_amounts)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
     .execute(conn)
     .await?;
     Ok(())

@@ -200,9 +200,20 @@ pub async fn update_template(
     now: DateTime<Utc>,
 ) -> Result<Option<Template>, sqlx::Error> {
     let origin = Origin::current();
-    let audit = template_audit("'template.update'", TEMPLATE_DETAIL, "$20", ("$21", "$22"));
+    // Audited when the terms change (a retry with the same terms changes nothing).
+    let audit = audit::insert_admin_change_sql(
+        &format!("t, before where {TEMPLATE_DETAIL} is distinct from before.terms"),
+        "'template.update'",
+        "t.template_id",
+        TEMPLATE_DETAIL,
+        "$20",
+        ("$21", "$22"),
+    );
     let query = format!(
-        "with t as ( \
+        "with before as ( \
+             select to_jsonb(t) - 'issued_count' - 'created_at' - 'updated_at' as terms \
+             from coupon_template t where template_id = $1 \
+         ), t as ( \
              update coupon_template set name = $2, description = $3, issuer = $4, seller_id = $5, \
                  discount_kind = $6, amount_off_minor = $7, percent_basis_points = $8, \
                  max_discount_minor = $9, currency = $10, min_purchase_minor = $11, valid_from = $12, \
