@@ -24,7 +24,7 @@ with header as (
 ), audit as (
     insert into order_change (account_id, order_id, action, detail, occurred_at, request_id, caller)
     values ('m' || :m, 'b-' || :c, 'reserve',
-            jsonb_build_object('cart_revision', 0, 'coupon_ids', jsonb_build_array(:c),
+            jsonb_build_object('cart_revision', 0, 'coupon_ids', jsonb_build_array(:c::bigint),
                                'hold_until', now() + interval '30 minutes'), now(), md5('reserve-' || :c), '')
 ), moved as (
     update coupon k
