@@ -7,6 +7,17 @@
 //! connection ends at the deadline, and PostgreSQL itself stops a statement or
 //! a lock wait that would outlive it.
 
+/// A statement's text, built once on first use from its parts (`format!` on
+/// every call would rebuild the same string, `coupon_columns` and all, each
+/// time). The parts must be constants: the builder cannot see the caller's
+/// variables.
+macro_rules! statement {
+    ($build:expr) => {{
+        static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| $build);
+        TEXT.as_str()
+    }};
+}
+
 pub mod audit;
 pub mod coupons;
 pub mod events;

@@ -305,9 +305,10 @@ pub async fn insert_entries(
     let occurred: Vec<DateTime<Utc>> = entries.iter().map(|e| e.occurred_at).collect();
     let dates: Vec<NaiveDate> = entries.iter().map(|e| e.local_date).collect();
     let origin = Origin::current();
-    let event = points_event("'points_awarded'", "$9", ("$10", "$11"));
-    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-        "with e as ( \
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!({
+        let event = points_event("'points_awarded'", "$9", ("$10", "$11"));
+        format!(
+            "with e as ( \
              insert into point_entry (account_id, earning_event_id, source, reference, points, \
                                       cap_reason, occurred_at, local_date) \
              select $1, $2, s, r, p, c, o, d \
@@ -317,7 +318,8 @@ pub async fn insert_entries(
              returning * \
          ), event as ({event}) \
          select {ENTRY_COLUMNS} from e order by point_entry_id"
-    ))
+        )
+    }))
     .bind(account_id)
     .bind(event_id)
     .bind(&sources)
@@ -347,9 +349,10 @@ pub async fn insert_reversals(
     now: DateTime<Utc>,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
     let origin = Origin::current();
-    let event = points_event("'points_reversed'", "$5", ("$6", "$7"));
-    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-        "with e as ( \
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!({
+        let event = points_event("'points_reversed'", "$5", ("$6", "$7"));
+        format!(
+            "with e as ( \
              insert into point_entry (account_id, earning_event_id, source, reference, points, \
                                       occurred_at, local_date, reverses_point_entry_id) \
              select account_id, $2, source, reference, -points, $4, local_date, point_entry_id \
@@ -359,7 +362,8 @@ pub async fn insert_reversals(
              returning * \
          ), event as ({event}) \
          select {ENTRY_COLUMNS} from e order by point_entry_id"
-    ))
+        )
+    }))
     .bind(account_id)
     .bind(reversal_event_id)
     .bind(order_event_id)
@@ -379,10 +383,10 @@ pub async fn entries_of_event(
     account_id: &AccountId,
     event_id: i64,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
-    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!(format!(
         "select {ENTRY_COLUMNS} from point_entry \
          where account_id = $1 and earning_event_id = $2 order by point_entry_id"
-    ))
+    )))
     .bind(account_id)
     .bind(event_id)
     .fetch_all(conn)
@@ -398,7 +402,7 @@ pub async fn list_entries(
     limit: u32,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
     let sources: Vec<&str> = query.sources.iter().map(|s| s.as_str()).collect();
-    let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!(format!(
         "select {ENTRY_COLUMNS} from point_entry \
          where account_id = $1 \
            and ($2::bigint is null or point_entry_id < $2) \
@@ -407,7 +411,7 @@ pub async fn list_entries(
            and ($5::timestamptz is null or occurred_at < $5) \
          order by point_entry_id desc \
          limit $6"
-    ))
+    )))
     .bind(&query.account_id)
     .bind(query.before_entry_id)
     .bind(&sources)

@@ -45,9 +45,9 @@ pub async fn order(
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<Option<OrderRecord>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
+    let row: Option<OrderRow> = sqlx::query_as(statement!(format!(
         "select {ORDER_COLUMNS} from checkout_order o where o.account_id = $1 and o.order_id = $2"
-    ))
+    )))
     .bind(account_id)
     .bind(order_id)
     .fetch_optional(conn)
@@ -67,11 +67,11 @@ pub async fn member_and_order(
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<Option<(bool, Option<OrderRecord>)>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(statement!(format!(
         "select m.fraud_flagged_at is not null as flagged, o.order_id is not null as found, {ORDER_COLUMNS} \
          from member m left join checkout_order o on o.account_id = m.account_id and o.order_id = $2 \
          where m.account_id = $1 for share of m"
-    ))
+    )))
     .bind(account_id)
     .bind(order_id)
     .fetch_optional(conn)
@@ -101,21 +101,23 @@ pub async fn set_order_state(
 ) -> Result<(), sqlx::Error> {
     let origin = Origin::current();
     // Audited when the status moves (a completion or a cancellation).
-    let audit = audit::insert_order_change_sql(
-        "changed",
-        "case status when 'completed' then 'complete' else 'cancel' end",
-        "'{}'::jsonb",
-        "$4",
-        ("$5", "$6"),
-    );
-    sqlx::query(&format!(
-        "with changed as ( \
+    sqlx::query(statement!({
+        let audit = audit::insert_order_change_sql(
+            "changed",
+            "case status when 'completed' then 'complete' else 'cancel' end",
+            "'{}'::jsonb",
+            "$4",
+            ("$5", "$6"),
+        );
+        format!(
+            "with changed as ( \
              update checkout_order set status = $3, updated_at = $4 \
              where account_id = $1 and order_id = $2 and status <> $3 \
              returning account_id, order_id, status \
          ), audit as ({audit}) \
          select 1"
-    ))
+        )
+    }))
     .bind(account_id)
     .bind(order_id)
     .bind(state)
@@ -171,7 +173,8 @@ pub async fn put_order(
     let allocated_lines: Vec<&LineId> = allocations.iter().map(|a| &lines[a.line].line_id).collect();
     let amounts: Vec<i64> = allocations.iter().map(|a| a.discount).collect();
     let origin = Origin::current();
-    let audit = audit::insert_order_change_sql(
+    sqlx::query(statement!({
+        let audit = audit::insert_order_change_sql(
         "header",
         "'reserve'",
         "jsonb_build_object('cart_revision', cart_revision, 'coupon_ids', to_jsonb(coupon_ids), \
@@ -179,7 +182,7 @@ pub async fn put_order(
         "$21",
         ("$22", "$23"),
     );
-    sqlx::query(&format!(
+        format!(
         "with header as ( \
              insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, \
                                          coupon_ids, hold_until, created_at, updated_at) \
@@ -201,7 +204,8 @@ pub async fn put_order(
          select $1, $2, a.coupon_id, a.line_id, a.discount \
          from unnest($11::bigint[], $12::text[], $13::bigint[]) as a (coupon_id, line_id, discount) \
          join lines using (line_id)"
-    ))
+    )
+    }))
     .bind(account_id)
     .bind(order_id)
     .bind(&line_ids)
@@ -404,16 +408,17 @@ pub async fn insert_refund(
     let claw_coupons: Vec<i64> = refund.clawbacks.iter().map(|c| c.coupon_id).collect();
     let claw_amounts: Vec<i64> = refund.clawbacks.iter().map(|c| c.discount).collect();
     let origin = Origin::current();
-    let audit = audit::insert_order_change_sql(
-        "refund",
-        "'refund'",
-        "jsonb_build_object('refund_id', refund_id, 'whole_order', whole_order, \
+    sqlx::query(statement!({
+        let audit = audit::insert_order_change_sql(
+            "refund",
+            "'refund'",
+            "jsonb_build_object('refund_id', refund_id, 'whole_order', whole_order, \
              'completes_order', completes_order)",
-        "$7",
-        ("$13", "$14"),
-    );
-    sqlx::query(&format!(
-        "with refund as ( \
+            "$7",
+            ("$13", "$14"),
+        );
+        format!(
+            "with refund as ( \
              insert into checkout_refund (account_id, order_id, refund_id, content_digest, whole_order, \
                                           completes_order, created_at) \
              values ($1, $2, $3, $4, $5, $6, $7) \
@@ -428,7 +433,8 @@ pub async fn insert_refund(
          select $1, $2, lines.refund_id, c.line_id, c.coupon_id, c.discount \
          from unnest($10::text[], $11::bigint[], $12::bigint[]) as c (line_id, coupon_id, discount) \
          join lines using (line_id)"
-    ))
+        )
+    }))
     .bind(account_id)
     .bind(order_id)
     .bind(&refund.refund_id)

@@ -12,10 +12,10 @@ pub async fn coupons_by_ids(
     coupon_ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
         "select {} from coupon where account_id = $1 and coupon_id = any ($2) order by coupon_id",
         coupon_columns("", "$3")
-    ))
+    )))
     .bind(account_id)
     .bind(coupon_ids)
     .bind(now)
@@ -33,14 +33,14 @@ pub async fn usable_coupons(
     currency: Currency,
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
         "select {} from coupon \
          where account_id = $1 and status in ('valid', 'inactive') and {} = 'valid' \
            and valid_from <= $2 and currency = $3 \
          order by coupon_id",
         coupon_columns("", "$2"),
         status_as_of("", "$2"),
-    ))
+    )))
     .bind(account_id)
     .bind(now)
     .bind(currency.as_str())
@@ -60,12 +60,12 @@ pub async fn lock_coupons(
     order_id: Option<&OrderId>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
         "select {} from coupon where account_id = $1 \
            and (coupon_id = any ($2) or (order_id = $3 and status = 'inactive')) \
          order by coupon_id for update",
         coupon_columns("", "$4")
-    ))
+    )))
     .bind(account_id)
     .bind(coupon_ids)
     .bind(order_id)
@@ -83,13 +83,13 @@ pub async fn lock_valid(
     account_id: &AccountId,
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
         "select {} from coupon \
          where account_id = $1 and status in ('valid', 'inactive') and {} = 'valid' \
          order by coupon_id for update",
         coupon_columns("", "$2"),
         status_as_of("", "$2"),
-    ))
+    )))
     .bind(account_id)
     .bind(now)
     .fetch_all(conn)
@@ -159,7 +159,8 @@ pub async fn change(
         })
         .collect();
     let origin = Origin::current();
-    let events = events::insert_event_sql(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!({
+        let events = events::insert_event_sql(
         "moved where change_event is not null",
         "account_id",
         "change_event",
@@ -169,7 +170,7 @@ pub async fn change(
              'hold_until', hold_until, 'action', change_action)",
         ("$12", "$13"),
     );
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+        format!(
         "with change as ( \
              select * from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
                                   $7::timestamptz[], $8::text[], $9::text[], $11::text[]) \
@@ -192,7 +193,8 @@ pub async fn change(
          ), events as ({events}) \
          select {} from moved m order by m.coupon_id",
         coupon_columns("m.", "$10")
-    ))
+    )
+    }))
     .bind(account_id)
     .bind(&ids)
     .bind(&from)
@@ -221,13 +223,13 @@ pub async fn list_coupons(
     limit: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> = sqlx::query_as(&format!(
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
         "select * from (select {} from coupon where account_id = $1 \
                           and ($2::bigint is null or coupon_id < $2)) c \
          where cardinality($3::text[]) = 0 or c.status = any ($3) \
          order by c.coupon_id desc limit $4",
         coupon_columns("", "$5")
-    ))
+    )))
     .bind(account_id)
     .bind(before_coupon_id)
     .bind(statuses)
