@@ -386,11 +386,19 @@ impl fmt::Display for FieldViolation {
 pub trait FieldContext<T> {
     /// Turns `Err(description)` into an `INVALID_ARGUMENT` error for `field`.
     fn field(self, field: &str) -> Result<T, Error>;
+
+    /// As [`field`](FieldContext::field), with a field name that is built
+    /// (`order.lines[3].line_id`) only when there is an error to name.
+    fn field_with(self, field: impl FnOnce() -> String) -> Result<T, Error>;
 }
 
 impl<T, E: fmt::Display> FieldContext<T> for Result<T, E> {
     fn field(self, field: &str) -> Result<T, Error> {
         self.map_err(|e| Error::invalid(field, e))
+    }
+
+    fn field_with(self, field: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|e| Error::invalid(field(), e))
     }
 }
 

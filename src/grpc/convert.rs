@@ -119,8 +119,8 @@ pub fn birthday_pb(birthday: &Birthday) -> pb::Date {
 /// `{field}.amount_minor`).
 pub fn money(money: Option<pb::Money>, field: &str) -> Result<Money, Error> {
     let money = money.ok_or_else(|| Error::invalid(field, "is required"))?;
-    let currency = Currency::parse(&money.currency_code).field(&format!("{field}.currency_code"))?;
-    Money::new(money.amount_minor, currency).field(&format!("{field}.amount_minor"))
+    let currency = Currency::parse(&money.currency_code).field_with(|| format!("{field}.currency_code"))?;
+    Money::new(money.amount_minor, currency).field_with(|| format!("{field}.amount_minor"))
 }
 
 /// An optional amount of money; absent is `None`.

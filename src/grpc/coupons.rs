@@ -309,10 +309,10 @@ fn checkout_order(order: Option<pb::CheckoutOrder>) -> Result<CheckoutOrder, Err
         .map(|(i, l)| {
             let field = |name: &str| format!("order.lines[{i}].{name}");
             Ok(CheckoutLine {
-                line_id: LineId::parse(&l.line_id).field(&field("line_id"))?,
-                seller_id: SellerId::parse(&l.seller_id).field(&field("seller_id"))?,
-                product_id: ProductId::parse(&l.product_id).field(&field("product_id"))?,
-                category_id: CategoryId::parse(&l.category_id).field(&field("category_id"))?,
+                line_id: LineId::parse(&l.line_id).field_with(|| field("line_id"))?,
+                seller_id: SellerId::parse(&l.seller_id).field_with(|| field("seller_id"))?,
+                product_id: ProductId::parse(&l.product_id).field_with(|| field("product_id"))?,
+                category_id: CategoryId::parse(&l.category_id).field_with(|| field("category_id"))?,
                 unit_price: money_in(l.unit_price, &field("unit_price"), currency, ORDER_CURRENCY)?.minor(),
                 quantity: u32::try_from(l.quantity)
                     .map_err(|_| Error::invalid(field("quantity"), "must be 1 to 10000"))?,
@@ -519,7 +519,8 @@ fn refund_extent(extent: Option<pb::refund_order_request::Extent>) -> Result<Ref
                 .into_iter()
                 .enumerate()
                 .map(|(i, line)| {
-                    let line_id = LineId::parse(&line.line_id).field(&format!("lines.lines[{i}].line_id"))?;
+                    let line_id =
+                        LineId::parse(&line.line_id).field_with(|| format!("lines.lines[{i}].line_id"))?;
                     let quantity = u32::try_from(line.quantity)
                         .ok()
                         .filter(|q| (1..=MAX_QUANTITY).contains(q))

@@ -124,7 +124,7 @@ fn watch_request(request: &pb::WatchRequest) -> Result<(Start, Filter), Error> {
         .account_ids
         .iter()
         .enumerate()
-        .map(|(i, id)| AccountId::parse(id).field(&format!("account_ids[{i}]")))
+        .map(|(i, id)| AccountId::parse(id).field_with(|| format!("account_ids[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((start, Filter { types, accounts }))
 }

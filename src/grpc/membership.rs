@@ -343,7 +343,7 @@ impl pb::membership_server::Membership for MembershipService {
             .template_ids
             .iter()
             .enumerate()
-            .map(|(i, id)| TemplateId::parse(id).field(&format!("rewards.template_ids[{i}]")))
+            .map(|(i, id)| TemplateId::parse(id).field_with(|| format!("rewards.template_ids[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let distinct: std::collections::BTreeSet<&TemplateId> = templates.iter().collect();
         if distinct.len() != templates.len() {

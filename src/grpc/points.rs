@@ -108,8 +108,8 @@ impl pb::points_server::Points for PointsService {
             .enumerate()
             .map(|(i, p)| {
                 Ok((
-                    ProductId::parse(&p.product_id).field(&format!("products[{i}].product_id"))?,
-                    CategoryId::parse(&p.category_id).field(&format!("products[{i}].category_id"))?,
+                    ProductId::parse(&p.product_id).field_with(|| format!("products[{i}].product_id"))?,
+                    CategoryId::parse(&p.category_id).field_with(|| format!("products[{i}].category_id"))?,
                 ))
             })
             .collect::<Result<Vec<_>, Error>>()?;
