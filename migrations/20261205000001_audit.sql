@@ -68,6 +68,8 @@ create table admin_change (
     occurred_at timestamptz not null
 );
 
-create index admin_change_template on admin_change (template_id, admin_change_id)
+-- The listings read newest first: a template's changes, and all of them.
+create index admin_change_template on admin_change (template_id, occurred_at, admin_change_id)
     where template_id is not null;
+create index admin_change_recent on admin_change (occurred_at, admin_change_id);
 
