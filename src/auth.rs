@@ -251,7 +251,7 @@ impl Tokens {
     /// The scopes of the caller named `name`, for callers that authenticate
     /// otherwise than by bearer token (a client certificate naming the caller).
     pub fn caller_named(&self, name: &str) -> Option<&HashSet<String>> {
-        self.callers.iter().find(|c| c.name == name).map(|c| &c.scopes)
+        self.caller(name).map(|c| &c.scopes)
     }
 
     /// The caller holding `token`: its digest is compared with every stored one,
@@ -283,7 +283,7 @@ impl Tokens {
     }
 
     /// The caller named `name`, and its scopes.
-    fn scopes_of_caller(&self, name: &str) -> Option<&Caller> {
+    fn caller(&self, name: &str) -> Option<&Caller> {
         self.callers.iter().find(|caller| caller.name == name)
     }
 
@@ -294,12 +294,10 @@ impl Tokens {
             reason: "UNKNOWN_CALLER",
             message: "the client certificate names no caller (no URI or DNS SAN)".to_owned(),
         })?;
-        let caller = self
-            .scopes_of_caller(name)
-            .ok_or_else(|| Error::Unauthenticated {
-                reason: "UNKNOWN_CALLER",
-                message: format!("the client certificate names {name}, who is not a known caller"),
-            })?;
+        let caller = self.caller(name).ok_or_else(|| Error::Unauthenticated {
+            reason: "UNKNOWN_CALLER",
+            message: format!("the client certificate names {name}, who is not a known caller"),
+        })?;
         crate::call::set_caller(&caller.name);
         caller.check(path)
     }

@@ -75,37 +75,42 @@ impl SecretUrl {
 
     /// The URL with `***` for each secret: the password of the user info; the
     /// whole user info, unless it is a PostgreSQL user name; a `password=`
-    /// parameter.
+    /// parameter. A comma-separated list of URLs (NATS servers) has each one
+    /// redacted.
     pub fn redacted(&self) -> String {
-        let url = &self.0;
-        let (before_query, query) = match url.split_once('?') {
-            Some((before, query)) => (before, Some(query)),
-            None => (url.as_str(), None),
-        };
-        let mut redacted = before_query.to_owned();
-        if let Some((scheme, rest)) = before_query.split_once("://") {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            if let Some((user_info, host)) = authority.rsplit_once('@') {
-                let user_info = match user_info.split_once(':') {
-                    Some((user, _password)) => format!("{user}:***"),
-                    None if scheme.starts_with("postgres") => user_info.to_owned(),
-                    None => "***".to_owned(),
-                };
-                redacted = format!("{scheme}://{user_info}@{host}{path}");
-            }
-        }
-        if let Some(query) = query {
-            let parameters: Vec<String> = query
-                .split('&')
-                .map(|parameter| match parameter.split_once('=') {
-                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                    _ => parameter.to_owned(),
-                })
-                .collect();
-            redacted = format!("{redacted}?{}", parameters.join("&"));
-        }
-        redacted
+        self.0.split(',').map(redact_one).collect::<Vec<_>>().join(",")
     }
+}
+
+/// One URL of [`SecretUrl::redacted`].
+fn redact_one(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (url, None),
+    };
+    let mut redacted = before_query.to_owned();
+    if let Some((scheme, rest)) = before_query.split_once("://") {
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if let Some((user_info, host)) = authority.rsplit_once('@') {
+            let user_info = match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None if scheme.starts_with("postgres") => user_info.to_owned(),
+                None => "***".to_owned(),
+            };
+            redacted = format!("{scheme}://{user_info}@{host}{path}");
+        }
+    }
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        redacted = format!("{redacted}?{}", parameters.join("&"));
+    }
+    redacted
 }
 
 impl fmt::Debug for SecretUrl {
@@ -624,6 +629,12 @@ mod tests {
         assert!(
             !format!("{config:?}").contains("s3cret"),
             "a NATS token is hidden"
+        );
+        let servers = SecretUrl::parse("nats://a:s3cret@h1:4222,nats://b:s3cret@h2:4222").unwrap();
+        assert_eq!(
+            servers.redacted(),
+            "nats://a:***@h1:4222,nats://b:***@h2:4222",
+            "every server of a list is redacted"
         );
         let plain = SecretUrl::parse("postgres://postgres@127.0.0.1:5432/loyalty").unwrap();
         assert_eq!(plain.redacted(), plain.expose(), "a user name is no secret");

@@ -100,14 +100,7 @@ mod tests {
     use opentelemetry::trace::{SpanId, TraceId};
 
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.insert(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
+    use crate::call::tests::headers;
 
     #[test]
     fn a_valid_traceparent_and_its_tracestate_are_the_callers_context() {
