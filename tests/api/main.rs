@@ -22,6 +22,7 @@ mod levels;
 mod members;
 mod orders;
 mod page_tokens;
+mod plans;
 mod server;
 mod time_zones;
 mod tls;

@@ -5,6 +5,12 @@
 use super::*;
 
 /// Reads some of a member's coupons, in id order.
+///
+/// The ids' range is bound beside the ids themselves: PostgreSQL prices a
+/// generic plan for `= any ($2)` as if the array had ten ids and a member's
+/// whole index range were read, so without the range it planned this statement
+/// anew on every call (about a third of `ValidateCoupons`' database time). With
+/// it, the generic plan is a range scan of the member's ids and is kept.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn coupons_by_ids(
     conn: &mut PgConnection,
@@ -12,13 +18,20 @@ pub async fn coupons_by_ids(
     coupon_ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<Vec<Coupon>, sqlx::Error> {
+    let (Some(&lowest), Some(&highest)) = (coupon_ids.iter().min(), coupon_ids.iter().max()) else {
+        return Ok(Vec::new());
+    };
     let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
-        "select {} from coupon where account_id = $1 and coupon_id = any ($2) order by coupon_id",
+        "select {} from coupon \
+         where account_id = $1 and coupon_id between $4 and $5 and coupon_id = any ($2) \
+         order by coupon_id",
         coupon_columns("", "$3")
     )))
     .bind(account_id)
     .bind(coupon_ids)
     .bind(now)
+    .bind(lowest)
+    .bind(highest)
     .fetch_all(conn)
     .await?;
     into_coupons(rows)
