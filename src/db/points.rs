@@ -148,29 +148,6 @@ pub async fn bump_counter(
     Ok((after - delta, after))
 }
 
-/// Records the products of a confirmed order (reviews need them).
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-pub async fn insert_order_products(
-    conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    products: &[(ProductId, CategoryId)],
-) -> Result<(), sqlx::Error> {
-    let (product_ids, category_ids): (Vec<&str>, Vec<&str>) =
-        products.iter().map(|(p, c)| (p.as_str(), c.as_str())).unzip();
-    sqlx::query(
-        "insert into order_product (account_id, order_id, product_id, category_id) \
-         select $1, $2, p, c from unnest($3::text[], $4::text[]) as t (p, c)",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .bind(&product_ids)
-    .bind(&category_ids)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Whether the member confirmed `order_id` with `product_id` in it.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn order_has_product(
@@ -190,27 +167,83 @@ pub async fn order_has_product(
     .await
 }
 
-/// Records categories bought on a local day; returns how many were new that day.
-/// Pass them sorted, so concurrent orders take the key locks in one order.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
-pub async fn insert_day_categories(
+/// What an order's rows changed: its day's counters before and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRows {
+    /// The day's order-points counter, when the order was eligible.
+    pub order_points: Option<(i64, i64)>,
+    /// The day's category counter, when some were new.
+    pub categories: Option<(i64, i64)>,
+}
+
+/// Records a confirmed order's rows in one statement: its products (reviews
+/// need them); the categories bought on the local day; `order_points` on the
+/// day's order counter when the order is `eligible`; and the new categories
+/// on the day's category counter.
+///
+/// The rows are locked in one order by every order (categories sorted, then
+/// the order counter, then the category counter), so concurrent orders of a
+/// member serialize on them and cannot deadlock; the counts come from the rows
+/// returned, not from the affected-row count.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
+#[allow(clippy::too_many_arguments)]
+pub async fn record_order_rows(
     conn: &mut PgConnection,
     account_id: &AccountId,
+    order_id: &OrderId,
+    products: &[(ProductId, CategoryId)],
     local_date: NaiveDate,
     categories: &[&CategoryId],
-) -> Result<i64, sqlx::Error> {
+    eligible: bool,
+    order_points: i64,
+) -> Result<OrderRows, sqlx::Error> {
+    let (product_ids, category_ids): (Vec<&str>, Vec<&str>) =
+        products.iter().map(|(p, c)| (p.as_str(), c.as_str())).unzip();
     let categories: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-    let inserted = sqlx::query(
-        "insert into member_day_category (account_id, local_date, category_id) \
-         select $1, $2, c from unnest($3::text[]) with ordinality as t (c, n) order by n \
-         on conflict do nothing",
+    let (new_categories, order_after, categories_after): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "with day_categories as ( \
+                 insert into member_day_category (account_id, local_date, category_id) \
+                 select $1::text, $5::date, c from unnest($6::text[]) with ordinality as t (c, n) \
+                 order by n \
+                 on conflict do nothing \
+                 returning 1 \
+             ), new as (select count(*) as n from day_categories), \
+             order_counter as ( \
+                 insert into earning_counter as c (account_id, counter, period_start, demand) \
+                 select $1::text, $7::text, $5::date, $8::bigint where $9::boolean \
+                 on conflict (account_id, counter, period_start) \
+                 do update set demand = c.demand + excluded.demand \
+                 returning demand \
+             ), category_counter as ( \
+                 insert into earning_counter as c (account_id, counter, period_start, demand) \
+                 select $1::text, $10::text, $5::date, n from new where n > 0 \
+                 on conflict (account_id, counter, period_start) \
+                 do update set demand = c.demand + excluded.demand \
+                 returning demand \
+             ), products as ( \
+                 insert into order_product (account_id, order_id, product_id, category_id) \
+                 select $1::text, $2::text, p, c from unnest($3::text[], $4::text[]) as t (p, c) \
+             ) \
+             select (select n from new), (select demand from order_counter), \
+                    (select demand from category_counter)",
     )
     .bind(account_id)
+    .bind(order_id)
+    .bind(&product_ids)
+    .bind(&category_ids)
     .bind(local_date)
     .bind(&categories)
-    .execute(conn)
+    .bind(Counter::OrderPoints.as_str())
+    .bind(order_points)
+    .bind(eligible)
+    .bind(Counter::Categories.as_str())
+    .fetch_one(conn)
     .await?;
-    Ok(i64::try_from(inserted.rows_affected()).unwrap_or(i64::MAX))
+    let before_after = |after: Option<i64>, delta: i64| after.map(|after| (after - delta, after));
+    Ok(OrderRows {
+        order_points: before_after(order_after, order_points),
+        categories: before_after(categories_after, new_categories),
+    })
 }
 
 /// A `point_entry` row.

@@ -5,8 +5,9 @@
 //!    is taken, the call is a retry: the original entries are returned (or
 //!    `ALREADY_EXISTS` when the content differs) and nothing else happens.
 //! 2. The source's rule decides the points; caps go through guarded counters in
-//!    the database ([`db::points::bump_counter`]), which serialize concurrent
-//!    events of one member and period.
+//!    the database ([`db::points::bump_counter`]; for an order,
+//!    [`db::points::record_order_rows`], one statement with its products and
+//!    categories), which serialize concurrent events of one member and period.
 //! 3. The entries are appended to the ledger and the transaction commits.
 
 pub mod rules;
@@ -403,23 +404,42 @@ impl Points {
             Begun::Replay(entries) => return Ok(replay(entries)),
             Begun::New { event_id, flagged } => (event_id, flagged),
         };
-        db::points::insert_order_products(&mut tx, account, &order.order_id, order.products()).await?;
-
-        let (points, cap_reason) = if flagged {
-            (0, Some(CapReason::MemberFlagged))
+        let ineligible = if flagged {
+            Some(CapReason::MemberFlagged)
         } else if order.amount.currency() != rules.order_minimum.currency() {
-            (0, Some(CapReason::CurrencyNotEligible))
+            Some(CapReason::CurrencyNotEligible)
         } else if order.amount.minor() < rules.order_minimum.minor() {
-            (0, Some(CapReason::BelowMinimum))
+            Some(CapReason::BelowMinimum)
         } else {
-            let (before, after) = db::points::bump_counter(
-                &mut tx,
-                account,
-                Counter::OrderPoints,
-                local_date,
-                rules.order_points.into(),
-            )
-            .await?;
+            None
+        };
+        // A flagged member earns nothing, and its day's categories are not counted.
+        let mut categories: Vec<&CategoryId> = if flagged {
+            Vec::new()
+        } else {
+            order.products().iter().map(|(_, c)| c).collect()
+        };
+        // Sorted, so concurrent orders lock category keys in one order.
+        categories.sort();
+        categories.dedup();
+        let rows = db::points::record_order_rows(
+            &mut tx,
+            account,
+            &order.order_id,
+            order.products(),
+            local_date,
+            &categories,
+            ineligible.is_none(),
+            rules.order_points.into(),
+        )
+        .await?;
+
+        let (points, cap_reason) = if let Some(reason) = ineligible {
+            (0, Some(reason))
+        } else {
+            let (before, after) = rows
+                .order_points
+                .ok_or_else(|| anyhow::anyhow!("the order counter of an eligible order was not bumped"))?;
             let awarded = capped_award(before, after, rules.order_daily_cap);
             (
                 awarded,
@@ -435,32 +455,22 @@ impl Points {
             local_date,
         }];
 
-        // A flagged member earns nothing, and its day's categories are not counted.
-        if !flagged {
-            let mut categories: Vec<&CategoryId> = order.products().iter().map(|(_, c)| c).collect();
-            // Sorted, so concurrent orders lock category keys in one order.
-            categories.sort();
-            categories.dedup();
-            let new = db::points::insert_day_categories(&mut tx, account, local_date, &categories).await?;
-            if new > 0 {
-                let (before, after) =
-                    db::points::bump_counter(&mut tx, account, Counter::Categories, local_date, new).await?;
-                let demand = rules.variety_demand(after) - rules.variety_demand(before);
-                if demand > 0 {
-                    let awarded = capped_award(
-                        rules.variety_demand(before),
-                        rules.variety_demand(after),
-                        rules.variety_daily_cap,
-                    );
-                    entries.push(NewEntry {
-                        source: PointsSource::CategoryVariety,
-                        reference: order.order_id.to_string(),
-                        points: awarded,
-                        cap_reason: (i64::from(awarded) < demand).then_some(CapReason::DailyCap),
-                        occurred_at: order.confirmed_at,
-                        local_date,
-                    });
-                }
+        if let Some((before, after)) = rows.categories {
+            let demand = rules.variety_demand(after) - rules.variety_demand(before);
+            if demand > 0 {
+                let awarded = capped_award(
+                    rules.variety_demand(before),
+                    rules.variety_demand(after),
+                    rules.variety_daily_cap,
+                );
+                entries.push(NewEntry {
+                    source: PointsSource::CategoryVariety,
+                    reference: order.order_id.to_string(),
+                    points: awarded,
+                    cap_reason: (i64::from(awarded) < demand).then_some(CapReason::DailyCap),
+                    occurred_at: order.confirmed_at,
+                    local_date,
+                });
             }
         }
         self.finish(tx, account, event_id, &entries).await
