@@ -181,10 +181,14 @@ pub struct OrderRows {
 /// day's order counter when the order is `eligible`; and the new categories
 /// on the day's category counter.
 ///
-/// The rows are locked in one order by every order (categories sorted, then
-/// the order counter, then the category counter), so concurrent orders of a
-/// member serialize on them and cannot deadlock; the counts come from the rows
-/// returned, not from the affected-row count.
+/// The rows are locked in one order by every order: PostgreSQL runs the
+/// data-modifying CTEs as the final select list reads them (the order counter,
+/// the categories sorted, the category counter; the products, read by nothing,
+/// last), which is the order the statements had when they were separate. So
+/// concurrent orders of a member serialize on the rows and cannot deadlock,
+/// with each other or with a server of the previous release; reordering the
+/// select list changes the lock order. The counts come from the rows returned,
+/// not from the affected-row count.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 #[allow(clippy::too_many_arguments)]
 pub async fn record_order_rows(
@@ -200,7 +204,7 @@ pub async fn record_order_rows(
     let (product_ids, category_ids): (Vec<&str>, Vec<&str>) =
         products.iter().map(|(p, c)| (p.as_str(), c.as_str())).unzip();
     let categories: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-    let (new_categories, order_after, categories_after): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+    let (order_after, new_categories, categories_after): (Option<i64>, i64, Option<i64>) = sqlx::query_as(
         "with day_categories as ( \
                  insert into member_day_category (account_id, local_date, category_id) \
                  select $1::text, $5::date, c from unnest($6::text[]) with ordinality as t (c, n) \
@@ -224,7 +228,7 @@ pub async fn record_order_rows(
                  insert into order_product (account_id, order_id, product_id, category_id) \
                  select $1::text, $2::text, p, c from unnest($3::text[], $4::text[]) as t (p, c) \
              ) \
-             select (select n from new), (select demand from order_counter), \
+             select (select demand from order_counter), (select n from new), \
                     (select demand from category_counter)",
     )
     .bind(account_id)
