@@ -167,86 +167,131 @@ pub async fn order_has_product(
     .await
 }
 
+/// A confirmed order's rows besides its event.
+pub struct NewOrderRows<'a> {
+    pub order_id: &'a OrderId,
+    /// Its products (reviews need them).
+    pub products: &'a [(ProductId, CategoryId)],
+    /// The local day the order counts on.
+    pub local_date: NaiveDate,
+    /// Its categories, sorted and without repeats.
+    pub categories: &'a [&'a CategoryId],
+    /// Whether it earns order points (currency and minimum), unless the member is flagged.
+    pub eligible: bool,
+    /// The order points it asks for.
+    pub order_points: i64,
+}
+
 /// What an order's rows changed: its day's counters before and after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OrderRows {
     /// The day's order-points counter, when the order was eligible.
     pub order_points: Option<(i64, i64)>,
-    /// The day's category counter, when some were new.
+    /// The day's category counter, when some of its categories were new that day.
     pub categories: Option<(i64, i64)>,
 }
 
-/// Records a confirmed order's rows in one statement: its products (reviews
-/// need them); the categories bought on the local day; `order_points` on the
-/// day's order counter when the order is `eligible`; and the new categories
-/// on the day's category counter.
+/// Inserts a confirmed order's event as [`insert_event`] does and, when the
+/// event is new, the order's rows, in the same statement: its products, the
+/// categories bought on the local day (not for a flagged member), its order
+/// points on the day's order counter when it is eligible (and the member is
+/// not flagged), and the new categories on the day's category counter.
 ///
-/// The rows are locked in one order by every order: PostgreSQL runs the
-/// data-modifying CTEs as the final select list reads them (the order counter,
-/// the categories sorted, the category counter; the products, read by nothing,
-/// last), which is the order the statements had when they were separate. So
-/// concurrent orders of a member serialize on the rows and cannot deadlock,
-/// with each other or with a server of the previous release; reordering the
-/// select list changes the lock order. The counts come from the rows returned,
-/// not from the affected-row count.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
-#[allow(clippy::too_many_arguments)]
-pub async fn record_order_rows(
+/// Every order takes the rows in one order: PostgreSQL runs the
+/// data-modifying CTEs as the final select list reads them (the event, the
+/// order counter, the categories sorted, the category counter; the products,
+/// read by nothing, last), which is the order the statements had when they
+/// were separate. So concurrent orders of a member serialize on the rows and
+/// cannot deadlock, with each other or with a server of the previous release;
+/// reordering the select list changes the lock order. The counts come from
+/// the rows returned, not from the affected-row count.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %event.account_id, order_id = %order.order_id))]
+pub async fn insert_order_event(
     conn: &mut PgConnection,
-    account_id: &AccountId,
-    order_id: &OrderId,
-    products: &[(ProductId, CategoryId)],
-    local_date: NaiveDate,
-    categories: &[&CategoryId],
-    eligible: bool,
-    order_points: i64,
-) -> Result<OrderRows, sqlx::Error> {
-    let (product_ids, category_ids): (Vec<&str>, Vec<&str>) =
-        products.iter().map(|(p, c)| (p.as_str(), c.as_str())).unzip();
-    let categories: Vec<&str> = categories.iter().map(|c| c.as_str()).collect();
-    let (order_after, new_categories, categories_after): (Option<i64>, i64, Option<i64>) = sqlx::query_as(
-        "with day_categories as ( \
-                 insert into member_day_category (account_id, local_date, category_id) \
-                 select $1::text, $5::date, c from unnest($6::text[]) with ordinality as t (c, n) \
-                 order by n \
-                 on conflict do nothing \
-                 returning 1 \
-             ), new as (select count(*) as n from day_categories), \
-             order_counter as ( \
-                 insert into earning_counter as c (account_id, counter, period_start, demand) \
-                 select $1::text, $7::text, $5::date, $8::bigint where $9::boolean \
-                 on conflict (account_id, counter, period_start) \
-                 do update set demand = c.demand + excluded.demand \
-                 returning demand \
-             ), category_counter as ( \
-                 insert into earning_counter as c (account_id, counter, period_start, demand) \
-                 select $1::text, $10::text, $5::date, n from new where n > 0 \
-                 on conflict (account_id, counter, period_start) \
-                 do update set demand = c.demand + excluded.demand \
-                 returning demand \
-             ), products as ( \
-                 insert into order_product (account_id, order_id, product_id, category_id) \
-                 select $1::text, $2::text, p, c from unnest($3::text[], $4::text[]) as t (p, c) \
-             ) \
-             select (select demand from order_counter), (select n from new), \
-                    (select demand from category_counter)",
+    event: &NewEvent<'_>,
+    now: DateTime<Utc>,
+    order: &NewOrderRows<'_>,
+) -> Result<(Inserted, OrderRows), sqlx::Error> {
+    let origin = Origin::current();
+    let (product_ids, category_ids): (Vec<&str>, Vec<&str>) = order
+        .products
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .unzip();
+    let categories: Vec<&str> = order.categories.iter().map(|c| c.as_str()).collect();
+    type Row = (bool, Option<i64>, Option<i64>, i64, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
+        "with m as ( \
+             select fraud_flagged_at is not null as flagged from member where account_id = $1 \
+         ), inserted as ( \
+             insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
+                                        created_at, request_id, caller) \
+             select $1, $2, $3, $4, $5, $6, $7, $8 from m \
+             on conflict (account_id, kind, natural_key) do nothing \
+             returning earning_event_id \
+         ), new_order as (select m.flagged from m, inserted), \
+         day_categories as ( \
+             insert into member_day_category (account_id, local_date, category_id) \
+             select $1::text, $9::date, c \
+             from new_order, unnest($10::text[]) with ordinality as t (c, n) \
+             where not new_order.flagged \
+             order by n \
+             on conflict do nothing \
+             returning 1 \
+         ), new_categories as (select count(*) as n from day_categories), \
+         order_counter as ( \
+             insert into earning_counter as c (account_id, counter, period_start, demand) \
+             select $1::text, $11::text, $9::date, $12::bigint \
+             from new_order where $13::boolean and not new_order.flagged \
+             on conflict (account_id, counter, period_start) \
+             do update set demand = c.demand + excluded.demand \
+             returning demand \
+         ), category_counter as ( \
+             insert into earning_counter as c (account_id, counter, period_start, demand) \
+             select $1::text, $14::text, $9::date, n from new_categories where n > 0 \
+             on conflict (account_id, counter, period_start) \
+             do update set demand = c.demand + excluded.demand \
+             returning demand \
+         ), products as ( \
+             insert into order_product (account_id, order_id, product_id, category_id) \
+             select $1::text, $15::text, p, c \
+             from new_order, unnest($16::text[], $17::text[]) as t (p, c) \
+         ) \
+         select m.flagged, (select earning_event_id from inserted), \
+                (select demand from order_counter), (select n from new_categories), \
+                (select demand from category_counter) \
+         from m",
     )
-    .bind(account_id)
-    .bind(order_id)
-    .bind(&product_ids)
-    .bind(&category_ids)
-    .bind(local_date)
+    .bind(event.account_id)
+    .bind(event.kind.as_str())
+    .bind(event.natural_key)
+    .bind(Json(&event.content))
+    .bind(event.occurred_at)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
+    .bind(order.local_date)
     .bind(&categories)
     .bind(Counter::OrderPoints.as_str())
-    .bind(order_points)
-    .bind(eligible)
+    .bind(order.order_points)
+    .bind(order.eligible)
     .bind(Counter::Categories.as_str())
-    .fetch_one(conn)
+    .bind(order.order_id)
+    .bind(&product_ids)
+    .bind(&category_ids)
+    .fetch_optional(conn)
     .await?;
+    let Some((flagged, event_id, order_after, new_categories, categories_after)) = row else {
+        return Ok((Inserted::NoMember, OrderRows::default()));
+    };
     let before_after = |after: Option<i64>, delta: i64| after.map(|after| (after - delta, after));
-    Ok(OrderRows {
-        order_points: before_after(order_after, order_points),
+    let rows = OrderRows {
+        order_points: before_after(order_after, order.order_points),
         categories: before_after(categories_after, new_categories),
+    };
+    Ok(match event_id {
+        None => (Inserted::Taken, rows),
+        Some(event_id) => (Inserted::New { event_id, flagged }, rows),
     })
 }
 

@@ -5,9 +5,9 @@
 //!    is taken, the call is a retry: the original entries are returned (or
 //!    `ALREADY_EXISTS` when the content differs) and nothing else happens.
 //! 2. The source's rule decides the points; caps go through guarded counters in
-//!    the database ([`db::points::bump_counter`]; for an order,
-//!    [`db::points::record_order_rows`], one statement with its products and
-//!    categories), which serialize concurrent events of one member and period.
+//!    the database ([`db::points::bump_counter`]; for an order, in the event's
+//!    own statement, [`db::points::insert_order_event`]), which serialize
+//!    concurrent events of one member and period.
 //! 3. The entries are appended to the ledger and the transaction commits.
 
 pub mod rules;
@@ -22,7 +22,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::clock::Clock;
 use crate::db;
-use crate::db::points::{Counter, Inserted, NewEvent};
+use crate::db::points::{Counter, Inserted, NewEvent, NewOrderRows};
 use crate::domain::calendar::{self, Calendar};
 use crate::domain::ids::{AccountId, CampaignId, CategoryId, OrderId, PostId, ProductId, ReviewId};
 use crate::domain::members::member_not_found;
@@ -400,40 +400,40 @@ impl Points {
             content: order.content(),
             occurred_at: order.confirmed_at,
         };
-        let (event_id, flagged) = match self.begin_event(&mut tx, &event).await? {
-            Begun::Replay(entries) => return Ok(replay(entries)),
-            Begun::New { event_id, flagged } => (event_id, flagged),
-        };
-        let ineligible = if flagged {
-            Some(CapReason::MemberFlagged)
-        } else if order.amount.currency() != rules.order_minimum.currency() {
+        // Sorted, so concurrent orders lock category keys in one order.
+        let mut categories: Vec<&CategoryId> = order.products().iter().map(|(_, c)| c).collect();
+        categories.sort();
+        categories.dedup();
+        // Why the order earns no order points, whoever the member is.
+        let ineligible = if order.amount.currency() != rules.order_minimum.currency() {
             Some(CapReason::CurrencyNotEligible)
         } else if order.amount.minor() < rules.order_minimum.minor() {
             Some(CapReason::BelowMinimum)
         } else {
             None
         };
-        // A flagged member earns nothing, and its day's categories are not counted.
-        let mut categories: Vec<&CategoryId> = if flagged {
-            Vec::new()
-        } else {
-            order.products().iter().map(|(_, c)| c).collect()
-        };
-        // Sorted, so concurrent orders lock category keys in one order.
-        categories.sort();
-        categories.dedup();
-        let rows = db::points::record_order_rows(
-            &mut tx,
-            account,
-            &order.order_id,
-            order.products(),
+        let rows = NewOrderRows {
+            order_id: &order.order_id,
+            products: order.products(),
             local_date,
-            &categories,
-            ineligible.is_none(),
-            rules.order_points.into(),
-        )
-        .await?;
-
+            categories: &categories,
+            eligible: ineligible.is_none(),
+            order_points: rules.order_points.into(),
+        };
+        // The event and, when it is new, the order's rows and counters: one
+        // statement (a flagged member's categories are not counted).
+        let (inserted, rows) =
+            db::points::insert_order_event(&mut tx, &event, self.clock.now(), &rows).await?;
+        let (event_id, flagged) = match self.begun(&mut tx, &event, inserted).await? {
+            Begun::Replay(entries) => return Ok(replay(entries)),
+            Begun::New { event_id, flagged } => (event_id, flagged),
+        };
+        // A flagged member earns nothing.
+        let ineligible = if flagged {
+            Some(CapReason::MemberFlagged)
+        } else {
+            ineligible
+        };
         let (points, cap_reason) = if let Some(reason) = ineligible {
             (0, Some(reason))
         } else {
@@ -751,7 +751,19 @@ impl Points {
 
     /// Inserts the event under its natural key, or finds the original.
     async fn begin_event(&self, conn: &mut PgConnection, event: &NewEvent<'_>) -> Result<Begun, Error> {
-        match db::points::insert_event(conn, event, self.clock.now()).await? {
+        let inserted = db::points::insert_event(conn, event, self.clock.now()).await?;
+        self.begun(conn, event, inserted).await
+    }
+
+    /// What the insert of an event found: a new event, or the original's
+    /// entries when the call is a retry.
+    async fn begun(
+        &self,
+        conn: &mut PgConnection,
+        event: &NewEvent<'_>,
+        inserted: Inserted,
+    ) -> Result<Begun, Error> {
+        match inserted {
             Inserted::NoMember => return Err(member_not_found(event.account_id)),
             Inserted::New { event_id, flagged } => return Ok(Begun::New { event_id, flagged }),
             Inserted::Taken => {}
