@@ -90,6 +90,26 @@ pub async fn member_and_order(
     Ok(Some((flagged, order)))
 }
 
+/// The statement that moves the order `$1`/`$2` to the state `$3` at `$4`
+/// (audited with `$5`/`$6` when the state moves), then runs `select`.
+fn order_state_change(select: &str) -> String {
+    let audit = audit::insert_order_change_sql(
+        "changed",
+        "case status when 'completed' then 'complete' else 'cancel' end",
+        "'{}'::jsonb",
+        "$4",
+        ("$5", "$6"),
+    );
+    format!(
+        "with changed as ( \
+             update checkout_order set status = $3, updated_at = $4 \
+             where account_id = $1 and order_id = $2 and status <> $3 \
+             returning account_id, order_id, status \
+         ), audit as ({audit}) \
+         {select}"
+    )
+}
+
 /// Moves the order to `state`.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn set_order_state(
@@ -100,33 +120,38 @@ pub async fn set_order_state(
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let origin = Origin::current();
-    // Audited when the status moves (a completion or a cancellation).
-    sqlx::query(statement!({
-        let audit = audit::insert_order_change_sql(
-            "changed",
-            "case status when 'completed' then 'complete' else 'cancel' end",
-            "'{}'::jsonb",
-            "$4",
-            ("$5", "$6"),
-        );
-        format!(
-            "with changed as ( \
-             update checkout_order set status = $3, updated_at = $4 \
-             where account_id = $1 and order_id = $2 and status <> $3 \
-             returning account_id, order_id, status \
-         ), audit as ({audit}) \
-         select 1"
-        )
-    }))
-    .bind(account_id)
-    .bind(order_id)
-    .bind(state)
-    .bind(now)
-    .bind(&origin.request_id)
-    .bind(&origin.caller)
-    .execute(conn)
-    .await?;
+    sqlx::query(statement!(order_state_change("select 1")))
+        .bind(account_id)
+        .bind(order_id)
+        .bind(state)
+        .bind(now)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// Moves the order to COMPLETED and reads its cart ([`cart`]), in one
+/// statement: the completion does not change the cart.
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
+pub async fn complete_order(
+    conn: &mut PgConnection,
+    account_id: &AccountId,
+    order_id: &OrderId,
+    now: DateTime<Utc>,
+) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
+    let origin = Origin::current();
+    let rows: Vec<LineRow> = sqlx::query_as(statement!(order_state_change(CART)))
+        .bind(account_id)
+        .bind(order_id)
+        .bind(OrderState::Completed)
+        .bind(now)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
+        .fetch_all(conn)
+        .await?;
+    cart_of(rows)
 }
 
 /// Drops the order's cart and allocations (before a newer revision's).
@@ -256,21 +281,27 @@ pub async fn cart(
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
-    let rows: Vec<LineRow> = sqlx::query_as(
-        "select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity, \
-                l.sale_price, \
-                array_remove(array_agg(a.coupon_id order by a.coupon_id), null) as coupon_ids, \
-                array_remove(array_agg(a.discount_minor order by a.coupon_id), null) as discounts \
-         from checkout_order_line l \
-         left join checkout_allocation a using (account_id, order_id, line_id) \
-         where l.account_id = $1 and l.order_id = $2 \
-         group by l.account_id, l.order_id, l.line_id \
-         order by l.position",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<LineRow> = sqlx::query_as(CART)
+        .bind(account_id)
+        .bind(order_id)
+        .fetch_all(conn)
+        .await?;
+    cart_of(rows)
+}
+
+/// The cart of the order `$1`/`$2`: one row per line with its allocations.
+const CART: &str = "select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, \
+            l.quantity, l.sale_price, \
+            array_remove(array_agg(a.coupon_id order by a.coupon_id), null) as coupon_ids, \
+            array_remove(array_agg(a.discount_minor order by a.coupon_id), null) as discounts \
+     from checkout_order_line l \
+     left join checkout_allocation a using (account_id, order_id, line_id) \
+     where l.account_id = $1 and l.order_id = $2 \
+     group by l.account_id, l.order_id, l.line_id \
+     order by l.position";
+
+/// The cart's lines, in order, and its allocations, from its rows.
+fn cart_of(rows: Vec<LineRow>) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
     let id = |what: &str, e: String| decode(what, e);
     let mut lines = Vec::with_capacity(rows.len());
     let mut allocations = Vec::new();

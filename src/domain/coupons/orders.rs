@@ -80,13 +80,12 @@ impl Coupons {
                     })
                     .collect();
                 let used = apply(&mut tx, account_id, &changes, now).await?;
-                db::coupons::set_order_state(&mut tx, account_id, order_id, OrderState::Completed, now)
-                    .await?;
+                let (lines, allocations) =
+                    db::coupons::complete_order(&mut tx, account_id, order_id, now).await?;
                 record.state = OrderState::Completed;
                 record.updated_at = now;
                 // The view from the changes: every coupon of the order was used
                 // by them, and an order just completed has no refund.
-                let (lines, allocations) = db::coupons::cart(&mut tx, account_id, order_id).await?;
                 db::commit(tx).await?;
                 return Ok(order_view(
                     order_id,
