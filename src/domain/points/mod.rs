@@ -1,13 +1,13 @@
 //! Points (SPEC §2): earning events, caps, reversal, idempotency, balance, history.
 //!
 //! Every earning call runs as one transaction in the same shape:
-//! 1. [`Points::begin_event`] inserts the event under its natural key. If the key
+//! 1. [`Points::begin_event`] inserts the event under its natural key (an order
+//!    inserts it with its rows, [`db::points::insert_order_event`]). If the key
 //!    is taken, the call is a retry: the original entries are returned (or
 //!    `ALREADY_EXISTS` when the content differs) and nothing else happens.
 //! 2. The source's rule decides the points; caps go through guarded counters in
 //!    the database ([`db::points::bump_counter`]; for an order, in the event's
-//!    own statement, [`db::points::insert_order_event`]), which serialize
-//!    concurrent events of one member and period.
+//!    own statement), which serialize concurrent events of one member and period.
 //! 3. The entries are appended to the ledger and the transaction commits.
 
 pub mod rules;
