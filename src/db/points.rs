@@ -62,6 +62,19 @@ pub enum Inserted {
     New { event_id: i64, flagged: bool },
 }
 
+/// The CTEs `m` (the member's fraud flag; no row for an unknown account) and
+/// `inserted` (the event `$1`..`$8` under its natural key; no row when the key
+/// is taken).
+const EVENT_INSERT: &str = "m as ( \
+         select fraud_flagged_at is not null as flagged from member where account_id = $1 \
+     ), inserted as ( \
+         insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
+                                    created_at, request_id, caller) \
+         select $1, $2, $3, $4, $5, $6, $7, $8 from m \
+         on conflict (account_id, kind, natural_key) do nothing \
+         returning earning_event_id \
+     )";
+
 /// Reads the member's fraud flag and inserts the event under its natural key, in
 /// one statement, with the call's origin (the audit of its entries). A
 /// concurrent insert of the same key waits here until the first commits (or
@@ -73,18 +86,9 @@ pub async fn insert_event(
     now: DateTime<Utc>,
 ) -> Result<Inserted, sqlx::Error> {
     let origin = Origin::current();
-    let row: Option<(bool, Option<i64>)> = sqlx::query_as(
-        "with m as ( \
-             select fraud_flagged_at is not null as flagged from member where account_id = $1 \
-         ), inserted as ( \
-             insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
-                                        created_at, request_id, caller) \
-             select $1, $2, $3, $4, $5, $6, $7, $8 from m \
-             on conflict (account_id, kind, natural_key) do nothing \
-             returning earning_event_id \
-         ) \
-         select m.flagged, (select earning_event_id from inserted) from m",
-    )
+    let row: Option<(bool, Option<i64>)> = sqlx::query_as(statement!(format!(
+        "with {EVENT_INSERT} select m.flagged, (select earning_event_id from inserted) from m"
+    )))
     .bind(event.account_id)
     .bind(event.kind.as_str())
     .bind(event.natural_key)
@@ -220,16 +224,8 @@ pub async fn insert_order_event(
         .unzip();
     let categories: Vec<&str> = order.categories.iter().map(|c| c.as_str()).collect();
     type Row = (bool, Option<i64>, Option<i64>, i64, Option<i64>);
-    let row: Option<Row> = sqlx::query_as(
-        "with m as ( \
-             select fraud_flagged_at is not null as flagged from member where account_id = $1 \
-         ), inserted as ( \
-             insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
-                                        created_at, request_id, caller) \
-             select $1, $2, $3, $4, $5, $6, $7, $8 from m \
-             on conflict (account_id, kind, natural_key) do nothing \
-             returning earning_event_id \
-         ), new_order as (select m.flagged from m, inserted), \
+    let row: Option<Row> = sqlx::query_as(statement!(format!(
+        "with {EVENT_INSERT}, new_order as (select m.flagged from m, inserted), \
          day_categories as ( \
              insert into member_day_category (account_id, local_date, category_id) \
              select $1::text, $9::date, c \
@@ -260,8 +256,8 @@ pub async fn insert_order_event(
          select m.flagged, (select earning_event_id from inserted), \
                 (select demand from order_counter), (select n from new_categories), \
                 (select demand from category_counter) \
-         from m",
-    )
+         from m"
+    )))
     .bind(event.account_id)
     .bind(event.kind.as_str())
     .bind(event.natural_key)
