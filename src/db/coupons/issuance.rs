@@ -55,9 +55,15 @@ pub async fn bump_template_day(
     local_date: NaiveDate,
     daily_stock: i64,
 ) -> Result<bool, sqlx::Error> {
+    // No stock, no row. A `values` list, not `select ... where`: Citus sends
+    // the statement to a worker as text, and a parameter in a select list
+    // loses its type there ("could not determine data type of parameter $1").
+    if daily_stock <= 0 {
+        return Ok(false);
+    }
     let bumped: Option<i64> = sqlx::query_scalar(
         "insert into coupon_template_day as d (template_id, local_date, issued_count) \
-         select $1, $2, 1 where $3 > 0 \
+         values ($1, $2, 1) \
          on conflict (template_id, local_date) do update set issued_count = d.issued_count + 1 \
          where d.issued_count < $3 \
          returning issued_count",

@@ -376,7 +376,8 @@ pub async fn get_code_batch(
 }
 
 /// Inserts the single-use codes of a batch by their hashes; returns how many
-/// were inserted.
+/// were inserted, counted from the rows the insert returns (Citus reports the
+/// selected rows as inserted for `on conflict do nothing`).
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id, codes = hashes.len()))]
 pub async fn insert_single_use_codes(
     conn: &mut PgConnection,
@@ -384,18 +385,22 @@ pub async fn insert_single_use_codes(
     code_batch_id: i64,
     hashes: &[Vec<u8>],
 ) -> Result<u64, sqlx::Error> {
-    let inserted = sqlx::query(
-        "insert into claim_code (code_hash, template_id, kind, code_batch_id) \
-         select h, $1, $2, $3 from unnest($4::bytea[]) as t (h) \
-         on conflict (code_hash) do nothing",
+    let inserted: i64 = sqlx::query_scalar(
+        "with inserted as ( \
+             insert into claim_code (code_hash, template_id, kind, code_batch_id) \
+             select h, $1, $2, $3 from unnest($4::bytea[]) as t (h) \
+             on conflict (code_hash) do nothing \
+             returning 1 \
+         ) \
+         select count(*) from inserted",
     )
     .bind(template_id.as_str())
     .bind(CodeKind::SingleUse)
     .bind(code_batch_id)
     .bind(hashes)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(inserted.rows_affected())
+    Ok(u64::try_from(inserted).unwrap_or(0))
 }
 
 /// Finds a claim code by its hash.
