@@ -161,17 +161,25 @@ fn admin_sources() -> String {
     )
 }
 
-/// The page of the merged sources, with the points of the ledger's entries.
+/// The page of the merged sources, with the points of the ledger's entries
+/// (summed for the page's entries only, and without a correlated subquery,
+/// which Citus refuses beside a subquery in the same `from`).
 fn listing(sources: &str) -> String {
     format!(
-        "select a.occurred_at, a.source, a.id, a.action, a.caller, a.request_id, a.account_id, a.template_id, \
+        "with page as ( \
+             select * from ({sources}) a \
+             order by a.occurred_at desc, a.source desc, a.id desc limit $6 \
+         ), points as ( \
+             select p.earning_event_id, sum(p.points) as points from point_entry p \
+             where p.account_id = $1 and p.earning_event_id in (select id from page where source = 3) \
+             group by p.earning_event_id \
+         ) \
+         select a.occurred_at, a.source, a.id, a.action, a.caller, a.request_id, a.account_id, a.template_id, \
                 a.order_id, a.coupon_id, \
-                case when a.source = 3 then a.detail || jsonb_build_object('points', \
-                    (select coalesce(sum(p.points), 0) from point_entry p \
-                     where p.account_id = a.account_id and p.earning_event_id = a.id)) \
+                case when a.source = 3 then a.detail || jsonb_build_object('points', coalesce(s.points, 0)) \
                      else a.detail end as detail \
-         from ({sources}) a \
-         order by a.occurred_at desc, a.source desc, a.id desc limit $6"
+         from page a left join points s on a.source = 3 and s.earning_event_id = a.id \
+         order by a.occurred_at desc, a.source desc, a.id desc"
     )
 }
 
