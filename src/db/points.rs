@@ -1,8 +1,10 @@
 //! Queries on the points ledger: earning events, cap counters, entries, sums.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::PgConnection;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
+use sqlx::{Arguments, PgConnection};
 
 use crate::db::events;
 use crate::domain::events::Origin;
@@ -75,6 +77,23 @@ const EVENT_INSERT: &str = "m as ( \
          returning earning_event_id \
      )";
 
+/// The arguments `$1`..`$8` of [`EVENT_INSERT`]: the event, the call's clock
+/// and its origin.
+fn event_arguments(event: &NewEvent<'_>, now: DateTime<Utc>) -> Result<PgArguments, sqlx::Error> {
+    let origin = Origin::current();
+    let mut arguments = PgArguments::default();
+    let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
+    add(arguments.add(event.account_id))?;
+    add(arguments.add(event.kind.as_str()))?;
+    add(arguments.add(event.natural_key))?;
+    add(arguments.add(Json(&event.content)))?;
+    add(arguments.add(event.occurred_at))?;
+    add(arguments.add(now))?;
+    add(arguments.add(&origin.request_id))?;
+    add(arguments.add(&origin.caller))?;
+    Ok(arguments)
+}
+
 /// Reads the member's fraud flag and inserts the event under its natural key, in
 /// one statement, with the call's origin (the audit of its entries). A
 /// concurrent insert of the same key waits here until the first commits (or
@@ -85,18 +104,12 @@ pub async fn insert_event(
     event: &NewEvent<'_>,
     now: DateTime<Utc>,
 ) -> Result<Inserted, sqlx::Error> {
-    let origin = Origin::current();
-    let row: Option<(bool, Option<i64>)> = sqlx::query_as(statement!(format!(
-        "with {EVENT_INSERT} select m.flagged, (select earning_event_id from inserted) from m"
-    )))
-    .bind(event.account_id)
-    .bind(event.kind.as_str())
-    .bind(event.natural_key)
-    .bind(Json(&event.content))
-    .bind(event.occurred_at)
-    .bind(now)
-    .bind(&origin.request_id)
-    .bind(&origin.caller)
+    let row: Option<(bool, Option<i64>)> = sqlx::query_as_with(
+        statement!(format!(
+            "with {EVENT_INSERT} select m.flagged, (select earning_event_id from inserted) from m"
+        )),
+        event_arguments(event, now)?,
+    )
     .fetch_optional(conn)
     .await?;
     Ok(match row {
@@ -216,7 +229,6 @@ pub async fn insert_order_event(
     now: DateTime<Utc>,
     order: &NewOrderRows<'_>,
 ) -> Result<(Inserted, OrderRows), sqlx::Error> {
-    let origin = Origin::current();
     let (product_ids, category_ids): (Vec<&str>, Vec<&str>) = order
         .products
         .iter()
@@ -224,8 +236,9 @@ pub async fn insert_order_event(
         .unzip();
     let categories: Vec<&str> = order.categories.iter().map(|c| c.as_str()).collect();
     type Row = (bool, Option<i64>, Option<i64>, i64, Option<i64>);
-    let row: Option<Row> = sqlx::query_as(statement!(format!(
-        "with {EVENT_INSERT}, new_order as (select m.flagged from m, inserted), \
+    let row: Option<Row> = sqlx::query_as_with(
+        statement!(format!(
+            "with {EVENT_INSERT}, new_order as (select m.flagged from m, inserted), \
          day_categories as ( \
              insert into member_day_category (account_id, local_date, category_id) \
              select $1::text, $9::date, c \
@@ -257,15 +270,9 @@ pub async fn insert_order_event(
                 (select demand from order_counter), (select n from new_categories), \
                 (select demand from category_counter) \
          from m"
-    )))
-    .bind(event.account_id)
-    .bind(event.kind.as_str())
-    .bind(event.natural_key)
-    .bind(Json(&event.content))
-    .bind(event.occurred_at)
-    .bind(now)
-    .bind(&origin.request_id)
-    .bind(&origin.caller)
+        )),
+        event_arguments(event, now)?,
+    )
     .bind(order.local_date)
     .bind(&categories)
     .bind(Counter::OrderPoints.as_str())
