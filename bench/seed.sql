@@ -17,13 +17,18 @@ values
 insert into claim_code (code_hash, template_id, kind, public_code)
 values (sha256('BENCHHOT'::bytea), 'bench-hot', 'public', 'BENCH-HOT');
 
-insert into coupon (account_id, template_id, status, name, issuer, discount_kind, amount_off_minor,
+-- Explicit ids (and the identity moved past them): on Citus a distributed
+-- insert does not take the identity's values in the select's order.
+insert into coupon (coupon_id, account_id, template_id, status, name, issuer, discount_kind, amount_off_minor,
     currency, min_purchase_minor, regular_price_only, valid_from, expires_at, source, issuance_id,
     issued_at, updated_at)
-select 'm' || ((g - 1) % :members + 1), 'bench-platform', 'valid', 'bench 5 off', 'platform', 'amount', 500,
+overriding system value
+select g, 'm' || ((g - 1) % :members + 1), 'bench-platform', 'valid', 'bench 5 off', 'platform', 'amount', 500,
     'USD', 0, false, '2026-01-01T00:00:00Z', '2030-01-01T00:00:00Z', 'issuance', 'seed-' || g, now(), now()
 from generate_series(1, :coupons) g
 order by g;
+
+select setval(pg_get_serial_sequence('coupon', 'coupon_id'), :coupons);
 
 update coupon_template set issued_count = :coupons where template_id = 'bench-platform';
 

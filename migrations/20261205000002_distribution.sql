@@ -45,6 +45,17 @@ comment on function loyalty_distribute(regclass, text) is
     'Distributes a table on Citus (a no-op on plain PostgreSQL): kind ''member'' '
     '(by account_id, colocated with member) or ''reference'' (copied to every node).';
 
+-- A call's `set local statement_timeout, lock_timeout` (sent with its
+-- `BEGIN`) must bound its statements on the workers too, where its locks are
+-- taken: Citus passes a transaction's `set local` on to them only when asked.
+do $$
+begin
+    if exists (select 1 from pg_extension where extname = 'citus') then
+        execute format('alter database %I set citus.propagate_set_commands = local', current_database());
+    end if;
+end
+$$;
+
 -- Reference tables first: the member tables' foreign keys point at them.
 -- `coupon_template` before the tables that reference it, `code_batch` before
 -- `claim_code`.

@@ -55,3 +55,14 @@ SQL
             -c "select pg_terminate_backend(pid) from pg_stat_activity where datname = 'template1' and pid <> pg_backend_pid()"
     done
 }
+
+# For the scripts that create their database with psql (check-readme, bench):
+# prepares the coordinator of LOYALTY_TEST_CITUS_URL, if set, and points
+# PGHOST and PGPORT at it.
+use_citus_if_asked() {
+    [ -n "${LOYALTY_TEST_CITUS_URL:-}" ] || return 0
+    prepare_citus "$LOYALTY_TEST_CITUS_URL"
+    PGHOST=$(psql "$LOYALTY_TEST_CITUS_URL" -tAc "select host(inet_server_addr())")
+    PGPORT=$(psql "$LOYALTY_TEST_CITUS_URL" -tAc "select inet_server_port()")
+    export PGHOST PGPORT
+}

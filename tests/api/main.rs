@@ -23,6 +23,7 @@ mod members;
 mod orders;
 mod page_tokens;
 mod plans;
+mod routing;
 mod server;
 mod time_zones;
 mod tls;

@@ -349,7 +349,9 @@ struct RefundRow {
 }
 
 /// The order's refunds, oldest first, with their lines and claw-backs. One
-/// statement.
+/// statement. Each lateral names the member as `$1`, not only as
+/// `r.account_id`: Citus routes a statement to one shard only when every
+/// distributed table in it is filtered on `account_id` by a value.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn refunds(
     conn: &mut PgConnection,
@@ -364,13 +366,13 @@ pub async fn refunds(
              select coalesce(array_agg(line_id order by line_id), '{}') as line_ids, \
                     coalesce(array_agg(quantity order by line_id), '{}') as quantities \
              from checkout_refund_line \
-             where account_id = r.account_id and order_id = r.order_id and refund_id = r.refund_id) l \
+             where account_id = $1 and order_id = r.order_id and refund_id = r.refund_id) l \
          cross join lateral ( \
              select coalesce(array_agg(line_id order by line_id, coupon_id), '{}') as claw_lines, \
                     coalesce(array_agg(coupon_id order by line_id, coupon_id), '{}') as claw_coupons, \
                     coalesce(array_agg(discount_minor order by line_id, coupon_id), '{}') as claw_amounts \
              from checkout_clawback \
-             where account_id = r.account_id and order_id = r.order_id and refund_id = r.refund_id) c \
+             where account_id = $1 and order_id = r.order_id and refund_id = r.refund_id) c \
          where r.account_id = $1 and r.order_id = $2 \
          order by r.created_at, r.refund_id",
     )

@@ -1,0 +1,105 @@
+//! On Citus, a member's calls touch that member's shard only: each statement
+//! of a per-member call is a router query (one task, on the worker that holds
+//! the member). The server's sessions run with
+//! `citus.multi_task_query_log_level = error`, so that Citus refuses any
+//! statement it would split into several tasks, and the call fails.
+//!
+//! Run with `LOYALTY_TEST_CITUS_URL` (docs/scale-out.md) to check the plans.
+//! On plain PostgreSQL the setting is an unused placeholder and the test only
+//! runs the calls.
+
+use loyalty::pb;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::helpers::{checkout, checkout_line, platform_template, spawn_app, usd};
+
+async fn on_citus(pool: &PgPool) -> bool {
+    sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
+    let citus = on_citus(&pool).await;
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("citus.multi_task_query_log_level", "error")]);
+    let strict = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let app = spawn_app(strict.clone()).await;
+    let mut coupons = app.coupons.clone();
+    // Admin calls set the scene: templates are reference tables, written on
+    // every node.
+    app.create_template(platform_template("five-off", 500)).await;
+    app.create_template(platform_template("ten-off", 1000)).await;
+
+    let account = "router-1";
+    app.register(account).await;
+    app.confirm_order(
+        account,
+        "p1",
+        2500,
+        "2026-06-15T11:00:00Z",
+        &[("p1", "c1"), ("p2", "c2")],
+    )
+    .await
+    .unwrap();
+    app.visit(account, "2026-06-15T11:30:00Z").await.unwrap();
+    assert!(app.balance(account).await.window_points > 0);
+    assert!(!app.all_entries(account).await.is_empty());
+
+    let coupon = app.issue(account, "five-off").await.unwrap();
+    let order = checkout(
+        account,
+        "o1",
+        vec![
+            checkout_line("l1", "s1", 2000, 1, false),
+            checkout_line("l2", "s2", 1500, 2, false),
+        ],
+    );
+    let priced = coupons
+        .validate_coupons(pb::ValidateCouponsRequest {
+            order: Some(order.clone()),
+            coupon_ids: vec![coupon.coupon_id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pricing
+        .unwrap();
+    assert_eq!(priced.discount, Some(usd(500)));
+    app.reserve(order, vec![coupon.coupon_id]).await.unwrap();
+    app.complete(account, "o1").await.unwrap();
+    app.checkout_order(account, "o1").await.unwrap();
+    app.refund(account, "o1", "r1", &[("l2", 1)]).await.unwrap();
+    app.coupon(account, coupon.coupon_id).await;
+
+    let second = app.issue(account, "ten-off").await.unwrap();
+    let order = checkout(account, "o2", vec![checkout_line("l1", "s1", 2000, 1, false)]);
+    app.reserve(order, vec![second.coupon_id]).await.unwrap();
+    app.cancel(account, "o2").await.unwrap();
+    coupons
+        .list_coupons(pb::ListCouponsRequest {
+            account_id: account.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    if citus {
+        // The check is live: a statement over every member's shard is refused.
+        let refused = sqlx::query("select count(*) from coupon")
+            .execute(&strict)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("multi-task"), "{refused}");
+    }
+}
