@@ -28,7 +28,7 @@ select g, 'm' || ((g - 1) % :members + 1), 'bench-platform', 'valid', 'bench 5 o
 from generate_series(1, :coupons) g
 order by g;
 
-select setval(pg_get_serial_sequence('coupon', 'coupon_id'), :coupons);
+select setval(pg_get_serial_sequence('coupon', 'coupon_id'), :coupons) as coupon_id_from \gset
 
 update coupon_template set issued_count = :coupons where template_id = 'bench-platform';
 

@@ -9,16 +9,22 @@ use crate::domain::events::Origin;
 use crate::domain::ids::{AccountId, TemplateId};
 use crate::domain::levels::{EvaluationMonth, Level, Thresholds};
 
-/// The key of the advisory lock that makes level jobs run one at a time across
-/// replicas ("LOYALTYL" in ASCII).
+/// The key of the advisory lock that made level jobs run one at a time across
+/// replicas before `job_lock` ("LOYALTYL" in ASCII).
 const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
 
-/// Waits for the level jobs lock until the transaction ends.
+/// Waits for the level jobs lock until the transaction ends: the `levels` row
+/// of `job_lock`. The advisory lock of earlier releases is taken first, so
+/// that during a rolling deploy an older server's run and this one's still
+/// take turns; the next release drops it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(LEVEL_JOBS_LOCK)
-        .execute(conn)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("select job from job_lock where job = 'levels' for update")
+        .fetch_one(&mut *conn)
         .await?;
     Ok(())
 }

@@ -1039,3 +1039,47 @@ async fn a_reservation_waits_for_a_fraud_flag_under_way_and_is_refused(pool: PgP
     assert_eq!(reason(&refused), "MEMBER_FLAGGED");
     assert_eq!(app.status_of("alice", coupon).await, pb::CouponStatus::Valid);
 }
+
+/// An order's calls take turns on its `order_lock` row (a row lock, which holds
+/// on Citus whichever node a server is connected to): while another
+/// transaction holds the row, the order's completion waits for it, and with a
+/// short lock timeout and one attempt it is `ABORTED`; once the row is free it
+/// completes. A reservation of the same order by a second member is another
+/// order and does not wait.
+#[sqlx::test]
+async fn an_orders_calls_wait_for_its_lock_row(pool: PgPool) {
+    let app = crate::helpers::spawn_app_with(
+        pool.clone(),
+        &["--db-lock-timeout-ms", "100", "--conflict-attempts", "1"],
+    )
+    .await;
+    app.create_template(platform_template("five-off", 500)).await;
+    for member in ["alice", "bob"] {
+        app.register(member).await;
+    }
+    let coupon = app.issue("alice", "five-off").await.unwrap();
+    app.reserve(order_of("alice", "o1"), vec![coupon.coupon_id])
+        .await
+        .unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from order_lock where account_id = 'alice' and order_id = 'o1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 1, "the first call of an order inserts its lock row");
+
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from order_lock where account_id = 'alice' and order_id = 'o1' for update")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let error = app.complete("alice", "o1").await.unwrap_err();
+    assert_eq!(error.code(), Code::Aborted, "{error:?}");
+    assert_eq!(reason(&error), "LOCK_TIMEOUT");
+    // Another member's order of the same id is another lock.
+    app.reserve(order_of("bob", "o1"), vec![]).await.unwrap();
+    blocker.rollback().await.unwrap();
+
+    let completed = app.complete("alice", "o1").await.unwrap();
+    assert_eq!(completed.status(), pb::OrderStatus::Completed);
+}

@@ -112,17 +112,29 @@ pub async fn lock_valid(
 
 /// Takes the lock of one (member, order) until the transaction ends: the
 /// reservation, completion, cancellation and refunds of an order take turns.
+/// The lock is the order's `order_lock` row: inserted by the first call, and
+/// only locked, not rewritten, by the later ones (`do update … where false`
+/// locks the row it conflicts with). A call of a new order that races another
+/// waits on the row the other inserted.
+///
+/// The advisory lock that earlier releases took instead is taken first, in the
+/// same statement, so that during a rolling deploy the calls of an older
+/// server and of this one still take turns. The next release drops it.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn lock_order(
     conn: &mut PgConnection,
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-        .bind(account_id)
-        .bind(order_id)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "with advisory as (select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))) \
+         insert into order_lock (account_id, order_id) select $1, $2 from advisory \
+         on conflict (account_id, order_id) do update set order_id = excluded.order_id where false",
+    )
+    .bind(account_id)
+    .bind(order_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

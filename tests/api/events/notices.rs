@@ -134,6 +134,48 @@ async fn expiry_notices_go_once_per_coupon_however_often_the_job_runs(pool: PgPo
     assert_eq!(notice.occurred_at, Some(ts("2026-06-16T13:00:00Z")));
 }
 
+/// Runs that overlap read the same due coupons (they are not locked when read):
+/// each coupon's notice still goes once, from the run that marked it first.
+#[sqlx::test]
+async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
+    const COUPONS: i64 = 300;
+    let app = spawn_app(pool.clone()).await;
+    app.create_template(valid_for_days("two-days", 2)).await;
+    for member in 0..10 {
+        app.register(&format!("m{member}")).await;
+    }
+    // Due for "expiring soon": valid, expiring within the 3-day notice period.
+    sqlx::query(
+        "insert into coupon (account_id, template_id, status, name, issuer, discount_kind, \
+             amount_off_minor, currency, min_purchase_minor, regular_price_only, valid_from, \
+             expires_at, source, issuance_id, issued_at, updated_at) \
+         select 'm' || (g % 10), 'two-days', 'valid', 'two days', 'platform', 'amount', 100, 'USD', \
+             0, false, '2026-06-15T00:00:00Z', '2026-06-17T00:00:00Z', 'issuance', 'bulk-' || g, \
+             '2026-06-15T00:00:00Z', '2026-06-15T00:00:00Z' \
+         from generate_series(1, $1) g",
+    )
+    .bind(COUPONS)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let runs = futures::future::join_all((0..6).map(|n| {
+        let app = &app;
+        async move { app.run_notices(&format!("r-run-{n}")).await }
+    }))
+    .await;
+    let notices = expiry_notices(app.logged_events(&pool).await);
+
+    assert_eq!(
+        runs.iter().map(|(soon, _)| soon).sum::<i64>(),
+        COUPONS,
+        "{runs:?}"
+    );
+    assert_eq!(notices.len(), COUPONS as usize);
+    let coupons: BTreeSet<i64> = notices.iter().map(coupon_of).collect();
+    assert_eq!(coupons.len(), COUPONS as usize, "one notice per coupon");
+}
+
 #[sqlx::test]
 async fn the_expiring_soon_notice_period_is_configurable(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--coupon-expiring-days", "5"]).await;
