@@ -107,6 +107,17 @@ async fn hot_statements_are_not_planned_on_every_call(pool: PgPool) {
         .unwrap();
     }
 
+    // On Citus the coordinator plans a distributed statement on each execution
+    // whatever PostgreSQL's plan cache decides (docs/scale-out.md): what this
+    // test measures is plain PostgreSQL's.
+    let citus: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    if citus {
+        return;
+    }
     let mut conn = single.acquire().await.unwrap();
     let plans: Vec<(String, i64, i64)> =
         sqlx::query_as("select statement, generic_plans, custom_plans from pg_prepared_statements")
