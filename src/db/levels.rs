@@ -23,9 +23,14 @@ pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error>
         .bind(LEVEL_JOBS_LOCK)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("select job from job_lock where job = 'levels' for update")
-        .fetch_one(&mut *conn)
-        .await?;
+    // Locked as `lock_order` locks an order's row: inserted if missing, else
+    // only locked.
+    sqlx::query(
+        "insert into job_lock (job) values ('levels') \
+         on conflict (job) do update set job = excluded.job where false",
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

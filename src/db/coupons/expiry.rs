@@ -17,7 +17,8 @@ pub enum Notice {
 
 /// Sends `notice` for at most `limit` coupons that are due for it at `now`
 /// (for `ExpiringSoon`, expiring before `horizon`): marks each and writes its
-/// event, in one statement. Returns how many were sent.
+/// event, in one statement. Coupons another transaction holds locked are left
+/// to the next batch. Returns how many were sent.
 #[tracing::instrument(level = "debug", skip_all, fields(notice = ?notice))]
 pub async fn send_expiry_notices(
     conn: &mut PgConnection,
@@ -61,23 +62,17 @@ pub async fn send_expiry_notices(
         ("$4", "$5"),
     );
     // The partial index `coupon_expiry_notice` finds the candidates by expiry.
-    let due = format!(
-        "k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
-         and k.expires_at <= $2 and {due}"
-    );
-    // The candidates are not locked when read (Citus refuses `for update`
-    // across shards): the update asks again whether each is due, on the row
-    // it locks, so a coupon a concurrent run or call changed first is left
-    // out, and a notice still goes once.
     let (sent,): (i64,) = sqlx::query_as(&format!(
         "with due as ( \
              select k.account_id, k.coupon_id from coupon k \
-             where {due} \
+             where k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
+               and k.expires_at <= $2 and {due} \
              order by k.expires_at \
              limit $3 \
+             for update skip locked \
          ), marked as ( \
              update coupon k set {mark} = $1 from due \
-             where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {due} \
+             where k.account_id = due.account_id and k.coupon_id = due.coupon_id \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
          ), event as ({event}), audit as ({audit}) \
          select count(*) from marked"

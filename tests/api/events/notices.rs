@@ -134,8 +134,8 @@ async fn expiry_notices_go_once_per_coupon_however_often_the_job_runs(pool: PgPo
     assert_eq!(notice.occurred_at, Some(ts("2026-06-16T13:00:00Z")));
 }
 
-/// Runs that overlap read the same due coupons (they are not locked when read):
-/// each coupon's notice still goes once, from the run that marked it first.
+/// Runs that overlap (each replica runs the job) send each coupon's notice
+/// once, from the run that marked it first.
 #[sqlx::test]
 async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
     const COUPONS: i64 = 300;
