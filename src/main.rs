@@ -9,7 +9,7 @@ use clap::Parser;
 use loyalty::auth::{self, TokenHash};
 use loyalty::clock::SystemClock;
 use loyalty::config::{Cli, Command, Config, TokenArgs};
-use loyalty::db::MIGRATOR;
+use loyalty::db;
 use loyalty::startup::{Application, connect_pool};
 use loyalty::telemetry;
 
@@ -26,8 +26,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(database) => {
             let _telemetry = telemetry::init("text", None)?;
             let pool = connect_pool(&database)?;
-            MIGRATOR
-                .run(&pool)
+            db::migrate(&pool)
                 .await
                 .context("failed to apply the migrations")?;
             tracing::info!("migrations applied");

@@ -38,7 +38,7 @@ use crate::call::{CallLayer, CallLimits};
 use crate::clock::Clock;
 use crate::config::{Config, DatabaseConfig};
 use crate::connections::{self, TlsAccept};
-use crate::db::MIGRATOR;
+use crate::db;
 use crate::domain::audit::Audit;
 use crate::domain::calendar::Calendar;
 use crate::domain::coupons::Coupons;
@@ -460,8 +460,8 @@ async fn reload_on_hangup(reloader: TlsReloader) {
 /// connections or drops packets turns health `NOT_SERVING` within about one
 /// interval, not after the pool's acquire timeout or the OS's TCP timeout).
 async fn watch_database(pool: PgPool, health: HealthReporter, metrics: Arc<Metrics>, interval: Duration) {
-    while let Err(error) = MIGRATOR.run(&pool).await {
-        tracing::warn!(error = %error, "cannot migrate the database yet; retrying");
+    while let Err(error) = db::migrate(&pool).await {
+        tracing::warn!(error = %format!("{error:#}"), "cannot migrate the database yet; retrying");
         tokio::time::sleep(interval).await;
     }
     tracing::info!("database migrated");

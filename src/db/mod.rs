@@ -35,6 +35,39 @@ use crate::error::Error;
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Applies the migrations, except on a Citus worker: there it only checks that
+/// the coordinator has applied them all (`_sqlx_migrations` is a reference
+/// table), and fails naming those it has not. DDL belongs on the coordinator;
+/// run on a worker, a migration could create objects on that worker alone and
+/// still be recorded as applied for the whole cluster.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let citus: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
+            .fetch_one(pool)
+            .await?;
+    if !citus
+        || sqlx::query_scalar::<_, bool>("select citus_is_coordinator()")
+            .fetch_one(pool)
+            .await?
+    {
+        MIGRATOR.run(pool).await?;
+        return Ok(());
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")
+        .fetch_all(pool)
+        .await?;
+    let missing: Vec<i64> = MIGRATOR
+        .iter()
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "connected to a Citus worker, which does not apply migrations: the coordinator has not applied {missing:?}"
+    );
+    Ok(())
+}
+
 /// A connection for the current call's reads, waiting for one no longer than its
 /// deadline. Its statements are bounded by the session's `statement_timeout`, not
 /// by the deadline: a write goes through [`begin`], whose bounds are the call's.
