@@ -2,7 +2,7 @@
 //! benefits, and the rewards (level-up, birthday, anniversary, Diamond daily).
 //!
 //! Jobs (the evaluation, the daily rewards run) are one transaction each, under
-//! an advisory lock: a crash rolls everything back, a rerun finds the finished
+//! the `levels` row of `job_lock`: a crash rolls everything back, a rerun finds the finished
 //! run and replays it, and replicas take turns. Rewards are queued in the same
 //! transaction (`member_reward`) and issued afterwards, one idempotent issuance
 //! each, until none is pending.
