@@ -11,7 +11,7 @@ use loyalty::pb;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::{checkout, checkout_line, platform_template, spawn_app, usd};
+use crate::helpers::{checkout, checkout_line, on_citus, platform_template, spawn_app, usd};
 
 /// PostgreSQL's `plan_cache_mode = auto` tries five custom plans before it
 /// compares them with the generic one.
@@ -110,12 +110,7 @@ async fn hot_statements_are_not_planned_on_every_call(pool: PgPool) {
     // On Citus the coordinator plans a distributed statement on each execution
     // whatever PostgreSQL's plan cache decides (docs/scale-out.md): what this
     // test measures is plain PostgreSQL's.
-    let citus: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    if citus {
+    if on_citus(&pool).await {
         return;
     }
     let mut conn = single.acquire().await.unwrap();

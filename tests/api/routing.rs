@@ -12,14 +12,7 @@ use loyalty::pb;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::{checkout, checkout_line, platform_template, spawn_app, usd};
-
-async fn on_citus(pool: &PgPool) -> bool {
-    sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
+use crate::helpers::{checkout, checkout_line, on_citus, platform_template, spawn_app, usd};
 
 #[sqlx::test]
 async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
