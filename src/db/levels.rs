@@ -19,17 +19,15 @@ const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
 /// take turns; the next release drops it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(LEVEL_JOBS_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    // Locked as `lock_order` locks an order's row: inserted if missing, else
-    // only locked.
+    // One statement, as `lock_order`: the advisory lock, then the row,
+    // inserted if missing, else only locked.
     sqlx::query(
-        "insert into job_lock (job) values ('levels') \
+        "with advisory as (select pg_advisory_xact_lock($1)) \
+         insert into job_lock (job) select 'levels' from advisory \
          on conflict (job) do update set job = excluded.job where false",
     )
-    .execute(&mut *conn)
+    .bind(LEVEL_JOBS_LOCK)
+    .execute(conn)
     .await?;
     Ok(())
 }

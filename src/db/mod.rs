@@ -35,17 +35,20 @@ use crate::error::Error;
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Whether the database has the `citus` extension (docs/scale-out.md).
+pub async fn is_citus(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
+        .fetch_one(pool)
+        .await
+}
+
 /// Applies the migrations, except on a Citus worker: there it only checks that
 /// the coordinator has applied them all (`_sqlx_migrations` is a reference
 /// table), and fails naming those it has not. DDL belongs on the coordinator;
 /// run on a worker, a migration could create objects on that worker alone and
 /// still be recorded as applied for the whole cluster.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let citus: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
-            .fetch_one(pool)
-            .await?;
-    if !citus
+    if !is_citus(pool).await?
         || sqlx::query_scalar::<_, bool>("select citus_is_coordinator()")
             .fetch_one(pool)
             .await?

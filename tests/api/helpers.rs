@@ -41,10 +41,7 @@ pub fn tokens_file(name: &str, callers: &[(&str, &str, &str)]) -> PathBuf {
 /// Whether the test database is a Citus database (`LOYALTY_TEST_CITUS_URL`,
 /// docs/scale-out.md).
 pub async fn on_citus(pool: &PgPool) -> bool {
-    sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'citus')")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    loyalty::db::is_citus(pool).await.unwrap()
 }
 
 /// The instant the test clock starts at: mid-June, far from month edges.
