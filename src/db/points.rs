@@ -209,19 +209,18 @@ pub struct OrderRows {
 }
 
 /// Inserts a confirmed order's event as [`insert_event`] does and, when the
-/// event is new, the order's rows, in the same statement: its products, the
+/// event is new, the order's rows, in one round trip: its products, the
 /// categories bought on the local day (not for a flagged member), its order
 /// points on the day's order counter when it is eligible (and the member is
 /// not flagged), and the new categories on the day's category counter.
 ///
-/// Every order takes the rows in one order: PostgreSQL runs the
-/// data-modifying CTEs as the final select list reads them (the event, the
-/// order counter, the categories sorted, the category counter; the products,
-/// read by nothing, last), which is the order the statements had when they
-/// were separate. So concurrent orders of a member serialize on the rows and
-/// cannot deadlock, with each other or with a server of the previous release;
-/// reordering the select list changes the lock order. The counts come from
-/// the rows returned, not from the affected-row count.
+/// The writes are the function `loyalty_record_order`
+/// (`migrations/20261205000004_award_functions.sql`), which on Citus runs
+/// whole on the member's worker. It takes the rows in one order for every
+/// order (the event, the order counter, the categories sorted, the category
+/// counter, the products), so concurrent orders of a member serialize on the
+/// rows and cannot deadlock. The counts come from the rows returned, not from
+/// the affected-row count.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %event.account_id, order_id = %order.order_id))]
 pub async fn insert_order_event(
     conn: &mut PgConnection,
@@ -237,40 +236,8 @@ pub async fn insert_order_event(
     let categories: Vec<&str> = order.categories.iter().map(|c| c.as_str()).collect();
     type Row = (bool, Option<i64>, Option<i64>, i64, Option<i64>);
     let row: Option<Row> = sqlx::query_as_with(
-        statement!(format!(
-            "with {EVENT_INSERT}, new_order as (select m.flagged from m, inserted), \
-         day_categories as ( \
-             insert into member_day_category (account_id, local_date, category_id) \
-             select $1::text, $9::date, c \
-             from new_order, unnest($10::text[]) with ordinality as t (c, n) \
-             where not new_order.flagged \
-             order by n \
-             on conflict do nothing \
-             returning 1 \
-         ), new_categories as (select count(*) as n from day_categories), \
-         order_counter as ( \
-             insert into earning_counter as c (account_id, counter, period_start, demand) \
-             select $1::text, $11::text, $9::date, $12::bigint \
-             from new_order where $13::boolean and not new_order.flagged \
-             on conflict (account_id, counter, period_start) \
-             do update set demand = c.demand + excluded.demand \
-             returning demand \
-         ), category_counter as ( \
-             insert into earning_counter as c (account_id, counter, period_start, demand) \
-             select $1::text, $14::text, $9::date, n from new_categories where n > 0 \
-             on conflict (account_id, counter, period_start) \
-             do update set demand = c.demand + excluded.demand \
-             returning demand \
-         ), products as ( \
-             insert into order_product (account_id, order_id, product_id, category_id) \
-             select $1::text, $15::text, p, c \
-             from new_order, unnest($16::text[], $17::text[]) as t (p, c) \
-         ) \
-         select m.flagged, (select earning_event_id from inserted), \
-                (select demand from order_counter), (select n from new_categories), \
-                (select demand from category_counter) \
-         from m"
-        )),
+        "select flagged, earning_event_id, order_demand, new_categories, category_demand \
+         from loyalty_record_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         event_arguments(event, now)?,
     )
     .bind(order.local_date)
@@ -371,7 +338,9 @@ fn points_event(event_type: &str, occurred_at: &str, origin: (&str, &str)) -> St
 }
 
 /// Appends entries of one event, with their `points_awarded` event, in one
-/// statement.
+/// round trip: the function `loyalty_award_entries`
+/// (`migrations/20261205000004_award_functions.sql`), which on Citus runs whole
+/// on the member's worker.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, entries = entries.len()))]
 pub async fn insert_entries(
     conn: &mut PgConnection,
@@ -390,21 +359,10 @@ pub async fn insert_entries(
     let occurred: Vec<DateTime<Utc>> = entries.iter().map(|e| e.occurred_at).collect();
     let dates: Vec<NaiveDate> = entries.iter().map(|e| e.local_date).collect();
     let origin = Origin::current();
-    let rows: Vec<EntryRow> = sqlx::query_as(statement!({
-        let event = points_event("'points_awarded'", "$9", ("$10", "$11"));
-        format!(
-            "with e as ( \
-             insert into point_entry (account_id, earning_event_id, source, reference, points, \
-                                      cap_reason, occurred_at, local_date) \
-             select $1, $2, s, r, p, c, o, d \
-             from unnest($3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[], $8::date[]) \
-                  with ordinality as t (s, r, p, c, o, d, n) \
-             order by n \
-             returning * \
-         ), event as ({event}) \
-         select {ENTRY_COLUMNS} from e order by point_entry_id"
-        )
-    }))
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!(format!(
+        "select {ENTRY_COLUMNS} \
+         from loyalty_award_entries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )))
     .bind(account_id)
     .bind(event_id)
     .bind(&sources)

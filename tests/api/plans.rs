@@ -129,7 +129,7 @@ async fn hot_statements_are_not_planned_on_every_call(pool: PgPool) {
     for needle in [
         "coupon_id between $4 and $5", // validate's read
         "insert into checkout_order",  // the reservation
-        "insert into earning_event",   // the award
+        "loyalty_record_order",        // the award
         "from claim_code",             // the claim
     ] {
         let (_, generic, custom) = used(needle);

@@ -96,3 +96,40 @@ async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
         assert!(refused.to_string().contains("multi-task"), "{refused}");
     }
 }
+
+/// The plans of an award's two function calls, as the service sends them
+/// (inside its transaction): on Citus each is delegated whole to the
+/// member's worker, one task whose plan is the function itself, and not split
+/// into subplans through the coordinator, as a statement with data-modifying
+/// CTEs is (docs/scale-out.md, "One task per call").
+#[sqlx::test]
+async fn an_awards_writes_are_delegated_to_the_members_worker(pool: PgPool) {
+    let citus = on_citus(&pool).await;
+    let calls = [
+        (
+            "loyalty_record_order",
+            "select flagged, earning_event_id from loyalty_record_order('m1', 'order', 'o1', '{}', now(), \
+             now(), '', '', '2026-06-15', array['c1'], 'order_points', 5, true, 'categories', 'o1', \
+             array['p1'], array['c1'])",
+        ),
+        (
+            "loyalty_award_entries",
+            "select point_entry_id from loyalty_award_entries('m1', 1, array['order'], array['o1'], \
+             array[5], array[null]::text[], array[now()], array['2026-06-15']::date[], now(), '', '')",
+        ),
+    ];
+    for (function, call) in calls {
+        let mut tx = pool.begin().await.unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("explain (costs off) {call}"))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains(&format!("Function Scan on {function}")), "{plan}");
+        assert!(!plan.contains("Subplan"), "{plan}");
+        if citus {
+            assert!(plan.contains("Task Count: 1"), "{plan}");
+        }
+    }
+}
