@@ -20,6 +20,9 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds `migrations/` at compile time: a new or changed
+    // migration must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler
         .include_imports(true)

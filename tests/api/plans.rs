@@ -128,7 +128,7 @@ async fn hot_statements_are_not_planned_on_every_call(pool: PgPool) {
     // The statements of every hot call ran at least CALLS times on this session.
     for needle in [
         "coupon_id between $4 and $5", // validate's read
-        "insert into checkout_order",  // the reservation
+        "loyalty_put_order",           // the reservation
         "loyalty_record_order",        // the award
         "from claim_code",             // the claim
     ] {

@@ -97,13 +97,13 @@ async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
     }
 }
 
-/// The plans of an award's two function calls, as the service sends them
-/// (inside its transaction): on Citus each is delegated whole to the
-/// member's worker, one task whose plan is the function itself, and not split
-/// into subplans through the coordinator, as a statement with data-modifying
-/// CTEs is (docs/scale-out.md, "One task per call").
+/// The plans of the award's and the checkout's function calls, as the
+/// service sends them (inside its transaction): on Citus each is delegated
+/// whole to the member's worker, one task whose plan is the function itself,
+/// and not split into subplans through the coordinator, as a statement with
+/// data-modifying CTEs is (docs/scale-out.md, "One task per call").
 #[sqlx::test]
-async fn an_awards_writes_are_delegated_to_the_members_worker(pool: PgPool) {
+async fn a_members_writes_are_delegated_to_the_members_worker(pool: PgPool) {
     let citus = on_citus(&pool).await;
     let calls = [
         (
@@ -117,6 +117,27 @@ async fn an_awards_writes_are_delegated_to_the_members_worker(pool: PgPool) {
             "select point_entry_id from loyalty_award_entries('m1', 1, array['order'], array['o1'], \
              array[5], array[null]::text[], array[now()], array['2026-06-15']::date[], now(), '', '')",
         ),
+        ("loyalty_lock_order", "select loyalty_lock_order('m1', 'o1')"),
+        (
+            "loyalty_change_coupons",
+            "select coupon_id from loyalty_change_coupons('m1', array[1]::bigint[], array['valid'], \
+             array[null]::text[], array['inactive'], array['o1'], array[now()], array['reserve'], array[''], \
+             now(), array['coupon_reserved'], '', '')",
+        ),
+        (
+            "loyalty_put_order",
+            "select loyalty_put_order('m1', 'o1', array['l1'], array[0], array['s1'], array['p1'], array['c1'], \
+             array[100]::bigint[], array[1], array[false], array[1]::bigint[], array['l1'], array[10]::bigint[], \
+             'open', 0, null, 'USD', array[1]::bigint[], now(), now(), now(), '', '')",
+        ),
+        (
+            "loyalty_set_order_state",
+            "select * from loyalty_set_order_state('m1', 'o1', 'completed', now(), '', '')",
+        ),
+        (
+            "loyalty_order_cart",
+            "select * from loyalty_order_cart('m1', 'o1')",
+        ),
     ];
     for (function, call) in calls {
         let mut tx = pool.begin().await.unwrap();
@@ -126,10 +147,16 @@ async fn an_awards_writes_are_delegated_to_the_members_worker(pool: PgPool) {
             .unwrap();
         tx.rollback().await.unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains(&format!("Function Scan on {function}")), "{plan}");
+        // A call in the select list (`select loyalty_lock_order(…)`) plans as
+        // a `Result`; one in `from`, as a scan of the function.
+        if call.contains(&format!("from {function}")) {
+            assert!(plan.contains(&format!("Function Scan on {function}")), "{plan}");
+        }
         assert!(!plan.contains("Subplan"), "{plan}");
         if citus {
-            assert!(plan.contains("Task Count: 1"), "{plan}");
+            // Not delegated, the call would run on the coordinator: a bare
+            // scan or `Result`, no task.
+            assert!(plan.contains("Task Count: 1"), "{function}: {plan}");
         }
     }
 }

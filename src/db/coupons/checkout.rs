@@ -90,25 +90,11 @@ pub async fn member_and_order(
     Ok(Some((flagged, order)))
 }
 
-/// The statement that moves the order `$1`/`$2` to the state `$3` at `$4`
-/// (audited with `$5`/`$6` when the state moves), then runs `select`.
-fn order_state_change(select: &str) -> String {
-    let audit = audit::insert_order_change_sql(
-        "changed",
-        "case status when 'completed' then 'complete' else 'cancel' end",
-        "'{}'::jsonb",
-        "$4",
-        ("$5", "$6"),
-    );
-    format!(
-        "with changed as ( \
-             update checkout_order set status = $3, updated_at = $4 \
-             where account_id = $1 and order_id = $2 and status <> $3 \
-             returning account_id, order_id, status \
-         ), audit as ({audit}) \
-         {select}"
-    )
-}
+/// Moves the order `$1`/`$2` to the state `$3` at `$4` (audited with
+/// `$5`/`$6` when the state moves) and returns its cart ([`cart`]'s rows): the
+/// function `loyalty_set_order_state`
+/// (`migrations/20261205000005_checkout_functions.sql`).
+const SET_ORDER_STATE: &str = "select * from loyalty_set_order_state($1, $2, $3, $4, $5, $6)";
 
 /// Moves the order to `state`.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
@@ -120,7 +106,7 @@ pub async fn set_order_state(
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let origin = Origin::current();
-    sqlx::query(statement!(order_state_change("select 1")))
+    sqlx::query(SET_ORDER_STATE)
         .bind(account_id)
         .bind(order_id)
         .bind(state)
@@ -142,7 +128,7 @@ pub async fn complete_order(
     now: DateTime<Utc>,
 ) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
     let origin = Origin::current();
-    let rows: Vec<LineRow> = sqlx::query_as(statement!(order_state_change(CART)))
+    let rows: Vec<LineRow> = sqlx::query_as(SET_ORDER_STATE)
         .bind(account_id)
         .bind(order_id)
         .bind(OrderState::Completed)
@@ -170,7 +156,9 @@ pub async fn delete_cart(
 }
 
 /// Writes the order: its header (a new order, or a newer revision of an open
-/// one), its cart and its allocations, in one statement. The order has no cart
+/// one) with its history row, its cart and its allocations, in one round trip
+/// (the function `loyalty_put_order`,
+/// `migrations/20261205000005_checkout_functions.sql`). The order has no cart
 /// ([`delete_cart`]).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn put_order(
@@ -198,39 +186,10 @@ pub async fn put_order(
     let allocated_lines: Vec<&LineId> = allocations.iter().map(|a| &lines[a.line].line_id).collect();
     let amounts: Vec<i64> = allocations.iter().map(|a| a.discount).collect();
     let origin = Origin::current();
-    sqlx::query(statement!({
-        let audit = audit::insert_order_change_sql(
-        "header",
-        "'reserve'",
-        "jsonb_build_object('cart_revision', cart_revision, 'coupon_ids', to_jsonb(coupon_ids), \
-             'hold_until', hold_until)",
-        "$21",
-        ("$22", "$23"),
-    );
-        format!(
-        "with header as ( \
-             insert into checkout_order (account_id, order_id, status, cart_revision, content_digest, currency, \
-                                         coupon_ids, hold_until, created_at, updated_at) \
-             values ($1, $2, $14, $15, $16, $17, $18, $19, $20, $21) \
-             on conflict (account_id, order_id) do update \
-             set status = excluded.status, cart_revision = excluded.cart_revision, \
-                 content_digest = excluded.content_digest, currency = excluded.currency, \
-                 coupon_ids = excluded.coupon_ids, hold_until = excluded.hold_until, \
-                 updated_at = excluded.updated_at \
-             returning account_id, order_id, cart_revision, coupon_ids, hold_until \
-         ), audit as ({audit}), lines as ( \
-             insert into checkout_order_line (account_id, order_id, line_id, position, seller_id, product_id, \
-                                              category_id, unit_price_minor, quantity, sale_price) \
-             select $1, $2, * from unnest($3::text[], $4::int[], $5::text[], $6::text[], $7::text[], \
-                                          $8::bigint[], $9::int[], $10::bool[]) \
-             returning line_id \
-         ) \
-         insert into checkout_allocation (account_id, order_id, coupon_id, line_id, discount_minor) \
-         select $1, $2, a.coupon_id, a.line_id, a.discount \
-         from unnest($11::bigint[], $12::text[], $13::bigint[]) as a (coupon_id, line_id, discount) \
-         join lines using (line_id)"
+    sqlx::query(
+        "select loyalty_put_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                                  $18, $19, $20, $21, $22, $23)",
     )
-    }))
     .bind(account_id)
     .bind(order_id)
     .bind(&line_ids)
@@ -289,16 +248,10 @@ pub async fn cart(
     cart_of(rows)
 }
 
-/// The cart of the order `$1`/`$2`: one row per line with its allocations.
-const CART: &str = "select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, \
-            l.quantity, l.sale_price, \
-            array_remove(array_agg(a.coupon_id order by a.coupon_id), null) as coupon_ids, \
-            array_remove(array_agg(a.discount_minor order by a.coupon_id), null) as discounts \
-     from checkout_order_line l \
-     left join checkout_allocation a using (account_id, order_id, line_id) \
-     where l.account_id = $1 and l.order_id = $2 \
-     group by l.account_id, l.order_id, l.line_id \
-     order by l.position";
+/// The cart of the order `$1`/`$2`: one row per line with its allocations,
+/// in the order of the lines (the function `loyalty_order_cart`, which
+/// `loyalty_set_order_state` returns too).
+const CART: &str = "select * from loyalty_order_cart($1, $2)";
 
 /// The cart's lines, in order, and its allocations, from its rows.
 fn cart_of(rows: Vec<LineRow>) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {

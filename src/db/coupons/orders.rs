@@ -118,23 +118,21 @@ pub async fn lock_valid(
 /// waits on the row the other inserted.
 ///
 /// The advisory lock that earlier releases took instead is taken first, in the
-/// same statement, so that during a rolling deploy the calls of an older
-/// server and of this one still take turns. The next release drops it.
+/// same round trip, so that during a rolling deploy the calls of an older
+/// server and of this one still take turns. The next release drops it. Both
+/// are the function `loyalty_lock_order`
+/// (`migrations/20261205000005_checkout_functions.sql`).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
 pub async fn lock_order(
     conn: &mut PgConnection,
     account_id: &AccountId,
     order_id: &OrderId,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "with advisory as (select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))) \
-         insert into order_lock (account_id, order_id) select $1, $2 from advisory \
-         on conflict (account_id, order_id) do update set order_id = excluded.order_id where false",
-    )
-    .bind(account_id)
-    .bind(order_id)
-    .execute(conn)
-    .await?;
+    sqlx::query("select loyalty_lock_order($1, $2)")
+        .bind(account_id)
+        .bind(order_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -156,8 +154,10 @@ pub struct Change {
 
 /// Applies the changes, each guarded by the stored state it expects, and
 /// records their transitions (for the order the coupon goes to, else the one
-/// it leaves); returns the coupons that changed, as of `now`, in id order. One
-/// statement.
+/// it leaves) and events; returns the coupons that changed, as of `now`, in id
+/// order. One round trip: the function `loyalty_change_coupons`
+/// (`migrations/20261205000005_checkout_functions.sql`), which applies the
+/// changes in the order given.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, changes = changes.len()))]
 pub async fn change(
     conn: &mut PgConnection,
@@ -184,42 +184,12 @@ pub async fn change(
         })
         .collect();
     let origin = Origin::current();
-    let rows: Vec<CouponRow> = sqlx::query_as(statement!({
-        let events = events::insert_event_sql(
-        "moved where change_event is not null",
-        "account_id",
-        "change_event",
-        "$10",
-        "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, \
-             'from_status', change_from, 'to_status', status, 'order_id', change_order, \
-             'hold_until', hold_until, 'action', change_action)",
-        ("$12", "$13"),
-    );
-        format!(
-        "with change as ( \
-             select * from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                                  $7::timestamptz[], $8::text[], $9::text[], $11::text[]) \
-                 as c (coupon_id, from_status, from_order, to_status, to_order, hold_until, action, note, \
-                       event_type) \
-         ), moved as ( \
-             update coupon k \
-             set status = c.to_status, order_id = c.to_order, hold_until = c.hold_until, updated_at = $10 \
-             from change c \
-             where k.account_id = $1 and k.coupon_id = c.coupon_id and k.status = c.from_status \
-               and k.order_id is not distinct from c.from_order \
-             returning k.*, c.from_status as change_from, coalesce(c.to_order, c.from_order) as change_order, \
-                       c.action as change_action, c.note as change_note, c.event_type as change_event \
-         ), recorded as ( \
-             insert into coupon_transition (account_id, coupon_id, action, from_status, to_status, \
-                                            order_id, note, occurred_at, request_id, caller) \
-             select $1, coupon_id, change_action, change_from, status, change_order, change_note, $10, \
-                    $12, $13 \
-             from moved where change_action is not null \
-         ), events as ({events}) \
-         select {} from moved m order by m.coupon_id",
+    let rows: Vec<CouponRow> = sqlx::query_as(statement!(format!(
+        "select {} \
+         from loyalty_change_coupons($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) m \
+         order by m.coupon_id",
         coupon_columns("m.", "$10")
-    )
-    }))
+    )))
     .bind(account_id)
     .bind(&ids)
     .bind(&from)
