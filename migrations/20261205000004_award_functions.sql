@@ -118,6 +118,16 @@ select loyalty_distribute_function(
     'loyalty_record_order(text, text, text, jsonb, timestamptz, timestamptz, text, text, date, text[], '
     'text, bigint, boolean, text, text, text[], text[])');
 
+-- An entry as the payload of a points event lists it (`entries[]`).
+create function loyalty_entry_json(entry point_entry) returns jsonb
+language sql immutable as $$
+    select jsonb_build_object(
+        'entry_id', entry.point_entry_id, 'source', entry.source, 'reference', entry.reference,
+        'points', entry.points, 'cap_reason', entry.cap_reason, 'occurred_at', entry.occurred_at,
+        'local_date', entry.local_date, 'recorded_at', entry.created_at,
+        'reverses_entry_id', entry.reverses_point_entry_id)
+$$;
+
 -- Appends the entries of one new earning event (the arrays, one element per
 -- entry, in ledger order) with their `points_awarded` event, and returns them.
 -- The event's payload is the one `src/db/points.rs` builds for every points
@@ -148,11 +158,7 @@ begin
                 p_cap_reasons[i], p_occurred_at[i], p_local_dates[i])
         returning * into entry;
         total := total + entry.points;
-        payload_entries := payload_entries || jsonb_build_object(
-            'entry_id', entry.point_entry_id, 'source', entry.source, 'reference', entry.reference,
-            'points', entry.points, 'cap_reason', entry.cap_reason, 'occurred_at', entry.occurred_at,
-            'local_date', entry.local_date, 'recorded_at', entry.created_at,
-            'reverses_entry_id', entry.reverses_point_entry_id);
+        payload_entries := payload_entries || loyalty_entry_json(entry);
         return next entry;
     end loop;
     if jsonb_array_length(payload_entries) > 0 then
@@ -165,3 +171,57 @@ $$;
 select loyalty_distribute_function(
     'loyalty_award_entries(text, bigint, text[], text[], integer[], text[], timestamptz[], date[], '
     'timestamptz, text, text)');
+
+-- Appends, for a reversal event, the compensating entry of every positive
+-- entry of the order's event (in ledger order), each keeping the local date
+-- of the entry it reverses, with their `points_reversed` event; returns them.
+-- A function, as the award is, so that a member's entries are all made on
+-- the node that holds the member (on Citus, ids come from that node's range).
+create function loyalty_reverse_entries(
+    p_account_id text,
+    p_reversal_event_id bigint,
+    p_order_event_id bigint,
+    p_reversed_at timestamptz,
+    p_now timestamptz,
+    p_request_id text,
+    p_caller text
+) returns setof point_entry
+language plpgsql as $$
+declare
+    ids bigint[];
+    sources text[];
+    refs text[];
+    points integer[];
+    dates date[];
+    entry point_entry;
+    total bigint := 0;
+    payload_entries jsonb := '[]';
+begin
+    -- Read first, as arrays of columns, then written one by one: Citus 13.2
+    -- neither keeps a cursor over a distributed table nor aggregates its whole
+    -- rows (it gives them the shard's row type) inside a delegated call.
+    select array_agg(e.point_entry_id order by e.point_entry_id), array_agg(e.source order by e.point_entry_id),
+           array_agg(e.reference order by e.point_entry_id), array_agg(e.points order by e.point_entry_id),
+           array_agg(e.local_date order by e.point_entry_id)
+    into ids, sources, refs, points, dates
+    from point_entry e
+    where e.account_id = p_account_id and e.earning_event_id = p_order_event_id and e.points > 0;
+    for i in 1 .. coalesce(array_length(ids, 1), 0) loop
+        insert into point_entry (account_id, earning_event_id, source, reference, points, occurred_at,
+                                 local_date, reverses_point_entry_id)
+        values (p_account_id, p_reversal_event_id, sources[i], refs[i], -points[i], p_reversed_at, dates[i],
+                ids[i])
+        returning * into entry;
+        total := total + entry.points;
+        payload_entries := payload_entries || loyalty_entry_json(entry);
+        return next entry;
+    end loop;
+    if jsonb_array_length(payload_entries) > 0 then
+        insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+        values (p_account_id, 'points_reversed', p_now, p_request_id, p_caller,
+                jsonb_build_object('points', total, 'entries', payload_entries));
+    end if;
+end
+$$;
+select loyalty_distribute_function(
+    'loyalty_reverse_entries(text, bigint, bigint, timestamptz, timestamptz, text, text)');

@@ -145,9 +145,11 @@ select loyalty_distribute_function(
     'bigint[], text[], bigint[], text, bigint, bytea, text, bigint[], timestamptz, timestamptz, timestamptz, '
     'text, text)');
 
--- The order's cart, in the order of its lines, each with its allocations.
+-- The order's cart, in the order of its lines, each with its allocations
+-- (callers order by `line_position`).
 create function loyalty_order_cart(p_account_id text, p_order_id text)
 returns table (
+    line_position integer,
     line_id text,
     seller_id text,
     product_id text,
@@ -164,7 +166,8 @@ language plpgsql stable as $$
 #variable_conflict use_column
 begin
     return query
-    select l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity, l.sale_price,
+    select l.position, l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity,
+           l.sale_price,
            array_remove(array_agg(a.coupon_id order by a.coupon_id), null),
            array_remove(array_agg(a.discount_minor order by a.coupon_id), null)
     from checkout_order_line l
@@ -186,6 +189,7 @@ create function loyalty_set_order_state(
     p_request_id text,
     p_caller text
 ) returns table (
+    line_position integer,
     line_id text,
     seller_id text,
     product_id text,

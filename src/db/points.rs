@@ -6,7 +6,6 @@ use sqlx::postgres::PgArguments;
 use sqlx::types::Json;
 use sqlx::{Arguments, PgConnection};
 
-use crate::db::events;
 use crate::domain::events::Origin;
 use crate::domain::ids::{AccountId, CategoryId, OrderId, ProductId};
 use crate::domain::points::{CapReason, EntryQuery, EventKind, NewEntry, PointEntry, PointsSource};
@@ -318,25 +317,6 @@ fn into_entries(rows: Vec<EntryRow>) -> Result<Vec<PointEntry>, sqlx::Error> {
     Ok(entries)
 }
 
-/// The payload of a points event, from the inserted entries `e`.
-const POINTS_PAYLOAD: &str = "jsonb_build_object('points', sum(points), 'entries', \
-     jsonb_agg(jsonb_build_object('entry_id', point_entry_id, 'source', source, 'reference', reference, \
-         'points', points, 'cap_reason', cap_reason, 'occurred_at', occurred_at, 'local_date', local_date, \
-         'recorded_at', created_at, 'reverses_entry_id', reverses_point_entry_id) order by point_entry_id))";
-
-/// The event of the entries one statement appended (`e`): one per statement,
-/// none when it appended nothing.
-fn points_event(event_type: &str, occurred_at: &str, origin: (&str, &str)) -> String {
-    events::insert_event_sql(
-        "e group by account_id",
-        "account_id",
-        event_type,
-        occurred_at,
-        POINTS_PAYLOAD,
-        origin,
-    )
-}
-
 /// Appends entries of one event, with their `points_awarded` event, in one
 /// round trip: the function `loyalty_award_entries`
 /// (`migrations/20261205000004_award_functions.sql`), which on Citus runs whole
@@ -381,7 +361,8 @@ pub async fn insert_entries(
 
 /// Appends the compensating entries of every positive entry of `order_event_id`,
 /// with their `points_reversed` event. Each keeps the local date of the entry
-/// it reverses.
+/// it reverses. One round trip: the function `loyalty_reverse_entries`
+/// (`migrations/20261205000004_award_functions.sql`).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id))]
 pub async fn insert_reversals(
     conn: &mut PgConnection,
@@ -392,21 +373,9 @@ pub async fn insert_reversals(
     now: DateTime<Utc>,
 ) -> Result<Vec<PointEntry>, sqlx::Error> {
     let origin = Origin::current();
-    let rows: Vec<EntryRow> = sqlx::query_as(statement!({
-        let event = points_event("'points_reversed'", "$5", ("$6", "$7"));
-        format!(
-            "with e as ( \
-             insert into point_entry (account_id, earning_event_id, source, reference, points, \
-                                      occurred_at, local_date, reverses_point_entry_id) \
-             select account_id, $2, source, reference, -points, $4, local_date, point_entry_id \
-             from point_entry \
-             where account_id = $1 and earning_event_id = $3 and points > 0 \
-             order by point_entry_id \
-             returning * \
-         ), event as ({event}) \
-         select {ENTRY_COLUMNS} from e order by point_entry_id"
-        )
-    }))
+    let rows: Vec<EntryRow> = sqlx::query_as(statement!(format!(
+        "select {ENTRY_COLUMNS} from loyalty_reverse_entries($1, $2, $3, $4, $5, $6, $7)"
+    )))
     .bind(account_id)
     .bind(reversal_event_id)
     .bind(order_event_id)

@@ -94,7 +94,8 @@ pub async fn member_and_order(
 /// `$5`/`$6` when the state moves) and returns its cart ([`cart`]'s rows): the
 /// function `loyalty_set_order_state`
 /// (`migrations/20261205000005_checkout_functions.sql`).
-const SET_ORDER_STATE: &str = "select * from loyalty_set_order_state($1, $2, $3, $4, $5, $6)";
+const SET_ORDER_STATE: &str =
+    "select * from loyalty_set_order_state($1, $2, $3, $4, $5, $6) order by line_position";
 
 /// Moves the order to `state`.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %account_id, order_id = %order_id))]
@@ -251,7 +252,7 @@ pub async fn cart(
 /// The cart of the order `$1`/`$2`: one row per line with its allocations,
 /// in the order of the lines (the function `loyalty_order_cart`, which
 /// `loyalty_set_order_state` returns too).
-const CART: &str = "select * from loyalty_order_cart($1, $2)";
+const CART: &str = "select * from loyalty_order_cart($1, $2) order by line_position";
 
 /// The cart's lines, in order, and its allocations, from its rows.
 fn cart_of(rows: Vec<LineRow>) -> Result<(Vec<CheckoutLine>, Vec<Allocation>), sqlx::Error> {
