@@ -36,7 +36,8 @@ $$;
 -- order counter, the categories (sorted by the caller), the category counter,
 -- the products. It is the order of the single statement this replaces, so
 -- concurrent orders of a member serialize on the rows and cannot deadlock,
--- with each other or with a server of the previous release.
+-- with each other or, on plain PostgreSQL, with a server of the previous
+-- release (which did not run on Citus).
 create function loyalty_record_order(
     p_account_id text,
     p_kind text,
