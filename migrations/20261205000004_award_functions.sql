@@ -129,6 +129,27 @@ language sql immutable as $$
         'reverses_entry_id', entry.reverses_point_entry_id)
 $$;
 
+-- The event of the entries one call appended (`entries`, each
+-- `loyalty_entry_json`): none when it appended nothing.
+create function loyalty_insert_points_event(
+    p_account_id text,
+    p_event_type text,
+    p_now timestamptz,
+    p_request_id text,
+    p_caller text,
+    p_points bigint,
+    p_entries jsonb
+) returns void
+language plpgsql as $$
+begin
+    if jsonb_array_length(p_entries) > 0 then
+        insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+        values (p_account_id, p_event_type, p_now, p_request_id, p_caller,
+                jsonb_build_object('points', p_points, 'entries', p_entries));
+    end if;
+end
+$$;
+
 -- Appends the entries of one new earning event (the arrays, one element per
 -- entry, in ledger order) with their `points_awarded` event, and returns them.
 -- The event's payload is the one `src/db/points.rs` builds for every points
@@ -162,11 +183,8 @@ begin
         payload_entries := payload_entries || loyalty_entry_json(entry);
         return next entry;
     end loop;
-    if jsonb_array_length(payload_entries) > 0 then
-        insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
-        values (p_account_id, 'points_awarded', p_now, p_request_id, p_caller,
-                jsonb_build_object('points', total, 'entries', payload_entries));
-    end if;
+    perform loyalty_insert_points_event(p_account_id, 'points_awarded', p_now, p_request_id, p_caller, total,
+        payload_entries);
 end
 $$;
 select loyalty_distribute_function(
@@ -217,11 +235,8 @@ begin
         payload_entries := payload_entries || loyalty_entry_json(entry);
         return next entry;
     end loop;
-    if jsonb_array_length(payload_entries) > 0 then
-        insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
-        values (p_account_id, 'points_reversed', p_now, p_request_id, p_caller,
-                jsonb_build_object('points', total, 'entries', payload_entries));
-    end if;
+    perform loyalty_insert_points_event(p_account_id, 'points_reversed', p_now, p_request_id, p_caller, total,
+        payload_entries);
 end
 $$;
 select loyalty_distribute_function(

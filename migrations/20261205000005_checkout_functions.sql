@@ -145,10 +145,9 @@ select loyalty_distribute_function(
     'bigint[], text[], bigint[], text, bigint, bytea, text, bigint[], timestamptz, timestamptz, timestamptz, '
     'text, text)');
 
--- The order's cart, in the order of its lines, each with its allocations
--- (callers order by `line_position`).
-create function loyalty_order_cart(p_account_id text, p_order_id text)
-returns table (
+-- A line of an order's cart with its allocations (the coupons, and the
+-- discount of each on the line).
+create type loyalty_cart_line as (
     line_position integer,
     line_id text,
     seller_id text,
@@ -159,11 +158,15 @@ returns table (
     sale_price boolean,
     coupon_ids bigint[],
     discounts bigint[]
-)
+);
+
+-- The order's cart, in the order of its lines, each with its allocations
+-- (callers order by `line_position`).
+create function loyalty_order_cart(p_account_id text, p_order_id text)
+returns setof loyalty_cart_line
 -- PL/pgSQL, not SQL: Citus refuses a SQL function that reads distributed
 -- tables with parameters when it runs it inside another function.
 language plpgsql stable as $$
-#variable_conflict use_column
 begin
     return query
     select l.position, l.line_id, l.seller_id, l.product_id, l.category_id, l.unit_price_minor, l.quantity,
@@ -188,18 +191,7 @@ create function loyalty_set_order_state(
     p_now timestamptz,
     p_request_id text,
     p_caller text
-) returns table (
-    line_position integer,
-    line_id text,
-    seller_id text,
-    product_id text,
-    category_id text,
-    unit_price_minor bigint,
-    quantity integer,
-    sale_price boolean,
-    coupon_ids bigint[],
-    discounts bigint[]
-)
+) returns setof loyalty_cart_line
 language plpgsql as $$
 declare
     -- Decided here, not by a `case` in the insert: Citus 13.2 deparses a
