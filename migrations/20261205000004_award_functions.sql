@@ -22,6 +22,39 @@ begin
 end
 $$;
 
+-- An earning event under its natural key (any kind), with the member's fraud
+-- flag: no row when the account is not a member; a null `earning_event_id`
+-- when the key is taken (a retry or a conflict). A concurrent insert of the
+-- same key waits here until the first commits or rolls back.
+create function loyalty_record_event(
+    p_account_id text,
+    p_kind text,
+    p_natural_key text,
+    p_content jsonb,
+    p_occurred_at timestamptz,
+    p_now timestamptz,
+    p_request_id text,
+    p_caller text,
+    out flagged boolean,
+    out earning_event_id bigint
+) returns setof record
+language plpgsql as $$
+begin
+    select m.fraud_flagged_at is not null into flagged from member m where m.account_id = p_account_id;
+    if not found then
+        return;
+    end if;
+    insert into earning_event (account_id, kind, natural_key, content, occurred_at, created_at,
+                               request_id, caller)
+    values (p_account_id, p_kind, p_natural_key, p_content, p_occurred_at, p_now, p_request_id, p_caller)
+    on conflict (account_id, kind, natural_key) do nothing
+    returning earning_event.earning_event_id into earning_event_id;
+    return next;
+end
+$$;
+select loyalty_distribute_function(
+    'loyalty_record_event(text, text, text, jsonb, timestamptz, timestamptz, text, text)');
+
 -- A confirmed order's earning event under its natural key and, when the event
 -- is new, the order's rows: the categories bought on the local day (not for a
 -- flagged member), its order points on the day's order counter when eligible
@@ -67,15 +100,12 @@ declare
     category text;
     added boolean := false;
 begin
-    select m.fraud_flagged_at is not null into flagged from member m where m.account_id = p_account_id;
+    select e.flagged, e.earning_event_id into flagged, earning_event_id
+    from loyalty_record_event(p_account_id, p_kind, p_natural_key, p_content, p_occurred_at, p_now,
+                              p_request_id, p_caller) e;
     if not found then
         return;
     end if;
-    insert into earning_event (account_id, kind, natural_key, content, occurred_at, created_at,
-                               request_id, caller)
-    values (p_account_id, p_kind, p_natural_key, p_content, p_occurred_at, p_now, p_request_id, p_caller)
-    on conflict (account_id, kind, natural_key) do nothing
-    returning earning_event.earning_event_id into earning_event_id;
     new_categories := 0;
     if earning_event_id is null then
         return next;

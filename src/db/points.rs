@@ -63,21 +63,8 @@ pub enum Inserted {
     New { event_id: i64, flagged: bool },
 }
 
-/// The CTEs `m` (the member's fraud flag; no row for an unknown account) and
-/// `inserted` (the event `$1`..`$8` under its natural key; no row when the key
-/// is taken).
-const EVENT_INSERT: &str = "m as ( \
-         select fraud_flagged_at is not null as flagged from member where account_id = $1 \
-     ), inserted as ( \
-         insert into earning_event (account_id, kind, natural_key, content, occurred_at, \
-                                    created_at, request_id, caller) \
-         select $1, $2, $3, $4, $5, $6, $7, $8 from m \
-         on conflict (account_id, kind, natural_key) do nothing \
-         returning earning_event_id \
-     )";
-
-/// The arguments `$1`..`$8` of [`EVENT_INSERT`]: the event, the call's clock
-/// and its origin.
+/// The arguments `$1`..`$8` of `loyalty_record_event` (and the first ones of
+/// `loyalty_record_order`): the event, the call's clock and its origin.
 fn event_arguments(event: &NewEvent<'_>, now: DateTime<Utc>) -> Result<PgArguments, sqlx::Error> {
     let origin = Origin::current();
     let mut arguments = PgArguments::default();
@@ -94,9 +81,10 @@ fn event_arguments(event: &NewEvent<'_>, now: DateTime<Utc>) -> Result<PgArgumen
 }
 
 /// Reads the member's fraud flag and inserts the event under its natural key, in
-/// one statement, with the call's origin (the audit of its entries). A
-/// concurrent insert of the same key waits here until the first commits (or
-/// rolls back).
+/// one round trip (the function `loyalty_record_event`,
+/// `migrations/20261205000004_award_functions.sql`), with the call's origin
+/// (the audit of its entries). A concurrent insert of the same key waits here
+/// until the first commits (or rolls back).
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %event.account_id, kind = %event.kind))]
 pub async fn insert_event(
     conn: &mut PgConnection,
@@ -104,9 +92,7 @@ pub async fn insert_event(
     now: DateTime<Utc>,
 ) -> Result<Inserted, sqlx::Error> {
     let row: Option<(bool, Option<i64>)> = sqlx::query_as_with(
-        statement!(format!(
-            "with {EVENT_INSERT} select m.flagged, (select earning_event_id from inserted) from m"
-        )),
+        "select flagged, earning_event_id from loyalty_record_event($1, $2, $3, $4, $5, $6, $7, $8)",
         event_arguments(event, now)?,
     )
     .fetch_optional(conn)

@@ -133,6 +133,7 @@ async fn a_members_writes_run_on_the_node_of_the_member(pool: PgPool) {
     // function counts within a second of going idle.
     let functions = [
         "loyalty_record_order",
+        "loyalty_record_event",
         "loyalty_award_entries",
         "loyalty_lock_order",
         "loyalty_change_coupons",
