@@ -17,16 +17,7 @@ use crate::helpers::{TestApp, checkout, checkout_line, on_citus, platform_templa
 #[sqlx::test]
 async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
     let citus = on_citus(&pool).await;
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("citus.multi_task_query_log_level", "error")]);
-    let strict = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let strict = pool_with_setting(&pool, "citus.multi_task_query_log_level", "error").await;
     let app = spawn_app(strict.clone()).await;
     a_members_calls(&app).await;
 
@@ -38,6 +29,17 @@ async fn a_members_calls_are_router_queries_on_citus(pool: PgPool) {
             .unwrap_err();
         assert!(refused.to_string().contains("multi-task"), "{refused}");
     }
+}
+
+/// A pool for the server on the test's database whose sessions start with one
+/// setting.
+async fn pool_with_setting(pool: &PgPool, name: &str, value: &str) -> PgPool {
+    let options = pool.connect_options().as_ref().clone().options([(name, value)]);
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap()
 }
 
 /// A member's calls, each kind once: an award and a visit, reads of points,
@@ -114,16 +116,7 @@ async fn a_members_calls(app: &TestApp) {
 #[sqlx::test]
 async fn a_members_writes_run_on_the_node_of_the_member(pool: PgPool) {
     let citus = on_citus(&pool).await;
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .options([("track_functions", "pl")]);
-    let counted = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let counted = pool_with_setting(&pool, "track_functions", "pl").await;
     let app = spawn_app(counted).await;
     a_members_calls(&app).await;
 
