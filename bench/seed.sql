@@ -30,7 +30,8 @@ order by g;
 
 select setval(pg_get_serial_sequence('coupon', 'coupon_id'), :coupons) as coupon_id_from \gset
 
-update coupon_template set issued_count = :coupons where template_id = 'bench-platform';
+insert into template_stock (template_id, issued_count)
+values ('bench-platform', :coupons), ('bench-hot', 0);
 
 -- pgbench scripts take fresh coupons, members and order ids from it.
 create sequence bench_seq;

@@ -447,7 +447,7 @@ impl Membership {
         }
         let mut tx = db::begin(&self.pool).await?;
         for template in templates {
-            db::coupons::get_template(&mut tx, template, false)
+            db::coupons::get_template(&mut tx, template)
                 .await?
                 .ok_or_else(|| {
                     Error::NotFound {

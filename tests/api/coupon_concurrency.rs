@@ -112,11 +112,98 @@ async fn ten_thousand_claims_of_a_stock_of_a_thousand_issue_exactly_a_thousand(
         "no member over its limit ({max_per_member})"
     );
     let counted: i64 =
-        sqlx::query_scalar("select issued_count from coupon_template where template_id = 'hot'")
+        sqlx::query_scalar("select issued_count from template_stock where template_id = 'hot'")
             .fetch_one(&pool)
             .await
             .unwrap();
     assert_eq!(counted, 1000);
+}
+
+/// A template's changes and its issuances take turns on its stock row: an
+/// admin lowering the stock to just above what is issued, again and again
+/// while 2,000 issuances run, never leaves more coupons than the stock, and
+/// every refusal names the stock.
+#[sqlx::test]
+async fn lowering_a_templates_stock_while_it_issues_never_leaves_more_than_the_stock(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = pool(options, connect).await;
+    sqlx::query(
+        "insert into member (account_id, registered_at) \
+         select 'm' || g, '2026-01-01T00:00:00Z' from generate_series(1, 2000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = spawn_app(pool.clone()).await;
+    let mut template = platform_template("shrinking", 100);
+    template.total_stock = Some(100_000);
+    app.create_template(template.clone()).await;
+
+    let issuances = futures::stream::iter((1..=2000).map(|m| {
+        let app = &app;
+        async move { app.issue(&format!("m{m}"), "shrinking").await }
+    }))
+    .buffer_unordered(64)
+    .collect::<Vec<_>>();
+    let lowering = async {
+        let mut coupons = app.coupons.clone();
+        let (mut lowered, mut stock, mut margin) = (0, 100_000, 20);
+        for _ in 0..200 {
+            let current = coupons
+                .get_coupon_template(pb::GetCouponTemplateRequest {
+                    template_id: "shrinking".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .template
+                .unwrap();
+            // Never raised again: the stock only comes down towards what
+            // is issued.
+            let target = stock.min(current.issued_count + margin);
+            if target == stock {
+                continue;
+            }
+            let update = coupons
+                .update_coupon_template(pb::UpdateCouponTemplateRequest {
+                    template: Some(pb::CouponTemplate {
+                        total_stock: Some(target),
+                        ..template.clone()
+                    }),
+                })
+                .await;
+            match update {
+                Ok(_) => (lowered, stock) = (lowered + 1, target),
+                // Issuances overtook the read: the stock stays as it was,
+                // and the next try leaves them more room.
+                Err(error) => {
+                    assert_eq!(reason(&error), "STOCK_BELOW_ISSUED", "{error:?}");
+                    margin *= 2;
+                }
+            }
+        }
+        lowered
+    };
+    let (results, lowered) = tokio::join!(issuances, lowering);
+
+    assert!(lowered > 0, "no lowering took");
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(reason(error), "OUT_OF_STOCK", "{error:?}");
+    }
+    let (coupons, issued, stock): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from coupon where template_id = 'shrinking'), \
+                (select issued_count from template_stock where template_id = 'shrinking'), \
+                (select total_stock from coupon_template where template_id = 'shrinking')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!((coupons, issued), (ok as i64, ok as i64));
+    assert!(issued <= stock, "{issued} issued, stock {stock}");
+    assert!(ok < 2000, "the lowered stock refused some issuances");
 }
 
 #[sqlx::test]

@@ -47,8 +47,8 @@ async fn pool_with_setting(pool: &PgPool, name: &str, value: &str) -> PgPool {
 /// reservation cancelled, and the coupon list.
 async fn a_members_calls(app: &TestApp) {
     let mut coupons = app.coupons.clone();
-    // Admin calls set the scene: templates are reference tables, written on
-    // every node.
+    // Admin calls set the scene: a template's terms are in a reference table,
+    // written on every node.
     app.create_template(platform_template("five-off", 500)).await;
     app.create_template(platform_template("ten-off", 1000)).await;
 
@@ -106,7 +106,8 @@ async fn a_members_calls(app: &TestApp) {
         .unwrap();
 }
 
-/// The write functions run where the member's rows are, called as the
+/// The write functions run where the member's rows are (the template's, for
+/// its stock), called as the
 /// service calls them (bound parameters, inside its transactions): counted
 /// with `track_functions`, the node the server is connected to runs each on
 /// plain PostgreSQL and none on a Citus coordinator, which delegates each call
@@ -133,6 +134,8 @@ async fn a_members_writes_run_on_the_node_of_the_member(pool: PgPool) {
         "loyalty_put_order",
         "loyalty_set_order_state",
         "loyalty_order_cart",
+        "loyalty_take_stock",
+        "loyalty_issue_coupon",
     ];
     let mut ran: Vec<String> = Vec::new();
     for _ in 0..50 {
@@ -158,9 +161,9 @@ async fn a_members_writes_run_on_the_node_of_the_member(pool: PgPool) {
     }
 }
 
-/// The plans of the award's and the checkout's function calls, as the
-/// service sends them (inside its transaction): on Citus each is delegated
-/// whole to the member's worker, one task whose plan is the function itself,
+/// The plans of the award's, the checkout's and the issuance's function calls,
+/// as the service sends them (inside its transaction): on Citus each is
+/// delegated whole to the member's worker (the template's, for its stock), one task whose plan is the function itself,
 /// and not split into subplans through the coordinator, as a statement with
 /// data-modifying CTEs is (docs/scale-out.md, "One task per call").
 #[sqlx::test]
@@ -198,6 +201,15 @@ async fn a_members_writes_are_delegated_to_the_members_worker(pool: PgPool) {
         (
             "loyalty_order_cart",
             "select * from loyalty_order_cart('m1', 'o1')",
+        ),
+        // On the template's worker, not the member's.
+        (
+            "loyalty_take_stock",
+            "select loyalty_take_stock('t1', '2026-06-15', now())",
+        ),
+        (
+            "loyalty_issue_coupon",
+            "select coupon_id from loyalty_issue_coupon('m1', 't1', 'issuance', null, 'i1', now(), '', '')",
         ),
     ];
     for (function, call) in calls {

@@ -1,5 +1,5 @@
-//! Issuance: the member's level, the per-member and per-day counters, and the
-//! one statement that takes stock and issues a coupon.
+//! Issuance: the member's level, the per-member counter, the template's stock
+//! and the coupon.
 
 use super::*;
 
@@ -46,36 +46,6 @@ pub async fn bump_member_template(
     Ok(bumped.is_some())
 }
 
-/// Counts one more coupon of the template on `local_date`, within `daily_stock`;
-/// `false` when the day's stock is gone.
-#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
-pub async fn bump_template_day(
-    conn: &mut PgConnection,
-    template_id: &TemplateId,
-    local_date: NaiveDate,
-    daily_stock: i64,
-) -> Result<bool, sqlx::Error> {
-    // No stock, no row. A `values` list, not `select ... where`: Citus sends
-    // the statement to a worker as text, and a parameter in a select list
-    // loses its type there ("could not determine data type of parameter $1").
-    if daily_stock <= 0 {
-        return Ok(false);
-    }
-    let bumped: Option<i64> = sqlx::query_scalar(
-        "insert into coupon_template_day as d (template_id, local_date, issued_count) \
-         values ($1, $2, 1) \
-         on conflict (template_id, local_date) do update set issued_count = d.issued_count + 1 \
-         where d.issued_count < $3 \
-         returning issued_count",
-    )
-    .bind(template_id.as_str())
-    .bind(local_date)
-    .bind(daily_stock)
-    .fetch_optional(conn)
-    .await?;
-    Ok(bumped.is_some())
-}
-
 /// How a coupon is being issued.
 #[derive(Debug)]
 pub struct NewCoupon<'a> {
@@ -86,10 +56,52 @@ pub struct NewCoupon<'a> {
     pub issuance_id: Option<&'a IssuanceId>,
 }
 
-/// Takes one unit of the template's stock and issues the coupon, copying the
-/// template's current terms, in one statement. The template row is the hot lock
-/// of a popular template, so this runs last before the commit. `None` when the
-/// template is paused, out of stock or past its window.
+/// What taking a coupon of a template's stock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockTake {
+    Taken,
+    NotFound,
+    Paused,
+    Ended,
+    OutOfStock,
+    DailyStockExhausted,
+}
+
+/// Takes one coupon of the template's stock (the day's too, when the template
+/// has a daily stock), as the template stands once its stock row is locked:
+/// the function `loyalty_take_stock`
+/// (`migrations/20261205000006_template_stock.sql`), which Citus runs whole on
+/// the template's worker. The row stays locked until the transaction ends, so
+/// this runs late, just before the coupon is written. Nothing is taken unless
+/// `Taken`.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
+pub async fn take_stock(
+    conn: &mut PgConnection,
+    template_id: &TemplateId,
+    local_date: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<StockTake, sqlx::Error> {
+    let taken: String = sqlx::query_scalar("select loyalty_take_stock($1, $2, $3)")
+        .bind(template_id.as_str())
+        .bind(local_date)
+        .bind(now)
+        .fetch_one(conn)
+        .await?;
+    Ok(match taken.as_str() {
+        "taken" => StockTake::Taken,
+        "not_found" => StockTake::NotFound,
+        "paused" => StockTake::Paused,
+        "ended" => StockTake::Ended,
+        "out_of_stock" => StockTake::OutOfStock,
+        "daily_stock_exhausted" => StockTake::DailyStockExhausted,
+        _ => return Err(decode("stock take", taken)),
+    })
+}
+
+/// Issues the coupon, copying the template's current terms, with its
+/// transition and event: the function `loyalty_issue_coupon`, which Citus runs
+/// whole on the member's worker. Stock must have been taken in the same
+/// transaction ([`take_stock`]). `None` when the template does not exist.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %new.account_id, template_id = %new.template_id))]
 pub async fn issue_coupon(
     conn: &mut PgConnection,
@@ -97,43 +109,10 @@ pub async fn issue_coupon(
     now: DateTime<Utc>,
 ) -> Result<Option<Coupon>, sqlx::Error> {
     let origin = Origin::current();
-    let event = events::insert_event_sql(
-        "c",
-        "account_id",
-        "'coupon_issued'",
-        "$6",
-        "jsonb_build_object('coupon_id', coupon_id, 'template_id', template_id, 'source', source, \
-             'valid_from', valid_from, 'expires_at', expires_at)",
-        ("$7", "$8"),
-    );
-    let row: Option<CouponRow> = sqlx::query_as(&format!(
-        "with t as ( \
-             update coupon_template set issued_count = issued_count + 1 \
-             where template_id = $2 and not paused \
-               and (total_stock is null or issued_count < total_stock) \
-               and (valid_until is null or valid_until > $6) \
-             returning * \
-         ), c as ( \
-             insert into coupon (account_id, template_id, status, name, issuer, seller_id, discount_kind, \
-                 amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor, \
-                 regular_price_only, valid_from, expires_at, source, claim_code_hash, issuance_id, \
-                 issued_at, updated_at) \
-             select $1, t.template_id, 'valid', t.name, t.issuer, t.seller_id, t.discount_kind, \
-                 t.amount_off_minor, t.percent_basis_points, t.max_discount_minor, t.currency, \
-                 t.min_purchase_minor, t.regular_price_only, \
-                 coalesce(t.valid_from, $6), \
-                 coalesce(t.valid_until, $6 + t.valid_days * interval '24 hours'), \
-                 $3, $4, $5, $6, $6 \
-             from t \
-             returning * \
-         ), transition as ( \
-             insert into coupon_transition (account_id, coupon_id, action, to_status, occurred_at, \
-                                            request_id, caller) \
-             select account_id, coupon_id, 'issue', 'valid', $6, $7, $8 from c \
-         ), event as ({event}) \
-         select {} from c",
-        coupon_columns("", "$6")
-    ))
+    let row: Option<CouponRow> = sqlx::query_as(statement!(format!(
+        "select {} from loyalty_issue_coupon($1, $2, $3, $4, $5, $6, $7, $8) m",
+        coupon_columns("m.", "$6")
+    )))
     .bind(new.account_id)
     .bind(new.template_id.as_str())
     .bind(new.source)

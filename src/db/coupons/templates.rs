@@ -5,7 +5,7 @@ use crate::db::audit;
 use crate::domain::coupons::CodeKind;
 use crate::domain::ids::BatchRequestId;
 
-/// A `coupon_template` row.
+/// A `coupon_template` row, with its `template_stock` row's issued count.
 #[derive(sqlx::FromRow)]
 struct TemplateRow {
     template_id: String,
@@ -84,7 +84,10 @@ const TEMPLATE_COLUMNS: &str = "template_id, name, description, issuer, seller_i
      regular_price_only, paused, issued_count, created_at, updated_at";
 
 /// A template's terms as the audit records them (`t`: the row as changed).
-const TEMPLATE_DETAIL: &str = "to_jsonb(t) - 'issued_count' - 'created_at' - 'updated_at'";
+const TEMPLATE_DETAIL: &str = "to_jsonb(t) - 'created_at' - 'updated_at'";
+
+/// The templates with their issued counts, for [`TEMPLATE_COLUMNS`].
+const TEMPLATES: &str = "coupon_template join template_stock using (template_id)";
 
 /// The audit of a template change, one per row of `t`, at `$at` by the call's
 /// origin (`$request_id`, `$caller`).
@@ -145,8 +148,10 @@ pub async fn insert_template(
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
                      $20, $20) \
              on conflict (template_id) do nothing returning * \
+         ), stock as ( \
+             insert into template_stock (template_id) select template_id from t returning * \
          ), audit as ({audit}) \
-         select {TEMPLATE_COLUMNS} from t"
+         select {TEMPLATE_COLUMNS} from t join stock using (template_id)"
     );
     let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
         .bind(now)
@@ -157,21 +162,34 @@ pub async fn insert_template(
     row.map(Template::try_from).transpose()
 }
 
-/// Reads a template, locking it when `for_update`.
+/// Reads a template.
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn get_template(
     conn: &mut PgConnection,
     template_id: &TemplateId,
-    for_update: bool,
 ) -> Result<Option<Template>, sqlx::Error> {
-    let lock = if for_update { "for update" } else { "" };
-    let row: Option<TemplateRow> = sqlx::query_as(&format!(
-        "select {TEMPLATE_COLUMNS} from coupon_template where template_id = $1 {lock}"
-    ))
+    let row: Option<TemplateRow> = sqlx::query_as(statement!(format!(
+        "select {TEMPLATE_COLUMNS} from {TEMPLATES} where template_id = $1"
+    )))
     .bind(template_id.as_str())
     .fetch_optional(conn)
     .await?;
     row.map(Template::try_from).transpose()
+}
+
+/// Waits for the template's turn until the transaction ends: its
+/// `template_stock` row, which issuance locks too (`loyalty_take_stock`).
+/// Every change of a template takes it first, so that an issuance sees the
+/// template wholly before or wholly after the change. `false` when there is
+/// no such template.
+#[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
+pub async fn lock_template(conn: &mut PgConnection, template_id: &TemplateId) -> Result<bool, sqlx::Error> {
+    let locked: Option<i32> =
+        sqlx::query_scalar("select 1 from template_stock where template_id = $1 for update")
+            .bind(template_id.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(locked.is_some())
 }
 
 /// Templates by id after `after`, at most `limit`.
@@ -182,7 +200,7 @@ pub async fn list_templates(
     limit: u32,
 ) -> Result<Vec<Template>, sqlx::Error> {
     let rows: Vec<TemplateRow> = sqlx::query_as(&format!(
-        "select {TEMPLATE_COLUMNS} from coupon_template \
+        "select {TEMPLATE_COLUMNS} from {TEMPLATES} \
          where $1::text is null or template_id > $1 order by template_id limit $2"
     ))
     .bind(after)
@@ -192,7 +210,7 @@ pub async fn list_templates(
     rows.into_iter().map(Template::try_from).collect()
 }
 
-/// Replaces a template's terms.
+/// Replaces a template's terms (after [`lock_template`]).
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %spec.template_id))]
 pub async fn update_template(
     conn: &mut PgConnection,
@@ -211,8 +229,7 @@ pub async fn update_template(
     );
     let query = format!(
         "with before as ( \
-             select to_jsonb(t) - 'issued_count' - 'created_at' - 'updated_at' as terms \
-             from coupon_template t where template_id = $1 \
+             select {TEMPLATE_DETAIL} as terms from coupon_template t where template_id = $1 \
          ), t as ( \
              update coupon_template set name = $2, description = $3, issuer = $4, seller_id = $5, \
                  discount_kind = $6, amount_off_minor = $7, percent_basis_points = $8, \
@@ -221,7 +238,7 @@ pub async fn update_template(
                  per_member_limit = $17, allowed_levels = $18, regular_price_only = $19, updated_at = $20 \
              where template_id = $1 returning * \
          ), audit as ({audit}) \
-         select {TEMPLATE_COLUMNS} from t"
+         select {TEMPLATE_COLUMNS} from t join template_stock using (template_id)"
     );
     let row: Option<TemplateRow> = bind_spec!(sqlx::query_as(&query), spec)
         .bind(now)
@@ -232,7 +249,7 @@ pub async fn update_template(
     row.map(Template::try_from).transpose()
 }
 
-/// Pauses or resumes a template.
+/// Pauses or resumes a template (after [`lock_template`]).
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn set_paused(
     conn: &mut PgConnection,
@@ -259,7 +276,7 @@ pub async fn set_paused(
          ), t as ( \
              select * from changed where paused <> was_paused \
          ), audit as ({audit}) \
-         select {TEMPLATE_COLUMNS} from changed"
+         select {TEMPLATE_COLUMNS} from changed join template_stock using (template_id)"
     ))
     .bind(template_id.as_str())
     .bind(paused)

@@ -2,6 +2,7 @@
 //! the template's stock, daily stock and per-member limit (guarded counters).
 
 use super::*;
+use crate::db::coupons::StockTake;
 
 impl Coupons {
     /// A member claims a coupon with a code.
@@ -115,7 +116,7 @@ impl Coupons {
         policy: IssuePolicy,
         now: DateTime<Utc>,
     ) -> Result<Issued, Error> {
-        let template = db::coupons::get_template(&mut tx, new.template_id, false)
+        let template = db::coupons::get_template(&mut tx, new.template_id)
             .await?
             .ok_or_else(|| template_not_found(new.template_id))?;
         check_issuable(&template, now)?;
@@ -147,15 +148,11 @@ impl Coupons {
                 ),
             ));
         }
-        if let Some(daily) = template.spec.daily_stock {
-            let today = self.calendar.local_date(now);
-            if !db::coupons::bump_template_day(&mut tx, new.template_id, today, daily).await? {
-                return Err(refused(
-                    "DAILY_STOCK_EXHAUSTED",
-                    "today's stock of this template is gone",
-                ));
-            }
-        }
+        // The template's stock last, as its row stays locked until the
+        // commit; it checks the template again as it stands then.
+        let taken =
+            db::coupons::take_stock(&mut tx, new.template_id, self.calendar.local_date(now), now).await?;
+        refuse_unless_taken(taken, new.template_id)?;
         match db::coupons::issue_coupon(&mut tx, new, now).await {
             Ok(Some(coupon)) => {
                 db::commit(tx).await?;
@@ -164,17 +161,7 @@ impl Coupons {
                     replayed: false,
                 })
             }
-            Ok(None) => {
-                // Paused, out of stock or past its window since the first read.
-                let template = db::coupons::get_template(&mut tx, new.template_id, false)
-                    .await?
-                    .ok_or_else(|| template_not_found(new.template_id))?;
-                check_issuable(&template, now)?;
-                Err(refused(
-                    "OUT_OF_STOCK",
-                    format!("template {} has no stock left", new.template_id),
-                ))
-            }
+            Ok(None) => Err(template_not_found(new.template_id)),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 tx.rollback().await?;
                 let mut conn = db::acquire(&self.pool).await?;
@@ -197,26 +184,36 @@ impl Coupons {
     }
 }
 
-/// Whether a template may issue now (before taking any stock).
+/// Whether a template may issue now, as first read (before taking any stock;
+/// taking it checks again).
 fn check_issuable(template: &Template, now: DateTime<Utc>) -> Result<(), Error> {
-    let id = &template.spec.template_id;
-    if template.paused {
-        return Err(refused("TEMPLATE_PAUSED", format!("template {id} is paused")));
-    }
-    if let Validity::Window { until, .. } = template.spec.validity
-        && until <= now
-    {
-        return Err(refused("TEMPLATE_EXPIRED", format!("template {id} ended")));
-    }
-    if template
+    let ended = matches!(template.spec.validity, Validity::Window { until, .. } if until <= now);
+    let sold_out = template
         .spec
         .total_stock
-        .is_some_and(|stock| template.issued_count >= stock)
-    {
-        return Err(refused(
-            "OUT_OF_STOCK",
-            format!("template {id} has no stock left"),
-        ));
-    }
-    Ok(())
+        .is_some_and(|stock| template.issued_count >= stock);
+    let outcome = if template.paused {
+        StockTake::Paused
+    } else if ended {
+        StockTake::Ended
+    } else if sold_out {
+        StockTake::OutOfStock
+    } else {
+        StockTake::Taken
+    };
+    refuse_unless_taken(outcome, &template.spec.template_id)
+}
+
+/// The refusal of a template's stock that was not taken.
+fn refuse_unless_taken(take: StockTake, id: &TemplateId) -> Result<(), Error> {
+    Err(match take {
+        StockTake::Taken => return Ok(()),
+        StockTake::NotFound => template_not_found(id),
+        StockTake::Paused => refused("TEMPLATE_PAUSED", format!("template {id} is paused")),
+        StockTake::Ended => refused("TEMPLATE_EXPIRED", format!("template {id} ended")),
+        StockTake::OutOfStock => refused("OUT_OF_STOCK", format!("template {id} has no stock left")),
+        StockTake::DailyStockExhausted => {
+            refused("DAILY_STOCK_EXHAUSTED", "today's stock of this template is gone")
+        }
+    })
 }

@@ -66,7 +66,7 @@ impl Coupons {
             db::commit(tx).await?;
             return Ok((created, false));
         }
-        let existing = db::coupons::get_template(&mut tx, &spec.template_id, false)
+        let existing = db::coupons::get_template(&mut tx, &spec.template_id)
             .await?
             .ok_or_else(|| template_not_found(&spec.template_id))?;
         if existing.spec != *spec {
@@ -82,7 +82,7 @@ impl Coupons {
     #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn template(&self, template_id: &TemplateId) -> Result<Template, Error> {
         let mut conn = db::acquire(&self.pool).await?;
-        db::coupons::get_template(&mut conn, template_id, false)
+        db::coupons::get_template(&mut conn, template_id)
             .await?
             .ok_or_else(|| template_not_found(template_id))
     }
@@ -110,7 +110,12 @@ impl Coupons {
     pub async fn update_template(&self, spec: &TemplateSpec) -> Result<Template, Error> {
         spec.check()?;
         let mut tx = db::begin(&self.pool).await?;
-        let current = db::coupons::get_template(&mut tx, &spec.template_id, true)
+        // The template's turn first: the issued count read next is final
+        // until this commits.
+        if !db::coupons::lock_template(&mut tx, &spec.template_id).await? {
+            return Err(template_not_found(&spec.template_id));
+        }
+        let current = db::coupons::get_template(&mut tx, &spec.template_id)
             .await?
             .ok_or_else(|| template_not_found(&spec.template_id))?;
         if current.spec.issuer != spec.issuer {
@@ -142,6 +147,9 @@ impl Coupons {
     #[tracing::instrument(skip_all, fields(template_id = %template_id))]
     pub async fn set_paused(&self, template_id: &TemplateId, paused: bool) -> Result<Template, Error> {
         let mut tx = db::begin(&self.pool).await?;
+        if !db::coupons::lock_template(&mut tx, template_id).await? {
+            return Err(template_not_found(template_id));
+        }
         let template = db::coupons::set_paused(&mut tx, template_id, paused, self.clock.now()).await?;
         db::commit(tx).await?;
         template.ok_or_else(|| template_not_found(template_id))
@@ -155,7 +163,7 @@ impl Coupons {
         code: &ClaimCode,
     ) -> Result<bool, Error> {
         let mut tx = db::begin(&self.pool).await?;
-        db::coupons::get_template(&mut tx, template_id, false)
+        db::coupons::get_template(&mut tx, template_id)
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
         let hash = code.hash();
@@ -199,7 +207,7 @@ impl Coupons {
             ));
         }
         let mut tx = db::begin(&self.pool).await?;
-        db::coupons::get_template(&mut tx, template_id, false)
+        db::coupons::get_template(&mut tx, template_id)
             .await?
             .ok_or_else(|| template_not_found(template_id))?;
         let now = self.clock.now();
