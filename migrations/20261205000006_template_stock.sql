@@ -13,12 +13,24 @@
 -- - `claim_code`: distributed by its hash, so that consuming a single-use code
 --   writes the one worker that holds it.
 -- The stock tables are distributed by `template_id` and colocated, so that
--- taking stock (`loyalty_take_stock`) runs whole on the template's worker, and
--- an issuance writes two workers at most (the template's and the member's).
+-- taking stock (`loyalty_take_stock`) runs whole on the template's worker: an
+-- issuance writes the template's worker and the member's (and the code's, for
+-- a single-use code), and no other.
+--
+-- `coupon_template`'s check that the issued count stays within the total
+-- stock goes with the column: a check cannot span two tables. The counter's
+-- only writer, `loyalty_take_stock`, and the only change of the total,
+-- `UpdateCouponTemplate` (`STOCK_BELOW_ISSUED`), both check it under the stock
+-- row's lock.
 --
 -- A server of the previous release bumps `coupon_template.issued_count`,
 -- dropped here: during a rolling deploy its issuance fails (INTERNAL) rather
 -- than counting stock where this release does not look.
+
+-- What is moved below stays still until this migration commits: a server of
+-- the previous release issuing meanwhile waits, then fails on the dropped
+-- column instead of writing rows behind the copies.
+lock table coupon_template, coupon_template_day, claim_code in exclusive mode;
 
 -- Two more kinds of distributed table: 'template' (by `template_id`,
 -- colocated with `template_stock`) and 'code' (by `code_hash`).
@@ -152,9 +164,17 @@ drop table claim_code_old;
 -- template (which takes the same lock) is wholly before or after. Checks, in
 -- the order of the refusals: paused, ended, the total stock, the day's stock;
 -- then counts the coupon on the day (when the template has a daily stock) and
--- in the total. Returns 'taken', or why not, having written nothing:
+-- in the total. `outcome` is 'taken', or why not, having written nothing:
 -- 'not_found', 'paused', 'ended', 'out_of_stock', 'daily_stock_exhausted'.
-create function loyalty_take_stock(p_template_id text, p_local_date date, p_now timestamptz) returns text
+-- `terms_at`: the `updated_at` of the terms it checked, which the coupon's
+-- issuance must find too (`loyalty_issue_coupon`).
+create function loyalty_take_stock(
+    p_template_id text,
+    p_local_date date,
+    p_now timestamptz,
+    out outcome text,
+    out terms_at timestamptz
+) returns record
 language plpgsql as $$
 declare
     issued bigint;
@@ -166,45 +186,54 @@ declare
 begin
     select s.issued_count into issued from template_stock s where s.template_id = p_template_id for update;
     if not found then
-        return 'not_found';
+        outcome := 'not_found';
+        return;
     end if;
-    select t.paused, t.total_stock, t.daily_stock, t.valid_until into is_paused, total, daily, ends_at
+    select t.paused, t.total_stock, t.daily_stock, t.valid_until, t.updated_at
+    into is_paused, total, daily, ends_at, terms_at
     from coupon_template t where t.template_id = p_template_id;
     if is_paused then
-        return 'paused';
+        outcome := 'paused';
+    elsif ends_at is not null and ends_at <= p_now then
+        outcome := 'ended';
+    elsif total is not null and issued >= total then
+        outcome := 'out_of_stock';
+    elsif daily is not null and daily <= 0 then
+        outcome := 'daily_stock_exhausted';
     end if;
-    if ends_at is not null and ends_at <= p_now then
-        return 'ended';
-    end if;
-    if total is not null and issued >= total then
-        return 'out_of_stock';
+    if outcome is not null then
+        return;
     end if;
     if daily is not null then
-        if daily <= 0 then
-            return 'daily_stock_exhausted';
-        end if;
         insert into template_stock_day as d (template_id, local_date, issued_count)
         values (p_template_id, p_local_date, 1)
         on conflict (template_id, local_date) do update set issued_count = d.issued_count + 1
         where d.issued_count < daily
         returning d.issued_count into day_count;
         if day_count is null then
-            return 'daily_stock_exhausted';
+            outcome := 'daily_stock_exhausted';
+            return;
         end if;
     end if;
     update template_stock s set issued_count = s.issued_count + 1 where s.template_id = p_template_id;
-    return 'taken';
+    outcome := 'taken';
 end
 $$;
 select loyalty_distribute_function('loyalty_take_stock(text, date, timestamptz)', 'template_stock');
 
 -- Issues a coupon of the template to the member, copying the template's
--- current terms, with its `issue` transition and its `coupon_issued` event;
--- returns it. No row when the template does not exist. Stock is taken
--- before, in the same transaction (`loyalty_take_stock`).
+-- terms, with its `issue` transition and its `coupon_issued` event; returns
+-- it. No row when the template does not exist. Stock is taken before, in the
+-- same transaction (`loyalty_take_stock`), which returned `p_terms_at`: terms
+-- of another instant here mean the template changed in between, which on
+-- plain PostgreSQL the stock row's lock prevents, but on Citus a change
+-- commits on each node in turn, and the member's worker may not show it yet.
+-- The issuance is then refused as a serialization failure (40001), which the
+-- service retries.
 create function loyalty_issue_coupon(
     p_account_id text,
     p_template_id text,
+    p_terms_at timestamptz,
     p_source text,
     p_claim_code_hash bytea,
     p_issuance_id text,
@@ -226,19 +255,23 @@ declare
     t_regular_price_only boolean;
     t_valid_from timestamptz;
     t_expires_at timestamptz;
+    t_updated_at timestamptz;
     issued coupon;
 begin
-    -- Into scalars: a whole-row variable of a table Citus distributes would
-    -- take the row type of its shard.
     select t.name, t.issuer, t.seller_id, t.discount_kind, t.amount_off_minor, t.percent_basis_points,
            t.max_discount_minor, t.currency, t.min_purchase_minor, t.regular_price_only,
-           coalesce(t.valid_from, p_now), coalesce(t.valid_until, p_now + t.valid_days * interval '24 hours')
+           coalesce(t.valid_from, p_now), coalesce(t.valid_until, p_now + t.valid_days * interval '24 hours'),
+           t.updated_at
     into t_name, t_issuer, t_seller_id, t_discount_kind, t_amount_off_minor, t_percent_basis_points,
          t_max_discount_minor, t_currency, t_min_purchase_minor, t_regular_price_only, t_valid_from,
-         t_expires_at
+         t_expires_at, t_updated_at
     from coupon_template t where t.template_id = p_template_id;
     if not found then
         return;
+    end if;
+    if t_updated_at is distinct from p_terms_at then
+        raise exception 'template % changed while this issuance took its stock', p_template_id
+            using errcode = '40001';
     end if;
     insert into coupon (account_id, template_id, status, name, issuer, seller_id, discount_kind,
         amount_off_minor, percent_basis_points, max_discount_minor, currency, min_purchase_minor,
@@ -258,4 +291,4 @@ begin
 end
 $$;
 select loyalty_distribute_function(
-    'loyalty_issue_coupon(text, text, text, bytea, text, timestamptz, text, text)');
+    'loyalty_issue_coupon(text, text, timestamptz, text, bytea, text, timestamptz, text, text)');

@@ -25,5 +25,6 @@ mod page_tokens;
 mod plans;
 mod routing;
 mod server;
+mod template_stock;
 mod time_zones;
 mod tls;

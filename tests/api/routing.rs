@@ -209,7 +209,7 @@ async fn a_members_writes_are_delegated_to_the_members_worker(pool: PgPool) {
         ),
         (
             "loyalty_issue_coupon",
-            "select coupon_id from loyalty_issue_coupon('m1', 't1', 'issuance', null, 'i1', now(), '', '')",
+            "select coupon_id from loyalty_issue_coupon('m1', 't1', now(), 'issuance', null, 'i1', now(), '', '')",
         ),
     ];
     for (function, call) in calls {

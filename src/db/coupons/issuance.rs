@@ -56,10 +56,9 @@ pub struct NewCoupon<'a> {
     pub issuance_id: Option<&'a IssuanceId>,
 }
 
-/// What taking a coupon of a template's stock found.
+/// Why a template's stock was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StockTake {
-    Taken,
+pub enum StockRefusal {
     NotFound,
     Paused,
     Ended,
@@ -72,49 +71,56 @@ pub enum StockTake {
 /// the function `loyalty_take_stock`
 /// (`migrations/20261205000006_template_stock.sql`), which Citus runs whole on
 /// the template's worker. The row stays locked until the transaction ends, so
-/// this runs late, just before the coupon is written. Nothing is taken unless
-/// `Taken`.
+/// this runs late, just before the coupon is written. Taken: the instant of
+/// the terms it checked, which [`issue_coupon`] must find too. Nothing is
+/// taken on a refusal.
 #[tracing::instrument(level = "debug", skip_all, fields(template_id = %template_id))]
 pub async fn take_stock(
     conn: &mut PgConnection,
     template_id: &TemplateId,
     local_date: NaiveDate,
     now: DateTime<Utc>,
-) -> Result<StockTake, sqlx::Error> {
-    let taken: String = sqlx::query_scalar("select loyalty_take_stock($1, $2, $3)")
-        .bind(template_id.as_str())
-        .bind(local_date)
-        .bind(now)
-        .fetch_one(conn)
-        .await?;
-    Ok(match taken.as_str() {
-        "taken" => StockTake::Taken,
-        "not_found" => StockTake::NotFound,
-        "paused" => StockTake::Paused,
-        "ended" => StockTake::Ended,
-        "out_of_stock" => StockTake::OutOfStock,
-        "daily_stock_exhausted" => StockTake::DailyStockExhausted,
-        _ => return Err(decode("stock take", taken)),
-    })
+) -> Result<Result<DateTime<Utc>, StockRefusal>, sqlx::Error> {
+    let (outcome, terms_at): (String, Option<DateTime<Utc>>) =
+        sqlx::query_as("select outcome, terms_at from loyalty_take_stock($1, $2, $3)")
+            .bind(template_id.as_str())
+            .bind(local_date)
+            .bind(now)
+            .fetch_one(conn)
+            .await?;
+    Ok(Err(match (outcome.as_str(), terms_at) {
+        ("taken", Some(terms_at)) => return Ok(Ok(terms_at)),
+        ("not_found", _) => StockRefusal::NotFound,
+        ("paused", _) => StockRefusal::Paused,
+        ("ended", _) => StockRefusal::Ended,
+        ("out_of_stock", _) => StockRefusal::OutOfStock,
+        ("daily_stock_exhausted", _) => StockRefusal::DailyStockExhausted,
+        _ => return Err(decode("stock take", (outcome, terms_at))),
+    }))
 }
 
-/// Issues the coupon, copying the template's current terms, with its
-/// transition and event: the function `loyalty_issue_coupon`, which Citus runs
-/// whole on the member's worker. Stock must have been taken in the same
-/// transaction ([`take_stock`]). `None` when the template does not exist.
+/// Issues the coupon, copying the template's terms, with its transition and
+/// event: the function `loyalty_issue_coupon`, which Citus runs whole on the
+/// member's worker. Stock must have been taken in the same transaction
+/// ([`take_stock`], which gave `terms_at`); terms of another instant fail as a
+/// serialization failure, which the call retries (on Citus, a template change
+/// not yet committed on the member's worker). `None` when the template does
+/// not exist.
 #[tracing::instrument(level = "debug", skip_all, fields(account_id = %new.account_id, template_id = %new.template_id))]
 pub async fn issue_coupon(
     conn: &mut PgConnection,
     new: &NewCoupon<'_>,
+    terms_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Option<Coupon>, sqlx::Error> {
     let origin = Origin::current();
     let row: Option<CouponRow> = sqlx::query_as(statement!(format!(
-        "select {} from loyalty_issue_coupon($1, $2, $3, $4, $5, $6, $7, $8) m",
-        coupon_columns("m.", "$6")
+        "select {} from loyalty_issue_coupon($1, $2, $3, $4, $5, $6, $7, $8, $9) m",
+        coupon_columns("m.", "$7")
     )))
     .bind(new.account_id)
     .bind(new.template_id.as_str())
+    .bind(terms_at)
     .bind(new.source)
     .bind(new.claim_code_hash)
     .bind(new.issuance_id.map(IssuanceId::as_str))

@@ -259,7 +259,10 @@ pub async fn set_paused(
 ) -> Result<Option<Template>, sqlx::Error> {
     let origin = Origin::current();
     // A pause of a paused template (or a resume of a running one) changes
-    // nothing and is not audited.
+    // nothing and is not audited. The caller holds the template's turn
+    // (`lock_template`), so the pause read first is final. Not `for update`:
+    // an issuance holds `for key share` on this row (its foreign keys) while
+    // it waits for the turn, and the two would wait for each other.
     let audit = template_audit(
         "case when t.paused then 'template.pause' else 'template.resume' end",
         "'{}'::jsonb",
@@ -268,7 +271,7 @@ pub async fn set_paused(
     );
     let row: Option<TemplateRow> = sqlx::query_as(&format!(
         "with before as ( \
-             select template_id, paused as was_paused from coupon_template where template_id = $1 for update \
+             select template_id, paused as was_paused from coupon_template where template_id = $1 \
          ), changed as ( \
              update coupon_template c set paused = $2, updated_at = $3 \
              from before where c.template_id = before.template_id \

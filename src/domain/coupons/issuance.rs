@@ -2,7 +2,7 @@
 //! the template's stock, daily stock and per-member limit (guarded counters).
 
 use super::*;
-use crate::db::coupons::StockTake;
+use crate::db::coupons::StockRefusal;
 
 impl Coupons {
     /// A member claims a coupon with a code.
@@ -150,10 +150,10 @@ impl Coupons {
         }
         // The template's stock last, as its row stays locked until the
         // commit; it checks the template again as it stands then.
-        let taken =
-            db::coupons::take_stock(&mut tx, new.template_id, self.calendar.local_date(now), now).await?;
-        refuse_unless_taken(taken, new.template_id)?;
-        match db::coupons::issue_coupon(&mut tx, new, now).await {
+        let terms_at = db::coupons::take_stock(&mut tx, new.template_id, self.calendar.local_date(now), now)
+            .await?
+            .map_err(|refusal| stock_refused(refusal, new.template_id))?;
+        match db::coupons::issue_coupon(&mut tx, new, terms_at, now).await {
             Ok(Some(coupon)) => {
                 db::commit(tx).await?;
                 Ok(Issued {
@@ -192,28 +192,27 @@ fn check_issuable(template: &Template, now: DateTime<Utc>) -> Result<(), Error> 
         .spec
         .total_stock
         .is_some_and(|stock| template.issued_count >= stock);
-    let outcome = if template.paused {
-        StockTake::Paused
+    let refusal = if template.paused {
+        StockRefusal::Paused
     } else if ended {
-        StockTake::Ended
+        StockRefusal::Ended
     } else if sold_out {
-        StockTake::OutOfStock
+        StockRefusal::OutOfStock
     } else {
-        StockTake::Taken
+        return Ok(());
     };
-    refuse_unless_taken(outcome, &template.spec.template_id)
+    Err(stock_refused(refusal, &template.spec.template_id))
 }
 
-/// The refusal of a template's stock that was not taken.
-fn refuse_unless_taken(take: StockTake, id: &TemplateId) -> Result<(), Error> {
-    Err(match take {
-        StockTake::Taken => return Ok(()),
-        StockTake::NotFound => template_not_found(id),
-        StockTake::Paused => refused("TEMPLATE_PAUSED", format!("template {id} is paused")),
-        StockTake::Ended => refused("TEMPLATE_EXPIRED", format!("template {id} ended")),
-        StockTake::OutOfStock => refused("OUT_OF_STOCK", format!("template {id} has no stock left")),
-        StockTake::DailyStockExhausted => {
+/// The error of a template's stock that was not taken.
+fn stock_refused(refusal: StockRefusal, id: &TemplateId) -> Error {
+    match refusal {
+        StockRefusal::NotFound => template_not_found(id),
+        StockRefusal::Paused => refused("TEMPLATE_PAUSED", format!("template {id} is paused")),
+        StockRefusal::Ended => refused("TEMPLATE_EXPIRED", format!("template {id} ended")),
+        StockRefusal::OutOfStock => refused("OUT_OF_STOCK", format!("template {id} has no stock left")),
+        StockRefusal::DailyStockExhausted => {
             refused("DAILY_STOCK_EXHAUSTED", "today's stock of this template is gone")
         }
-    })
+    }
 }

@@ -2,8 +2,8 @@
 //! checkout (validate, best choice, reserve) and the order transitions.
 //!
 //! Concurrency: every limit is a guarded counter in the issuing transaction
-//! (per member, per template and day, per template), taken in that order so the
-//! hot template row is locked last and briefly; every status change is one
+//! (per member, then the template's stock and its day's), taken in that order
+//! so the hot stock row is locked last and briefly; every status change is one
 //! guarded `update … where status = …`. A reservation locks its coupons in id
 //! order, so two reservations of the same coupons never deadlock.
 //!
