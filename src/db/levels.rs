@@ -414,43 +414,60 @@ pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<
     .await
 }
 
-/// Records a reward's outcome, with its `reward_issued` event when a coupon
-/// was issued.
-#[tracing::instrument(level = "debug", skip_all, fields(account_id = %reward.account_id))]
-pub async fn settle_reward(
+/// What became of a pending reward: the coupon issued, or none and why.
+#[derive(Debug)]
+pub struct RewardOutcome {
+    pub reward: PendingReward,
+    pub coupon_id: Option<i64>,
+    pub note: String,
+}
+
+/// Records the outcomes of some rewards in one statement, with a
+/// `reward_issued` event for each coupon issued; a reward no longer pending
+/// (a concurrent settler recorded it) is left as it is. Returns how many it
+/// recorded.
+#[tracing::instrument(level = "debug", skip_all, fields(rewards = outcomes.len()))]
+pub async fn settle_rewards(
     conn: &mut PgConnection,
-    reward: &PendingReward,
-    issued_coupon: Option<i64>,
-    note: &str,
+    outcomes: &[RewardOutcome],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<u64, sqlx::Error> {
     let origin = Origin::current();
-    let event = events::insert_event_sql(
-        "settled where coupon_id is not null",
-        "account_id",
-        "'reward_issued'",
-        "$6",
-        "jsonb_build_object('reward_key', reward_key, 'template_id', template_id, 'coupon_id', coupon_id)",
-        ("$7", "$8"),
-    );
-    sqlx::query(&format!(
-        "with settled as ( \
-             update member_reward set status = case when $4::bigint is null then 'skipped' else 'issued' end, \
-                    coupon_id = $4, note = $5 \
-             where account_id = $1 and reward_key = $2 and template_id = $3 and status = 'pending' \
-             returning account_id, reward_key, template_id, coupon_id \
-         ), event as ({event}) \
-         select 1"
-    ))
-    .bind(&reward.account_id)
-    .bind(&reward.reward_key)
-    .bind(&reward.template_id)
-    .bind(issued_coupon)
-    .bind(note)
+    let column = |f: fn(&RewardOutcome) -> &str| outcomes.iter().map(f).collect::<Vec<_>>();
+    let settled: i64 = sqlx::query_scalar(statement!({
+        let event = events::insert_event_sql(
+            "settled where coupon_id is not null",
+            "account_id",
+            "'reward_issued'",
+            "$6",
+            "jsonb_build_object('reward_key', reward_key, 'template_id', template_id, 'coupon_id', coupon_id)",
+            ("$7", "$8"),
+        );
+        format!(
+            "with outcome as ( \
+                 select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+                     as o (account_id, reward_key, template_id, coupon_id, note) \
+             ), settled as ( \
+                 update member_reward r \
+                 set status = case when o.coupon_id is null then 'skipped' else 'issued' end, \
+                     coupon_id = o.coupon_id, note = o.note \
+                 from outcome o \
+                 where r.account_id = o.account_id and r.reward_key = o.reward_key \
+                   and r.template_id = o.template_id and r.status = 'pending' \
+                 returning r.account_id, r.reward_key, r.template_id, r.coupon_id \
+             ), event as ({event}) \
+             select count(*) from settled"
+        )
+    }))
+    .bind(column(|o| o.reward.account_id.as_str()))
+    .bind(column(|o| o.reward.reward_key.as_str()))
+    .bind(column(|o| o.reward.template_id.as_str()))
+    .bind(outcomes.iter().map(|o| o.coupon_id).collect::<Vec<_>>())
+    .bind(column(|o| o.note.as_str()))
     .bind(now)
     .bind(&origin.request_id)
     .bind(&origin.caller)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(u64::try_from(settled).unwrap_or(0))
 }

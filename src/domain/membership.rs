@@ -9,13 +9,15 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::clock::Clock;
 use crate::db;
-use crate::db::levels::{EvaluationRow, LevelPeriodRow, PendingReward};
+use crate::db::levels::{EvaluationRow, LevelPeriodRow, PendingReward, RewardOutcome};
 use crate::domain::calendar::{Calendar, month_start};
 use crate::domain::coupons::{Coupons, IssuePolicy, Issued};
 use crate::domain::ids::{AccountId, IssuanceId, TemplateId};
@@ -137,6 +139,13 @@ pub struct LevelRules {
 
 /// How many pending rewards one pass reads.
 const REWARD_BATCH: i64 = 500;
+
+/// How many of a pass's rewards are issued at once, each in its own
+/// transaction. An issuance is a few round trips and a commit, most of them
+/// outside the template's stock row (which the rewards of one template take in
+/// turn), so a few at once overlap their waits. Small next to the pool, which
+/// the calls share.
+const REWARD_CONCURRENCY: usize = 4;
 
 /// Membership-level operations.
 #[derive(Clone)]
@@ -281,9 +290,14 @@ impl Membership {
             .collect()
     }
 
-    /// Issues every pending reward; returns how many were settled. Each issuance
-    /// is idempotent (its id derives from the reward), so a crash or a concurrent
-    /// settler never issues a reward twice.
+    /// Issues every pending reward; returns how many were settled. A pass reads
+    /// up to [`REWARD_BATCH`] pending rewards, issues them a few at once
+    /// ([`REWARD_CONCURRENCY`]), each in its own transaction, then records
+    /// their outcomes in one statement. Each issuance is idempotent (its id
+    /// derives from the reward), so a crash before the record, or a concurrent
+    /// settler, never issues a reward twice: the next pass finds the coupon
+    /// and records it. An error other than a refusal ends the run, once the
+    /// pass's other outcomes are recorded.
     pub async fn settle_rewards(&self) -> Result<u64, Error> {
         let mut settled = 0;
         loop {
@@ -293,26 +307,52 @@ impl Membership {
             if batch.is_empty() {
                 return Ok(settled);
             }
-            for reward in &batch {
-                let (coupon, note) = match self.issue_reward(reward).await {
-                    Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
-                    Err(refusal)
-                        if matches!(
-                            refusal.inner(),
-                            Error::FailedPrecondition { .. } | Error::NotFound { .. }
-                        ) =>
-                    {
-                        let reason = refusal.reason();
-                        tracing::info!(account_id = %reward.account_id, reason, "reward skipped");
-                        (None, format!("{reason}: {refusal}"))
-                    }
-                    Err(other) => return Err(other),
-                };
-                let mut conn = db::acquire(&self.pool).await?;
-                db::levels::settle_reward(&mut conn, reward, coupon, &note, self.clock.now()).await?;
-                settled += 1;
+            // Owned rewards, futures made by the iterator: a `Stream::map`
+            // closure over borrowed ones is not `Send` for every lifetime.
+            let settling = batch.into_iter().map(|reward| self.reward_outcome(reward));
+            let outcomes: Vec<Result<RewardOutcome, Error>> = futures::stream::iter(settling)
+                .buffer_unordered(REWARD_CONCURRENCY)
+                .collect()
+                .await;
+            let mut failed = None;
+            let outcomes: Vec<RewardOutcome> = outcomes
+                .into_iter()
+                .filter_map(|outcome| {
+                    outcome
+                        .map_err(|error| failed = failed.take().or(Some(error)))
+                        .ok()
+                })
+                .collect();
+            let mut conn = db::acquire(&self.pool).await?;
+            settled += db::levels::settle_rewards(&mut conn, &outcomes, self.clock.now()).await?;
+            if let Some(error) = failed {
+                return Err(error);
             }
         }
+    }
+
+    /// Issues one reward, or says why it is skipped (a refusal: the template
+    /// is paused, out of stock, gone...).
+    async fn reward_outcome(&self, reward: PendingReward) -> Result<RewardOutcome, Error> {
+        let (coupon_id, note) = match self.issue_reward(&reward).await {
+            Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
+            Err(refusal)
+                if matches!(
+                    refusal.inner(),
+                    Error::FailedPrecondition { .. } | Error::NotFound { .. }
+                ) =>
+            {
+                let reason = refusal.reason();
+                tracing::info!(account_id = %reward.account_id, reason, "reward skipped");
+                (None, format!("{reason}: {refusal}"))
+            }
+            Err(other) => return Err(other),
+        };
+        Ok(RewardOutcome {
+            reward,
+            coupon_id,
+            note,
+        })
     }
 
     async fn issue_reward(&self, reward: &PendingReward) -> Result<Issued, Error> {

@@ -253,6 +253,43 @@ async fn two_concurrent_evaluations_do_the_work_once_and_reward_once(pool: PgPoo
     assert_eq!(coupons_of(&app, "m0").await.len(), 1);
 }
 
+/// Rewards are issued a few at once; a reward template's stock still holds:
+/// of 40 level-ups with a stock of 15, exactly 15 are issued and the rest are
+/// settled as skipped, each naming the stock.
+#[sqlx::test]
+async fn level_up_rewards_beyond_the_templates_stock_are_skipped_not_issued(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    let mut template = platform_template("gold-welcome", 500);
+    template.total_stock = Some(15);
+    app.create_template(template).await;
+    set_rewards(&app, pb::RewardKind::LevelUp, pb::Level::Gold, &["gold-welcome"]).await;
+    for i in 0..40 {
+        let account = format!("m{i}");
+        app.register(&account).await;
+        app.bonus(&account, "c", 120, "2026-10-05T00:00:00Z").await;
+    }
+
+    let run = evaluate(&app, 2026, 10).await.unwrap();
+
+    assert_eq!((run.level_ups, run.rewards_settled), (40, 40));
+    let (issued, skipped, pending): (i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where status = 'issued'), \
+                count(*) filter (where status = 'skipped' and note like 'OUT_OF_STOCK%'), \
+                count(*) filter (where status = 'pending') \
+         from member_reward",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((issued, skipped, pending), (15, 25, 0));
+    let coupons: i64 = sqlx::query_scalar("select count(*) from coupon where template_id = 'gold-welcome'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(coupons, 15);
+}
+
 #[sqlx::test]
 async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
