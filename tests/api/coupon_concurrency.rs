@@ -13,6 +13,18 @@ async fn pool(options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
     options.max_connections(16).connect_with(connect).await.unwrap()
 }
 
+/// Members m1 to m`count`.
+async fn insert_members(pool: &PgPool, count: i32) {
+    sqlx::query(
+        "insert into member (account_id, registered_at) \
+         select 'm' || g, '2026-01-01T00:00:00Z' from generate_series(1, $1) g",
+    )
+    .bind(count)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[sqlx::test]
 async fn a_hundred_concurrent_reserves_of_one_coupon_let_exactly_one_win(
     options: PgPoolOptions,
@@ -59,13 +71,7 @@ async fn ten_thousand_claims_of_a_stock_of_a_thousand_issue_exactly_a_thousand(
     connect: PgConnectOptions,
 ) {
     let pool = pool(options, connect).await;
-    sqlx::query(
-        "insert into member (account_id, registered_at) \
-         select 'm' || g, '2026-01-01T00:00:00Z' from generate_series(1, 2000) g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_members(&pool, 2000).await;
     let app = spawn_app(pool.clone()).await;
     let mut template = platform_template("hot", 100);
     template.total_stock = Some(1000);
@@ -129,13 +135,7 @@ async fn lowering_a_templates_stock_while_it_issues_never_leaves_more_than_the_s
     connect: PgConnectOptions,
 ) {
     let pool = pool(options, connect).await;
-    sqlx::query(
-        "insert into member (account_id, registered_at) \
-         select 'm' || g, '2026-01-01T00:00:00Z' from generate_series(1, 2000) g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_members(&pool, 2000).await;
     let app = spawn_app(pool.clone()).await;
     let mut template = platform_template("shrinking", 100);
     template.total_stock = Some(100_000);
@@ -151,15 +151,7 @@ async fn lowering_a_templates_stock_while_it_issues_never_leaves_more_than_the_s
         let mut coupons = app.coupons.clone();
         let (mut lowered, mut stock, mut margin) = (0, 100_000, 20);
         for _ in 0..200 {
-            let current = coupons
-                .get_coupon_template(pb::GetCouponTemplateRequest {
-                    template_id: "shrinking".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .template
-                .unwrap();
+            let current = app.template("shrinking").await;
             // Never raised again: the stock only comes down towards what
             // is issued.
             let target = stock.min(current.issued_count + margin);

@@ -70,16 +70,7 @@ async fn a_template_is_created_idempotently_and_read_back(pool: PgPool) {
         (conflict.code(), reason(&conflict).as_str()),
         (Code::AlreadyExists, "TEMPLATE_EXISTS")
     );
-    let read = coupons
-        .get_coupon_template(pb::GetCouponTemplateRequest {
-            template_id: "welcome".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .template
-        .unwrap();
-    assert_eq!(read, stored);
+    assert_eq!(app.template("welcome").await, stored);
 }
 
 #[sqlx::test]
@@ -476,18 +467,7 @@ async fn an_issuance_is_idempotent_and_limits_hold(pool: PgPool) {
     assert_eq!(first, retry);
     assert_eq!(reason(&over_limit), "PER_MEMBER_LIMIT_REACHED");
     assert_eq!(reason(&sold_out), "OUT_OF_STOCK");
-    let template = app
-        .coupons
-        .clone()
-        .get_coupon_template(pb::GetCouponTemplateRequest {
-            template_id: "t".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .template
-        .unwrap();
-    assert_eq!(template.issued_count, 3);
+    assert_eq!(app.template("t").await.issued_count, 3);
 }
 
 #[sqlx::test]

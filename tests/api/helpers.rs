@@ -436,6 +436,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Reads a template.
+    pub async fn template(&self, template_id: &str) -> pb::CouponTemplate {
+        self.coupons
+            .clone()
+            .get_coupon_template(pb::GetCouponTemplateRequest {
+                template_id: template_id.to_owned(),
+            })
+            .await
+            .expect("template read")
+            .into_inner()
+            .template
+            .unwrap()
+    }
+
     /// Issues a coupon of `template_id` (issuance id derived from both ids).
     pub async fn issue(&self, account_id: &str, template_id: &str) -> Result<pb::Coupon, tonic::Status> {
         self.issue_as(account_id, template_id, &format!("{template_id}.{account_id}"))

@@ -265,18 +265,7 @@ async fn the_stock_migration_carries_counts_and_codes_over(pool: PgPool) {
 
     // And the service reads and issues from them: 3 issued of 10.
     let app = spawn_app(pool.clone()).await;
-    let template = app
-        .coupons
-        .clone()
-        .get_coupon_template(pb::GetCouponTemplateRequest {
-            template_id: "t".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .template
-        .unwrap();
-    assert_eq!(template.issued_count, 3);
+    assert_eq!(app.template("t").await.issued_count, 3);
     app.register("bob").await;
     app.issue("bob", "t").await.unwrap();
     assert_eq!(counts(&pool, "t").await.0, 4);
