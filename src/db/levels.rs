@@ -425,13 +425,22 @@ pub struct RewardOutcome {
 /// Records the outcomes of some rewards in one statement, with a
 /// `reward_issued` event for each coupon issued; a reward no longer pending
 /// (a concurrent settler recorded it) is left as it is. Returns how many it
-/// recorded.
+/// recorded. The outcomes are sorted by key first, so that two settlers'
+/// records lock their rows in the same order and cannot deadlock.
 #[tracing::instrument(level = "debug", skip_all, fields(rewards = outcomes.len()))]
 pub async fn settle_rewards(
     conn: &mut PgConnection,
-    outcomes: &[RewardOutcome],
+    outcomes: &mut [RewardOutcome],
     now: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
+    let key = |o: &RewardOutcome| {
+        (
+            o.reward.account_id.as_str().to_owned(),
+            o.reward.reward_key.clone(),
+            o.reward.template_id.clone(),
+        )
+    };
+    outcomes.sort_by_cached_key(key);
     let origin = Origin::current();
     let column = |f: fn(&RewardOutcome) -> &str| outcomes.iter().map(f).collect::<Vec<_>>();
     let settled: i64 = sqlx::query_scalar(statement!({

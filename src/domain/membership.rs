@@ -140,12 +140,15 @@ pub struct LevelRules {
 /// How many pending rewards one pass reads.
 const REWARD_BATCH: i64 = 500;
 
-/// How many of a pass's rewards are issued at once, each in its own
-/// transaction. An issuance is a few round trips and a commit, most of them
-/// outside the template's stock row (which the rewards of one template take in
-/// turn), so a few at once overlap their waits. Small next to the pool, which
-/// the calls share.
+/// How many rewards the process issues at once, each in its own transaction,
+/// whatever the number of settlers. An issuance is a few round trips and a
+/// commit, most of them outside the template's stock row (which the rewards
+/// of one template take in turn), so a few at once overlap their waits. Small
+/// next to the pool, which the calls share.
 const REWARD_CONCURRENCY: usize = 4;
+
+/// How many outcomes one statement records.
+const REWARD_RECORD: usize = 50;
 
 /// Membership-level operations.
 #[derive(Clone)]
@@ -156,6 +159,8 @@ pub struct Membership {
     clock: Arc<dyn Clock>,
     points: Points,
     coupons: Coupons,
+    /// The process's turns to issue a reward ([`REWARD_CONCURRENCY`]).
+    settling: Arc<tokio::sync::Semaphore>,
 }
 
 impl Membership {
@@ -175,6 +180,7 @@ impl Membership {
             clock,
             points,
             coupons,
+            settling: Arc::new(tokio::sync::Semaphore::new(REWARD_CONCURRENCY)),
         }
     }
 
@@ -290,14 +296,17 @@ impl Membership {
             .collect()
     }
 
-    /// Issues every pending reward; returns how many were settled. A pass reads
-    /// up to [`REWARD_BATCH`] pending rewards, issues them a few at once
-    /// ([`REWARD_CONCURRENCY`]), each in its own transaction, then records
-    /// their outcomes in one statement. Each issuance is idempotent (its id
-    /// derives from the reward), so a crash before the record, or a concurrent
-    /// settler, never issues a reward twice: the next pass finds the coupon
-    /// and records it. An error other than a refusal ends the run, once the
-    /// pass's other outcomes are recorded.
+    /// Issues every pending reward; returns how many this call recorded. A pass
+    /// reads up to [`REWARD_BATCH`] pending rewards and issues them a few at
+    /// once (at most [`REWARD_CONCURRENCY`] in the process, whatever the
+    /// number of settlers), each in its own transaction; their outcomes are
+    /// recorded [`REWARD_RECORD`] at a time, in one statement each. Each
+    /// issuance is idempotent (its id derives from the reward), so a crash or
+    /// a deadline before the record, or a concurrent settler, never issues a
+    /// reward twice: a later run finds the coupon and records it. An error
+    /// other than a refusal ends the run: the outcomes already in hand are
+    /// recorded, the issuances in flight are dropped (their rewards stay
+    /// pending).
     pub async fn settle_rewards(&self) -> Result<u64, Error> {
         let mut settled = 0;
         loop {
@@ -310,30 +319,39 @@ impl Membership {
             // Owned rewards, futures made by the iterator: a `Stream::map`
             // closure over borrowed ones is not `Send` for every lifetime.
             let settling = batch.into_iter().map(|reward| self.reward_outcome(reward));
-            let outcomes: Vec<Result<RewardOutcome, Error>> = futures::stream::iter(settling)
+            let mut outcomes = futures::stream::iter(settling)
                 .buffer_unordered(REWARD_CONCURRENCY)
-                .collect()
-                .await;
-            let mut failed = None;
-            let outcomes: Vec<RewardOutcome> = outcomes
-                .into_iter()
-                .filter_map(|outcome| {
-                    outcome
-                        .map_err(|error| failed = failed.take().or(Some(error)))
-                        .ok()
-                })
-                .collect();
-            let mut conn = db::acquire(&self.pool).await?;
-            settled += db::levels::settle_rewards(&mut conn, &outcomes, self.clock.now()).await?;
-            if let Some(error) = failed {
-                return Err(error);
+                .chunks(REWARD_RECORD);
+            while let Some(chunk) = outcomes.next().await {
+                let mut failed = None;
+                let mut done = Vec::with_capacity(chunk.len());
+                for outcome in chunk {
+                    match outcome {
+                        Ok(outcome) => done.push(outcome),
+                        Err(error) if failed.is_none() => failed = Some(error),
+                        Err(error) => tracing::warn!(%error, "reward not settled"),
+                    }
+                }
+                if !done.is_empty() {
+                    let mut conn = db::acquire(&self.pool).await?;
+                    settled += db::levels::settle_rewards(&mut conn, &mut done, self.clock.now()).await?;
+                }
+                if let Some(error) = failed {
+                    return Err(error);
+                }
             }
         }
     }
 
     /// Issues one reward, or says why it is skipped (a refusal: the template
-    /// is paused, out of stock, gone...).
+    /// is paused, out of stock, gone...). Waits for one of the process's
+    /// [`REWARD_CONCURRENCY`] turns first.
     async fn reward_outcome(&self, reward: PendingReward) -> Result<RewardOutcome, Error> {
+        let _turn = self
+            .settling
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("reward turns: {e}"))?;
         let (coupon_id, note) = match self.issue_reward(&reward).await {
             Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
             Err(refusal)

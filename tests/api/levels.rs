@@ -283,11 +283,19 @@ async fn level_up_rewards_beyond_the_templates_stock_are_skipped_not_issued(pool
     .await
     .unwrap();
     assert_eq!((issued, skipped, pending), (15, 25, 0));
-    let coupons: i64 = sqlx::query_scalar("select count(*) from coupon where template_id = 'gold-welcome'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(coupons, 15);
+    // Each issued reward names its member's coupon, with no note, and has
+    // its event.
+    let (coupons, matched, events): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from coupon where template_id = 'gold-welcome'), \
+                (select count(*) from member_reward r join coupon c \
+                   on c.account_id = r.account_id and c.coupon_id = r.coupon_id \
+                 where r.status = 'issued' and r.note = '' and c.template_id = 'gold-welcome'), \
+                (select count(*) from event where event_type = 'reward_issued')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((coupons, matched, events), (15, 15, 15));
 }
 
 #[sqlx::test]
