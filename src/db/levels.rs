@@ -418,13 +418,17 @@ pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<
 #[derive(Debug)]
 pub struct RewardOutcome {
     pub reward: PendingReward,
+    /// The reward's issuance id, under which its coupon is issued.
+    pub issuance_id: String,
     pub coupon_id: Option<i64>,
     pub note: String,
 }
 
 /// Records the outcomes of some rewards in one statement, with a
 /// `reward_issued` event for each coupon issued; a reward no longer pending
-/// (a concurrent settler recorded it) is left as it is. Returns how many it
+/// (a concurrent settler recorded it) is left as it is, and so is a refusal
+/// of a reward whose coupon exists (a concurrent settler issued it after
+/// this one was refused; it records the coupon). Returns how many it
 /// recorded. The outcomes are sorted by key first, so that two settlers'
 /// records lock their rows in the same order and cannot deadlock.
 #[tracing::instrument(level = "debug", skip_all, fields(rewards = outcomes.len()))]
@@ -448,14 +452,15 @@ pub async fn settle_rewards(
             "settled where coupon_id is not null",
             "account_id",
             "'reward_issued'",
-            "$6",
+            "$7",
             "jsonb_build_object('reward_key', reward_key, 'template_id', template_id, 'coupon_id', coupon_id)",
-            ("$7", "$8"),
+            ("$8", "$9"),
         );
         format!(
             "with outcome as ( \
-                 select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
-                     as o (account_id, reward_key, template_id, coupon_id, note) \
+                 select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                                      $6::text[]) \
+                     as o (account_id, reward_key, template_id, coupon_id, note, issuance_id) \
              ), settled as ( \
                  update member_reward r \
                  set status = case when o.coupon_id is null then 'skipped' else 'issued' end, \
@@ -463,6 +468,9 @@ pub async fn settle_rewards(
                  from outcome o \
                  where r.account_id = o.account_id and r.reward_key = o.reward_key \
                    and r.template_id = o.template_id and r.status = 'pending' \
+                   and (o.coupon_id is not null or not exists ( \
+                       select 1 from coupon c \
+                       where c.account_id = r.account_id and c.issuance_id = o.issuance_id)) \
                  returning r.account_id, r.reward_key, r.template_id, r.coupon_id \
              ), event as ({event}) \
              select count(*) from settled"
@@ -473,6 +481,7 @@ pub async fn settle_rewards(
     .bind(column(|o| o.reward.template_id.as_str()))
     .bind(outcomes.iter().map(|o| o.coupon_id).collect::<Vec<_>>())
     .bind(column(|o| o.note.as_str()))
+    .bind(column(|o| o.issuance_id.as_str()))
     .bind(now)
     .bind(&origin.request_id)
     .bind(&origin.caller)

@@ -352,7 +352,8 @@ impl Membership {
             .acquire()
             .await
             .map_err(|e| anyhow::anyhow!("reward turns: {e}"))?;
-        let (coupon_id, note) = match self.issue_reward(&reward).await {
+        let issuance = reward_issuance(&reward)?;
+        let (coupon_id, note) = match self.issue_reward(&reward, &issuance).await {
             Ok(issued) => (Some(issued.coupon.coupon_id), String::new()),
             Err(refusal)
                 if matches!(
@@ -368,19 +369,15 @@ impl Membership {
         };
         Ok(RewardOutcome {
             reward,
+            issuance_id: issuance.as_str().to_owned(),
             coupon_id,
             note,
         })
     }
 
-    async fn issue_reward(&self, reward: &PendingReward) -> Result<Issued, Error> {
+    async fn issue_reward(&self, reward: &PendingReward, issuance: &IssuanceId) -> Result<Issued, Error> {
         let template =
             TemplateId::parse(&reward.template_id).map_err(|e| anyhow::anyhow!("stored template: {e}"))?;
-        // One issuance per (reward, template), within the 64 characters of an id.
-        let digest = Sha256::digest(reward.template_id.as_bytes());
-        let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        let issuance = IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
-            .map_err(|e| anyhow::anyhow!("reward issuance id: {e}"))?;
         let level = match reward.level.as_deref() {
             Some(name) => Some(Level::from_db(name).ok_or_else(|| anyhow::anyhow!("stored level {name:?}"))?),
             None => None,
@@ -389,7 +386,7 @@ impl Membership {
             .issue(
                 &reward.account_id,
                 &template,
-                &issuance,
+                issuance,
                 IssuePolicy::Reward { level },
             )
             .await
@@ -587,4 +584,13 @@ impl Membership {
     pub fn today(&self) -> NaiveDate {
         self.calendar.local_date(self.clock.now())
     }
+}
+
+/// A reward's issuance id: one issuance per (reward, template), within the 64
+/// characters of an id.
+fn reward_issuance(reward: &PendingReward) -> Result<IssuanceId, Error> {
+    let digest = Sha256::digest(reward.template_id.as_bytes());
+    let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
+        .map_err(|e| anyhow::anyhow!("reward issuance id: {e}"))?)
 }

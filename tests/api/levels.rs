@@ -298,6 +298,67 @@ async fn level_up_rewards_beyond_the_templates_stock_are_skipped_not_issued(pool
     assert_eq!((coupons, matched, events), (15, 15, 15));
 }
 
+/// A settler refused a reward (say, out of stock), then another settler
+/// issued it (the stock was raised) before the first recorded its refusal:
+/// the late refusal leaves the reward pending, for the coupon to be
+/// recorded, instead of hiding the coupon behind a `skipped`.
+#[sqlx::test]
+async fn a_late_refusal_does_not_hide_a_coupon_issued_for_the_reward(pool: PgPool) {
+    use loyalty::db::levels::{PendingReward, RewardOutcome, settle_rewards};
+    use loyalty::domain::ids::AccountId;
+
+    let app = spawn_app(pool.clone()).await;
+    app.create_template(platform_template("gold-welcome", 500)).await;
+    app.register("alice").await;
+    app.register("bob").await;
+    sqlx::query(
+        "insert into member_reward (account_id, reward_key, template_id, level) \
+         values ('alice', 'level-up:2026-10', 'gold-welcome', 'gold'), \
+                ('bob', 'level-up:2026-10', 'gold-welcome', 'gold')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Alice's coupon was issued under the reward's issuance id; Bob's was not.
+    app.issue_as("alice", "gold-welcome", "level-up:2026-10:x")
+        .await
+        .unwrap();
+    let refused = |account: &str| RewardOutcome {
+        reward: PendingReward {
+            account_id: AccountId::parse(account).unwrap(),
+            reward_key: "level-up:2026-10".into(),
+            template_id: "gold-welcome".into(),
+            level: Some("gold".into()),
+        },
+        issuance_id: "level-up:2026-10:x".into(),
+        coupon_id: None,
+        note: "OUT_OF_STOCK: no stock left".into(),
+    };
+
+    let mut conn = pool.acquire().await.unwrap();
+    let recorded = settle_rewards(
+        &mut conn,
+        &mut [refused("alice"), refused("bob")],
+        at("2026-11-15T00:00:00Z"),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(recorded, 1);
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("select account_id, status from member_reward order by account_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            ("alice".to_owned(), "pending".to_owned()),
+            ("bob".to_owned(), "skipped".to_owned()),
+        ]
+    );
+}
+
 #[sqlx::test]
 async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
