@@ -591,6 +591,6 @@ impl Membership {
 fn reward_issuance(reward: &PendingReward) -> Result<IssuanceId, Error> {
     let digest = Sha256::digest(reward.template_id.as_bytes());
     let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Ok(IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
-        .map_err(|e| anyhow::anyhow!("reward issuance id: {e}"))?)
+    IssuanceId::parse(&format!("{}:{suffix}", reward.reward_key))
+        .map_err(|e| anyhow::anyhow!("reward issuance id: {e}").into())
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use loyalty::pb;
 use sqlx::PgPool;
 
@@ -24,14 +25,23 @@ async fn counts(pool: &PgPool, template_id: &str) -> (i64, i64) {
 
 /// Takes stock as the service does (a typed date: on Citus 13.2, a text
 /// parameter cast to `date` in a delegated call fails on the worker, "cannot
-/// cast type cstring to date").
-async fn take(pool: &PgPool, template_id: &str, day: &str) -> String {
-    sqlx::query_scalar("select outcome from loyalty_take_stock($1, $2, now())")
+/// cast type cstring to date"): the outcome and the instant of the terms.
+async fn take_with(
+    conn: impl sqlx::PgExecutor<'_>,
+    template_id: &str,
+    day: &str,
+) -> (String, Option<DateTime<Utc>>) {
+    sqlx::query_as("select outcome, terms_at from loyalty_take_stock($1, $2, now())")
         .bind(template_id)
         .bind(day.parse::<chrono::NaiveDate>().unwrap())
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .unwrap()
+}
+
+/// The outcome of taking stock outside a transaction.
+async fn take(pool: &PgPool, template_id: &str, day: &str) -> String {
+    take_with(pool, template_id, day).await.0
 }
 
 /// Every outcome of `loyalty_take_stock`, in the order it checks them (the
@@ -82,12 +92,9 @@ async fn a_coupon_is_issued_only_with_the_terms_its_stock_was_taken_against(pool
     app.register("alice").await;
 
     let mut tx = pool.begin().await.unwrap();
-    let (outcome, terms_at): (String, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("select outcome, terms_at from loyalty_take_stock('t', '2026-06-15', now())")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let (outcome, terms_at) = take_with(&mut *tx, "t", "2026-06-15").await;
     assert_eq!(outcome, "taken");
+    let terms_at = terms_at.unwrap();
     let stale = sqlx::query(
         "select coupon_id from loyalty_issue_coupon('alice', 't', $1, 'issuance', null, 'i1', now(), '', '')",
     )
@@ -103,11 +110,7 @@ async fn a_coupon_is_issued_only_with_the_terms_its_stock_was_taken_against(pool
     tx.rollback().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    let terms_at: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select terms_at from loyalty_take_stock('t', '2026-06-15', now())")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let terms_at = take_with(&mut *tx, "t", "2026-06-15").await.1.unwrap();
     let issued: i64 = sqlx::query_scalar(
         "select coupon_id from loyalty_issue_coupon('alice', 't', $1, 'issuance', null, 'i1', now(), '', '')",
     )
@@ -133,12 +136,7 @@ async fn a_stock_change_waits_for_an_issuance_holding_the_templates_turn(pool: P
     app.issue("alice", "t").await.unwrap();
 
     let mut holder = pool.begin().await.unwrap();
-    let outcome: String =
-        sqlx::query_scalar("select outcome from loyalty_take_stock('t', '2026-06-15', now())")
-            .fetch_one(&mut *holder)
-            .await
-            .unwrap();
-    assert_eq!(outcome, "taken");
+    assert_eq!(take_with(&mut *holder, "t", "2026-06-15").await.0, "taken");
     let mut coupons = app.coupons.clone();
     let lowering = tokio::spawn(async move {
         coupons
@@ -191,11 +189,7 @@ async fn pausing_while_an_issuance_waits_for_the_turn_does_not_deadlock(pool: Pg
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Then its turn: the pause has taken it and committed, so this finds the
     // template paused.
-    let outcome: String =
-        sqlx::query_scalar("select outcome from loyalty_take_stock('t', '2026-06-15', now())")
-            .fetch_one(&mut *issuing)
-            .await
-            .unwrap();
+    let (outcome, _) = take_with(&mut *issuing, "t", "2026-06-15").await;
     issuing.rollback().await.unwrap();
 
     assert_eq!(outcome, "paused");
