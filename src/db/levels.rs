@@ -19,14 +19,23 @@ const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
 /// take turns; the next release drops it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    // One statement, as `lock_order`: the advisory lock, then the row,
-    // inserted if missing, else only locked.
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(LEVEL_JOBS_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    lock_job(conn, "levels").await
+}
+
+/// Waits for `job`'s turn until the transaction ends: its row of `job_lock`,
+/// inserted if missing, else only locked (one statement, as `lock_order`).
+/// A row lock, so that replicas take turns on Citus too.
+#[tracing::instrument(level = "debug", skip_all, fields(job))]
+pub async fn lock_job(conn: &mut PgConnection, job: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "with advisory as (select pg_advisory_xact_lock($1)) \
-         insert into job_lock (job) select 'levels' from advisory \
+        "insert into job_lock (job) values ($1) \
          on conflict (job) do update set job = excluded.job where false",
     )
-    .bind(LEVEL_JOBS_LOCK)
+    .bind(job)
     .execute(conn)
     .await?;
     Ok(())

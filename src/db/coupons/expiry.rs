@@ -15,10 +15,26 @@ pub enum Notice {
     Expired,
 }
 
+/// What a batch of notices did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoticeBatch {
+    /// The coupons that were due when the batch read them.
+    pub picked: i64,
+    /// The coupons it marked: those still due once their row was theirs.
+    pub sent: i64,
+}
+
 /// Sends `notice` for at most `limit` coupons that are due for it at `now`
 /// (for `ExpiringSoon`, expiring before `horizon`): marks each and writes its
-/// event, in one statement. Coupons another transaction holds locked are left
-/// to the next batch. Returns how many were sent.
+/// event, in one statement.
+///
+/// The read takes no row lock (Citus refuses `for update` on rows of many
+/// shards); the update checks the due condition again on each row, after
+/// any transaction writing it has ended (PostgreSQL re-evaluates an
+/// update's condition on the row's newest version). So a coupon redeemed
+/// meanwhile, or marked by another run, is not told. Runs take turns on the
+/// job's row ([`lock_job`](crate::db::levels::lock_job)), so that two
+/// batches never wait on each other's rows.
 #[tracing::instrument(level = "debug", skip_all, fields(notice = ?notice))]
 pub async fn send_expiry_notices(
     conn: &mut PgConnection,
@@ -26,7 +42,7 @@ pub async fn send_expiry_notices(
     now: DateTime<Utc>,
     horizon: DateTime<Utc>,
     limit: i64,
-) -> Result<i64, sqlx::Error> {
+) -> Result<NoticeBatch, sqlx::Error> {
     let status = status_as_of("k.", "$1");
     let (due, mark, event_type) = match notice {
         Notice::ExpiringSoon => (
@@ -62,20 +78,21 @@ pub async fn send_expiry_notices(
         ("$4", "$5"),
     );
     // The partial index `coupon_expiry_notice` finds the candidates by expiry.
-    let (sent,): (i64,) = sqlx::query_as(&format!(
+    let candidate = format!(
+        "k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
+         and k.expires_at <= $2 and {due}"
+    );
+    let (picked, sent): (i64, i64) = sqlx::query_as(&format!(
         "with due as ( \
-             select k.account_id, k.coupon_id from coupon k \
-             where k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
-               and k.expires_at <= $2 and {due} \
+             select k.account_id, k.coupon_id from coupon k where {candidate} \
              order by k.expires_at \
              limit $3 \
-             for update skip locked \
          ), marked as ( \
              update coupon k set {mark} = $1 from due \
-             where k.account_id = due.account_id and k.coupon_id = due.coupon_id \
+             where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {candidate} \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
          ), event as ({event}), audit as ({audit}) \
-         select count(*) from marked"
+         select (select count(*) from due), (select count(*) from marked)"
     ))
     .bind(now)
     .bind(horizon)
@@ -84,5 +101,5 @@ pub async fn send_expiry_notices(
     .bind(&origin.caller)
     .fetch_one(conn)
     .await?;
-    Ok(sent)
+    Ok(NoticeBatch { picked, sent })
 }

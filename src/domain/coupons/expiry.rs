@@ -4,6 +4,7 @@
 //! coupon past its expiry reads EXPIRED whether or not the job ran); the job
 //! only tells other services. Set-based, in bounded batches of their own
 //! transactions: a crash keeps the batches done, and a rerun sends the rest.
+//! Runs take turns batch by batch on the `expiry_notices` row of `job_lock`.
 
 use std::time::Duration;
 
@@ -33,14 +34,17 @@ impl Coupons {
         for notice in [Notice::Expired, Notice::ExpiringSoon] {
             loop {
                 let mut tx = db::begin(&self.pool).await?;
+                db::levels::lock_job(&mut tx, "expiry_notices").await?;
                 let batch =
                     db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, NOTICE_BATCH).await?;
                 db::commit(tx).await?;
                 match notice {
-                    Notice::Expired => sent.expired += batch,
-                    Notice::ExpiringSoon => sent.expiring_soon += batch,
+                    Notice::Expired => sent.expired += batch.sent,
+                    Notice::ExpiringSoon => sent.expiring_soon += batch.sent,
                 }
-                if batch < NOTICE_BATCH {
+                // A coupon picked but not sent (redeemed meanwhile) is no
+                // longer due, so a full pick means there may be more.
+                if batch.picked < NOTICE_BATCH {
                     break;
                 }
             }

@@ -10,7 +10,7 @@ use loyalty::pb::event::Payload;
 use sqlx::PgPool;
 
 use super::{at, coupon_of, order_of};
-use crate::helpers::{platform_template, spawn_app, spawn_app_with, ts};
+use crate::helpers::{on_citus, platform_template, spawn_app, spawn_app_with, ts};
 
 /// A platform template of 1.00 off whose coupons are valid `days` from issuance.
 fn valid_for_days(template_id: &str, days: i32) -> pb::CouponTemplate {
@@ -85,13 +85,13 @@ async fn expiry_notices_go_once_per_coupon_however_often_the_job_runs(pool: PgPo
     app.clock.set(at("2026-06-18T00:00:00Z"));
     let fifth = app.run_notices("r-run-5").await;
     let sixth = app.run_notices("r-run-6").await;
-    let notices = expiry_notices(app.logged_events(&pool).await);
 
     assert_eq!(
         [first, second, third, fourth, fifth, sixth],
         [(2, 0), (0, 0), (1, 0), (1, 1), (0, 3), (0, 0)],
         "(expiring soon, expired) of each run"
     );
+    let notices = expiry_notices(app.logged_events(&pool).await);
     assert_eq!(
         notices_by_run(&notices),
         BTreeMap::from([
@@ -164,16 +164,68 @@ async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
         async move { app.run_notices(&format!("r-run-{n}")).await }
     }))
     .await;
-    let notices = expiry_notices(app.logged_events(&pool).await);
 
     assert_eq!(
         runs.iter().map(|(soon, _)| soon).sum::<i64>(),
         COUPONS,
         "{runs:?}"
     );
+    let notices = expiry_notices(app.logged_events(&pool).await);
     assert_eq!(notices.len(), COUPONS as usize);
     let coupons: BTreeSet<i64> = notices.iter().map(coupon_of).collect();
     assert_eq!(coupons.len(), COUPONS as usize, "one notice per coupon");
+}
+
+/// A run reads the due coupons without locking them, then marks them: a
+/// coupon that another transaction changes meanwhile is checked again once
+/// that transaction ends, and is not told if it is no longer due.
+#[sqlx::test]
+async fn a_run_does_not_tell_a_coupon_changed_while_it_waited(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    app.create_template(valid_for_days("two-days", 2)).await;
+    app.create_template(valid_for_days("two-days-too", 2)).await;
+    let revoked = app.issue("alice", "two-days").await.unwrap().coupon_id;
+    let told = app.issue("alice", "two-days-too").await.unwrap().coupon_id;
+    // A transaction in flight that makes the coupon unusable.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("update coupon set status = 'revoked' where account_id = 'alice' and coupon_id = $1")
+        .bind(revoked)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let activity = if on_citus(&pool).await {
+        "citus_stat_activity"
+    } else {
+        "pg_stat_activity"
+    };
+    let (sent, ()) = tokio::join!(app.run_notices("r-run"), async {
+        for _ in 0..250 {
+            let waiting: i64 = sqlx::query_scalar(&format!(
+                "select count(*) from {activity} \
+                 where datname = current_database() and wait_event_type = 'Lock'"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return blocker.commit().await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the run never waited for the coupon");
+    });
+
+    assert_eq!(sent, (1, 0), "only the coupon still usable is expiring soon");
+    let marked: Vec<(i64, bool)> = sqlx::query_as(
+        "select coupon_id, expiring_notice_at is not null from coupon where account_id = 'alice' \
+         order by coupon_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(marked, [(revoked, false), (told, true)]);
 }
 
 #[sqlx::test]
