@@ -272,6 +272,7 @@ impl Application {
             clock.clone(),
             points.clone(),
             coupons.clone(),
+            config.levels.evaluation_batch,
         );
         // The event log's tasks stop after the calls: the slicer's last cut takes
         // the events of the calls that finished during the drain.

@@ -1,5 +1,6 @@
-//! Queries on levels: the monthly evaluation (one set-based statement), level
-//! periods, reward configuration and the reward outbox.
+//! Queries on levels: the monthly evaluation (one set-based statement per
+//! batch of members), level periods, reward configuration and the reward
+//! outbox.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
@@ -77,21 +78,126 @@ fn rank(column: &str) -> String {
     format!("(case {column} when 'silver' then 0 when 'gold' then 1 when 'platinum' then 2 else 3 end)")
 }
 
-/// Evaluates every member for `evaluation.month` in one statement: sums the
-/// window's points per member, computes the levels of the members with points or
-/// a recorded level (every other member is Silver and stays so), closes the
-/// periods of the members whose level changes and opens their new ones from
-/// `effective_from`, queues the level-up rewards, and records the evaluation.
-/// Members whose level does not change are not written at all. Level-up rewards
-/// are queued for the levels in `level_up_levels` (those with the benefit).
+/// An evaluation in progress ([`evaluate_members`] says how it goes).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EvaluationRun {
+    pub month: NaiveDate,
+    pub effective_from: DateTime<Utc>,
+    /// Every member whose account hash is below it has been evaluated...
+    pub hash_floor: i64,
+    /// ...and, when set, those up to this one (in hash, then account order).
+    pub last_account: Option<String>,
+    pub members_evaluated: i64,
+    pub level_changes: i64,
+    pub level_ups: i64,
+}
+
+impl EvaluationRun {
+    /// Whether every member has been evaluated: the floor is past the
+    /// largest hash.
+    pub fn is_complete(&self) -> bool {
+        self.hash_floor > i64::from(i32::MAX)
+    }
+}
+
+const RUN_COLUMNS: &str =
+    "month, effective_from, hash_floor, last_account, members_evaluated, level_changes, level_ups";
+
+/// The evaluation in progress, if any. A run whose month has been recorded
+/// meanwhile (by an earlier release's evaluation, during a rolling deploy)
+/// is not one.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn current_run(conn: &mut PgConnection) -> Result<Option<EvaluationRun>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {RUN_COLUMNS} from level_evaluation_run r \
+         where not exists (select 1 from level_evaluation e where e.month = r.month)"
+    ))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Starts the evaluation of `evaluation.month`, from the first member; drops
+/// a finished run's leftover row, if any.
 #[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month))]
-pub async fn evaluate(
+pub async fn start_run(
     conn: &mut PgConnection,
     evaluation: &EvaluationMonth,
+    now: DateTime<Utc>,
+) -> Result<EvaluationRun, sqlx::Error> {
+    sqlx::query("delete from level_evaluation_run")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(&format!(
+        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
+         values ($1, $2, $3, $4) returning {RUN_COLUMNS}"
+    ))
+    .bind(evaluation.month)
+    .bind(evaluation.effective_from)
+    .bind(i64::from(i32::MIN))
+    .bind(now)
+    .fetch_one(conn)
+    .await
+}
+
+/// The next members of `run`, at most `limit`, within the hash range
+/// ([`loyalty_member_ranges`], one shard on Citus) that holds the next one;
+/// and where the run will be once they are evaluated.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn next_members(
+    conn: &mut PgConnection,
+    run: &EvaluationRun,
+    limit: i64,
+) -> Result<(Vec<String>, i64, Option<String>), sqlx::Error> {
+    // Two statements: Citus cannot push the function into the member read.
+    let range_end: i32 = sqlx::query_scalar(
+        "select min(hi) from loyalty_member_ranges() where hi >= coalesce(hashtext($1), $2)",
+    )
+    .bind(&run.last_account)
+    .bind(run.hash_floor)
+    .fetch_one(&mut *conn)
+    .await?;
+    let after = match run.last_account {
+        Some(_) => "(hashtext(account_id), account_id) > (hashtext($1), $1)",
+        None => "hashtext(account_id) >= $2",
+    };
+    let members: Vec<String> = sqlx::query_scalar(&format!(
+        "select account_id from member where {after} and hashtext(account_id) <= $3 \
+         order by hashtext(account_id), account_id limit $4"
+    ))
+    .bind(&run.last_account)
+    .bind(run.hash_floor)
+    .bind(range_end)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    // A short batch ends its range: the next starts past it.
+    let (hash_floor, last_account) = match members.last() {
+        Some(last) if members.len() as i64 == limit => (run.hash_floor, Some(last.clone())),
+        _ => (i64::from(range_end) + 1, None),
+    };
+    Ok((members, hash_floor, last_account))
+}
+
+/// Evaluates `members` (a batch of `run`) for `evaluation.month` in one
+/// statement: sums their window points, computes the levels of those with
+/// points or a recorded level (every other member is Silver and stays so),
+/// closes the periods of the members whose level changes and opens their new
+/// ones from `effective_from`, queues the level-up rewards, and moves the run
+/// to `next` with the batch's counts. Members whose level does not change are
+/// not written at all. Level-up rewards are queued for the levels in
+/// `level_up_levels` (those with the benefit). Every statement names the
+/// members, so that Citus reads and writes only their shard.
+#[allow(clippy::too_many_arguments)]
+#[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month, members = members.len()))]
+pub async fn evaluate_members(
+    conn: &mut PgConnection,
+    evaluation: &EvaluationMonth,
+    members: &[String],
+    next: (i64, Option<String>),
     thresholds: &Thresholds,
     level_up_levels: &[&str],
     now: DateTime<Utc>,
-) -> Result<EvaluationRow, sqlx::Error> {
+) -> Result<EvaluationRun, sqlx::Error> {
     let up_plain = format!("{} > {}", rank("level"), rank("previous"));
     let up_changed = format!("{} > {}", rank("ch.level"), rank("ch.previous"));
     let origin = Origin::current();
@@ -104,21 +210,14 @@ pub async fn evaluate(
              'window_points', points, 'evaluation_month', $7::date)",
         ("$10", "$11"),
     );
-    let audit = audit::insert_admin_change_sql(
-        "recorded",
-        "'job.evaluate_levels'",
-        "null",
-        "to_jsonb(recorded) - 'finished_at'",
-        "$8",
-        ("$10", "$11"),
-    );
     let sql = format!(
         "with window_points as ( \
              select account_id, sum(points)::bigint as points from point_entry \
-             where local_date >= $1 and local_date < $2 \
+             where account_id = any ($12) and local_date >= $1 and local_date < $2 \
              group by account_id \
          ), current_level as ( \
-             select account_id, level from member_level where effective_to is null \
+             select account_id, level from member_level \
+             where account_id = any ($12) and effective_to is null \
          ), candidates as ( \
              select coalesce(w.account_id, c.account_id) as account_id, coalesce(w.points, 0) as points, \
                     coalesce(c.level, 'silver') as previous \
@@ -132,26 +231,28 @@ pub async fn evaluate(
              from candidates \
          ), changed as ( \
              select account_id, level, points, previous from evaluated where level <> previous \
-         ), recorded as ( \
-             insert into level_evaluation (month, effective_from, members_evaluated, level_changes, \
-                                           level_ups, finished_at) \
-             select $7, $6, (select count(*) from member), (select count(*) from changed), \
-                    (select count(*) from changed where {up_plain}), $8 \
-             returning * \
+         ), progress as ( \
+             update level_evaluation_run set hash_floor = $13, last_account = $14, \
+                    members_evaluated = members_evaluated + cardinality($12), \
+                    level_changes = level_changes + (select count(*) from changed), \
+                    level_ups = level_ups + (select count(*) from changed where {up_plain}) \
+             where month = $7 \
+             returning {RUN_COLUMNS} \
          ), closed as ( \
              update member_level l set effective_to = $6 \
-             from changed ch where l.account_id = ch.account_id and l.effective_to is null \
+             from changed ch \
+             where l.account_id = any ($12) and l.account_id = ch.account_id and l.effective_to is null \
          ), opened as ( \
              insert into member_level (account_id, effective_from, level, window_points, evaluation_month) \
-             select account_id, $6, level, points, (select month from recorded) from changed \
+             select account_id, $6, level, points, $7 from changed \
          ), rewards as ( \
              insert into member_reward (account_id, reward_key, template_id, level) \
              select ch.account_id, 'level-up:' || to_char($7::date, 'YYYY-MM'), r.template_id, ch.level \
              from changed ch join reward_template r on r.reward = 'level_up' and r.level = ch.level \
              where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
-         ), events as ({events}), audit as ({audit}) \
-         select * from recorded"
+         ), events as ({events}) \
+         select * from progress"
     );
     sqlx::query_as(&sql)
         .bind(evaluation.window_start)
@@ -165,8 +266,47 @@ pub async fn evaluate(
         .bind(level_up_levels)
         .bind(&origin.request_id)
         .bind(&origin.caller)
+        .bind(members)
+        .bind(next.0)
+        .bind(next.1)
         .fetch_one(conn)
         .await
+}
+
+/// Records the evaluation of a complete run and ends the run.
+#[tracing::instrument(level = "debug", skip_all, fields(month = %month))]
+pub async fn finish_evaluation(
+    conn: &mut PgConnection,
+    month: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<EvaluationRow, sqlx::Error> {
+    let origin = Origin::current();
+    let audit = audit::insert_admin_change_sql(
+        "recorded",
+        "'job.evaluate_levels'",
+        "null",
+        "to_jsonb(recorded) - 'finished_at'",
+        "$2",
+        ("$3", "$4"),
+    );
+    sqlx::query_as(&format!(
+        "with run as ( \
+             delete from level_evaluation_run where month = $1 \
+             returning month, effective_from, members_evaluated, level_changes, level_ups \
+         ), recorded as ( \
+             insert into level_evaluation (month, effective_from, members_evaluated, level_changes, \
+                                           level_ups, finished_at) \
+             select month, effective_from, members_evaluated, level_changes, level_ups, $2 from run \
+             returning * \
+         ), audit as ({audit}) \
+         select * from recorded"
+    ))
+    .bind(month)
+    .bind(now)
+    .bind(&origin.request_id)
+    .bind(&origin.caller)
+    .fetch_one(conn)
+    .await
 }
 
 /// A period during which a member held a level.

@@ -1,11 +1,13 @@
 //! Membership levels (SPEC §3): the monthly evaluation, the membership view,
 //! benefits, and the rewards (level-up, birthday, anniversary, Diamond daily).
 //!
-//! Jobs (the evaluation, the daily rewards run) are one transaction each, under
-//! the `levels` row of `job_lock`: a crash rolls everything back, a rerun finds the finished
-//! run and replays it, and replicas take turns. Rewards are queued in the same
-//! transaction (`member_reward`) and issued afterwards, one idempotent issuance
-//! each, until none is pending.
+//! Jobs run under the `levels` row of `job_lock`, so that replicas take
+//! turns. The daily rewards run is one transaction: a crash rolls it back, a
+//! rerun finds the finished run and replays it. The evaluation runs in
+//! batches of members, one transaction each: a crash keeps the batches done
+//! and a rerun goes on from there. Rewards are queued in the transaction that
+//! grants them (`member_reward`) and issued afterwards, one idempotent
+//! issuance each, until none is pending.
 
 use std::sync::Arc;
 
@@ -161,10 +163,13 @@ pub struct Membership {
     coupons: Coupons,
     /// The process's turns to issue a reward ([`REWARD_CONCURRENCY`]).
     settling: Arc<tokio::sync::Semaphore>,
+    /// How many members one batch of the evaluation reads.
+    evaluation_batch: i64,
 }
 
 impl Membership {
-    /// Membership operations over `pool`.
+    /// Membership operations over `pool`; the evaluation reads
+    /// `evaluation_batch` members per transaction.
     pub fn new(
         pool: PgPool,
         rules: LevelRules,
@@ -172,6 +177,7 @@ impl Membership {
         clock: Arc<dyn Clock>,
         points: Points,
         coupons: Coupons,
+        evaluation_batch: i64,
     ) -> Self {
         Self {
             pool,
@@ -181,11 +187,19 @@ impl Membership {
             points,
             coupons,
             settling: Arc::new(tokio::sync::Semaphore::new(REWARD_CONCURRENCY)),
+            evaluation_batch: evaluation_batch.max(1),
         }
     }
 
     /// Evaluates every member for the month containing `month`, which must be
     /// over; then issues the level-up rewards it queued.
+    ///
+    /// The evaluation runs in batches of members, one transaction each under
+    /// the `levels` row of `job_lock` ([`db::levels::evaluate_members`]). A
+    /// crash or the call's deadline keeps the batches done; the next call
+    /// (or a concurrent one, taking turns batch by batch) goes on from
+    /// there. The batch that evaluates the last members records the
+    /// evaluation. A month already recorded is replayed.
     #[tracing::instrument(skip_all, fields(month = %month))]
     pub async fn evaluate(&self, month: NaiveDate) -> Result<JobOutcome<EvaluationRow>, Error> {
         let evaluation = EvaluationMonth::of(month, &self.calendar);
@@ -196,35 +210,74 @@ impl Membership {
                 message: format!("{} is not over yet", evaluation.month.format("%Y-%m")),
             });
         }
-        let mut tx = db::begin(&self.pool).await?;
-        db::levels::lock_level_jobs(&mut tx).await?;
-        let (result, replayed) = match db::levels::find_evaluation(&mut tx, evaluation.month).await? {
-            Some(done) => (done, true),
-            None => {
-                if let Some(last) = db::levels::last_evaluated_month(&mut tx).await?
-                    && last > evaluation.month
-                {
+        let level_up = self.levels_with(|b| b.level_up_reward);
+        let started = std::time::Instant::now();
+        let mut batches = 0u64;
+        let (result, replayed) = loop {
+            let mut tx = db::begin(&self.pool).await?;
+            db::levels::lock_level_jobs(&mut tx).await?;
+            if let Some(done) = db::levels::find_evaluation(&mut tx, evaluation.month).await? {
+                db::commit(tx).await?;
+                break (done, true);
+            }
+            let run = match db::levels::current_run(&mut tx).await? {
+                Some(run) if run.month == evaluation.month => run,
+                Some(other) => {
                     return Err(Error::FailedPrecondition {
-                        reason: "EVALUATION_OUT_OF_ORDER",
-                        message: format!("{} was already evaluated, after this month", last.format("%Y-%m")),
+                        reason: "EVALUATION_IN_PROGRESS",
+                        message: format!(
+                            "the evaluation of {} is in progress: evaluate that month to finish it first",
+                            other.month.format("%Y-%m")
+                        ),
                     });
                 }
-                let started = std::time::Instant::now();
-                let level_up = self.levels_with(|b| b.level_up_reward);
-                let row = db::levels::evaluate(&mut tx, &evaluation, &self.rules.thresholds, &level_up, now)
-                    .await?;
+                None => {
+                    if let Some(last) = db::levels::last_evaluated_month(&mut tx).await?
+                        && last > evaluation.month
+                    {
+                        return Err(Error::FailedPrecondition {
+                            reason: "EVALUATION_OUT_OF_ORDER",
+                            message: format!(
+                                "{} was already evaluated, after this month",
+                                last.format("%Y-%m")
+                            ),
+                        });
+                    }
+                    db::levels::start_run(&mut tx, &evaluation, now).await?
+                }
+            };
+            let (members, hash_floor, last_account) =
+                db::levels::next_members(&mut tx, &run, self.evaluation_batch).await?;
+            let run = db::levels::evaluate_members(
+                &mut tx,
+                &evaluation,
+                &members,
+                (hash_floor, last_account),
+                &self.rules.thresholds,
+                &level_up,
+                now,
+            )
+            .await?;
+            let finished = if run.is_complete() {
+                Some(db::levels::finish_evaluation(&mut tx, evaluation.month, now).await?)
+            } else {
+                None
+            };
+            db::commit(tx).await?;
+            batches += 1;
+            if let Some(row) = finished {
                 tracing::info!(
                     month = %row.month,
                     members = row.members_evaluated,
                     changes = row.level_changes,
                     level_ups = row.level_ups,
+                    batches,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "levels evaluated"
                 );
-                (row, false)
+                break (row, false);
             }
         };
-        db::commit(tx).await?;
         let rewards_settled = self.settle_rewards().await?;
         Ok(JobOutcome {
             result,

@@ -6,7 +6,7 @@ use loyalty::pb;
 use sqlx::PgPool;
 use tonic::Code;
 
-use crate::helpers::{TestApp, platform_template, reason, spawn_app, spawn_app_with, ts};
+use crate::helpers::{TestApp, on_citus, platform_template, reason, spawn_app, spawn_app_with, ts};
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
     rfc3339.parse().unwrap()
@@ -228,7 +228,8 @@ async fn an_evaluation_runs_once_per_month_in_order_and_only_after_the_month(poo
 
 #[sqlx::test]
 async fn two_concurrent_evaluations_do_the_work_once_and_reward_once(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    // In batches of 3: the two calls take turns batch by batch.
+    let app = spawn_app_with(pool, &["--evaluation-batch", "3"]).await;
     app.clock.set(at("2026-11-15T00:00:00Z"));
     app.create_template(platform_template("gold-welcome", 500)).await;
     set_rewards(&app, pb::RewardKind::LevelUp, pb::Level::Gold, &["gold-welcome"]).await;
@@ -243,6 +244,7 @@ async fn two_concurrent_evaluations_do_the_work_once_and_reward_once(pool: PgPoo
 
     assert_eq!([a.replayed, b.replayed].iter().filter(|r| **r).count(), 1);
     assert_eq!((a.level_ups, b.level_ups), (20, 20));
+    assert_eq!((a.members_evaluated, b.members_evaluated), (20, 20));
     for i in 0..20 {
         let coupons = coupons_of(&app, &format!("m{i}")).await;
         assert_eq!(coupons.len(), 1, "m{i} rewarded exactly once");
@@ -359,18 +361,56 @@ async fn a_late_refusal_does_not_hide_a_coupon_issued_for_the_reward(pool: PgPoo
     );
 }
 
+/// The call waiting for a lock whose statement reads `member_level`, by the
+/// id `pg_terminate_backend` takes (on Citus the global one: the wait is on
+/// a worker).
+async fn waiting_evaluation(pool: &PgPool) -> Option<i64> {
+    let (view, pid) = if on_citus(pool).await {
+        ("citus_stat_activity", "global_pid")
+    } else {
+        ("pg_stat_activity", "pid::bigint")
+    };
+    sqlx::query_scalar(&format!(
+        "select {pid} from {view} where datname = current_database() \
+         and query ilike '%member_level%' and wait_event_type = 'Lock' and pid <> pg_backend_pid() \
+         limit 1"
+    ))
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// The evaluation runs in batches (3 members here), one transaction each: a
+/// crash keeps the batches done and loses the one in flight whole; the next
+/// call goes on from there and evaluates every member once.
 #[sqlx::test]
-async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
+async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--evaluation-batch", "3"]).await;
     app.clock.set(at("2026-11-15T00:00:00Z"));
     for i in 0..10 {
         let account = format!("m{i}");
         app.register(&account).await;
         app.bonus(&account, "c", 600, "2026-10-05T00:00:00Z").await;
     }
-    // Hold a lock the evaluation needs, so it is caught in the middle.
+    // Members go in hash order; the fifth has an open Gold period, which
+    // its batch closes. Holding that row catches the run in the middle.
+    let order: Vec<String> =
+        sqlx::query_scalar("select account_id from member order by hashtext(account_id), account_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let held = &order[4];
+    sqlx::query(
+        "insert into member_level (account_id, effective_from, level, window_points) \
+         values ($1, '2026-06-08T00:00:00Z', 'gold', 200)",
+    )
+    .bind(held)
+    .execute(&pool)
+    .await
+    .unwrap();
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("lock table member_level in exclusive mode")
+    sqlx::query("select 1 from member_level where account_id = $1 for update")
+        .bind(held)
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -388,14 +428,8 @@ async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(po
             .await
     });
     let mut victim = None;
-    for _ in 0..100 {
-        victim = sqlx::query_scalar::<_, i32>(
-            "select pid from pg_stat_activity where query like '%with window_points as%' \
-             and wait_event_type = 'Lock' and pid <> pg_backend_pid()",
-        )
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
+    for _ in 0..250 {
+        victim = waiting_evaluation(&pool).await;
         if victim.is_some() {
             break;
         }
@@ -403,8 +437,8 @@ async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(po
     }
     let victim = victim.expect("the evaluation is blocked mid-way");
 
-    sqlx::query("select pg_terminate_backend($1)")
-        .bind(victim)
+    // A literal: an int on PostgreSQL, a bigint (global) on Citus.
+    sqlx::query(&format!("select pg_terminate_backend({victim})"))
         .execute(&pool)
         .await
         .unwrap();
@@ -416,18 +450,81 @@ async fn an_evaluation_killed_halfway_leaves_nothing_and_a_rerun_completes_it(po
         .fetch_one(&pool)
         .await
         .unwrap();
-    let periods: i64 = sqlx::query_scalar("select count(*) from member_level")
+    assert_eq!(recorded, 0, "not recorded before its last batch");
+    let (done, changes): (i64, i64) =
+        sqlx::query_as("select members_evaluated, level_changes from level_evaluation_run")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let opened: i64 =
+        sqlx::query_scalar("select count(*) from member_level where evaluation_month is not null")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        (1..=4).contains(&done),
+        "the batches before the held member are kept: {done}"
+    );
+    assert_eq!(
+        (changes, opened),
+        (done, done),
+        "the batch in flight left nothing"
+    );
+
+    let rerun = evaluate(&app, 2026, 10).await.unwrap();
+    assert!(!rerun.replayed);
+    assert_eq!((rerun.members_evaluated, rerun.level_changes), (10, 10));
+    let periods: Vec<(String, String, i64)> = sqlx::query_as(
+        "select account_id, level, count(*) over (partition by account_id) from member_level \
+         where effective_to is null order by account_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(periods.len(), 10);
+    assert!(
+        periods
+            .iter()
+            .all(|(_, level, open)| level == "platinum" && *open == 1),
+        "{periods:?}"
+    );
+    let changed: i64 = sqlx::query_scalar("select count(*) from event where event_type = 'level_changed'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!((recorded, periods), (0, 0), "nothing of it remains");
-    let rerun = evaluate(&app, 2026, 10).await.unwrap();
-    assert!(!rerun.replayed);
-    assert_eq!(rerun.level_changes, 10);
-    assert_eq!(
-        level_at(&app, "m3", "2026-11-08T00:00:00Z").await,
-        pb::Level::Platinum
-    );
+    assert_eq!(changed, 10, "one level_changed event per member");
+    let leftover: i64 = sqlx::query_scalar("select count(*) from level_evaluation_run")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(leftover, 0, "the run ends when it is recorded");
+}
+
+/// A month cannot start while another is in progress.
+#[sqlx::test]
+async fn another_month_waits_for_the_evaluation_in_progress(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.clock.set(at("2026-12-15T00:00:00Z"));
+    app.register("alice").await;
+    app.bonus("alice", "c", 300, "2026-10-05T00:00:00Z").await;
+    // October in progress, as a crash leaves it.
+    sqlx::query(
+        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
+         values ('2026-10-01', '2026-11-08T00:00:00Z', -2147483648, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let november = evaluate(&app, 2026, 11).await.unwrap_err();
+    let october = evaluate(&app, 2026, 10).await.unwrap();
+    let november_then = evaluate(&app, 2026, 11).await.unwrap();
+
+    assert_eq!(november.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&november), "EVALUATION_IN_PROGRESS");
+    assert!(november.message().contains("2026-10"), "{}", november.message());
+    assert_eq!((october.members_evaluated, october.level_changes), (1, 1));
+    assert!(!november_then.replayed);
 }
 
 #[sqlx::test]

@@ -1,0 +1,43 @@
+-- The monthly evaluation runs in batches of members, one transaction each
+-- (docs/membership.md): a run in progress keeps here how far it has got, so
+-- that a crash or a deadline keeps the batches done and the next call goes on
+-- from there. The row goes when the run finishes, in the transaction that
+-- records the evaluation in `level_evaluation`. One run at a time: the batches
+-- take the `levels` row of `job_lock`.
+--
+-- (`job_lock` also has a row per other job that takes turns, inserted by its
+-- first run: 'expiry_notices'.)
+create table level_evaluation_run (
+    -- The first day of the month being evaluated.
+    month date primary key,
+    effective_from timestamptz not null,
+    -- Where the run has got to. Members go in the order of
+    -- (hashtext(account_id), account_id), the order of Citus's shards, so
+    -- that a batch reads one shard: the run has evaluated every member whose
+    -- hash is below `hash_floor`, and, when `last_account` is set, those up
+    -- to it. Past 2147483647 (the largest hash), the run has every member.
+    hash_floor bigint not null,
+    last_account text,
+    members_evaluated bigint not null default 0,
+    level_changes bigint not null default 0,
+    level_ups bigint not null default 0,
+    started_at timestamptz not null
+);
+select loyalty_distribute('level_evaluation_run', 'reference');
+
+-- The hash ranges a batch keeps within, in order: on Citus those of the
+-- `member` shards (a member is in the shard whose range holds
+-- hashtext(account_id)); on PostgreSQL one range of every hash. Read at each
+-- batch, so that a shard split during a run is followed.
+create or replace function loyalty_member_ranges(out lo int, out hi int) returns setof record
+language plpgsql stable as $$
+begin
+    if exists (select 1 from pg_extension where extname = 'citus') then
+        return query execute
+            'select shardminvalue::int, shardmaxvalue::int from pg_dist_shard
+             where logicalrelid = ''member''::regclass order by 1';
+    else
+        return query select (-2147483648)::int, 2147483647;
+    end if;
+end
+$$;
