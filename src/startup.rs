@@ -523,7 +523,14 @@ async fn run_scheduler(
         if let Err(error) = rewards.await {
             tracing::warn!(error = %error, "scheduled daily rewards failed");
         }
-        let evaluation = budget().scope(membership.evaluate(membership.previous_month()));
+        // A run cut short goes on first; the previous month follows at the
+        // next turn.
+        let evaluation = budget().scope(async {
+            let month = membership.month_in_progress().await?;
+            membership
+                .evaluate(month.unwrap_or_else(|| membership.previous_month()))
+                .await
+        });
         match evaluation.await {
             Ok(_)
             | Err(crate::error::Error::FailedPrecondition {

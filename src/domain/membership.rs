@@ -625,6 +625,13 @@ impl Membership {
             })
     }
 
+    /// The month whose evaluation is in progress (cut short by its deadline
+    /// or a crash), if any.
+    pub async fn month_in_progress(&self) -> Result<Option<NaiveDate>, Error> {
+        let mut conn = db::acquire(&self.pool).await?;
+        Ok(db::levels::current_run(&mut conn).await?.map(|run| run.month))
+    }
+
     /// The month an automatic evaluation would run now: the previous month.
     pub fn previous_month(&self) -> NaiveDate {
         let today = self.calendar.local_date(self.clock.now());

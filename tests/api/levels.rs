@@ -841,6 +841,46 @@ async fn the_built_in_scheduler_evaluates_the_last_month_and_runs_the_day(pool: 
     );
 }
 
+/// An evaluation cut short (a crash, its deadline) is finished by the
+/// scheduler before it starts the previous month.
+#[sqlx::test]
+async fn the_scheduler_finishes_an_evaluation_cut_short_first(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--scheduler", "--scheduler-interval-secs", "1"]).await;
+    app.clock.set(at("2026-11-02T09:00:00Z"));
+    app.register("alice").await;
+    app.bonus("alice", "c", 600, "2026-09-05T00:00:00Z").await;
+    // September in progress, as a crash leaves it.
+    sqlx::query(
+        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
+         values ('2026-09-01', '2026-10-08T00:00:00Z', -2147483648, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut months: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        months = sqlx::query_scalar("select month::text from level_evaluation order by month")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        if months.last().is_some_and(|m| m == "2026-10-01") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // (A month before September may have run first, before the clock was set.)
+    assert!(
+        months.ends_with(&["2026-09-01".to_owned(), "2026-10-01".to_owned()]),
+        "{months:?}"
+    );
+    assert_eq!(
+        level_at(&app, "alice", "2026-10-08T00:00:00Z").await,
+        pb::Level::Platinum
+    );
+}
+
 #[sqlx::test]
 async fn a_benefits_file_decides_which_levels_get_birthday_rewards(pool: PgPool) {
     let mut table = loyalty::domain::levels::BenefitsTable::default();
