@@ -551,13 +551,31 @@ pub struct PendingReward {
     pub level: Option<String>,
 }
 
-/// Some pending rewards, oldest first.
+/// The hash ranges of the members, in order (`loyalty_member_ranges`: on
+/// Citus those of the shards, else one); a job that goes through members
+/// range by range reads one shard at a time.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn pending_rewards(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingReward>, sqlx::Error> {
+pub async fn member_ranges(conn: &mut PgConnection) -> Result<Vec<(i32, i32)>, sqlx::Error> {
+    sqlx::query_as("select lo, hi from loyalty_member_ranges()")
+        .fetch_all(conn)
+        .await
+}
+
+/// Some pending rewards of the members whose hash is in `range`, in hash
+/// order (the index `member_reward_pending_by_hash`).
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn pending_rewards(
+    conn: &mut PgConnection,
+    range: (i32, i32),
+    limit: i64,
+) -> Result<Vec<PendingReward>, sqlx::Error> {
     sqlx::query_as(
-        "select account_id, reward_key, template_id, level from member_reward where status = 'pending' \
-         order by created_at, account_id, reward_key, template_id limit $1",
+        "select account_id, reward_key, template_id, level from member_reward \
+         where status = 'pending' and hashtext(account_id) between $1 and $2 \
+         order by hashtext(account_id), account_id, reward_key, template_id limit $3",
     )
+    .bind(range.0)
+    .bind(range.1)
     .bind(limit)
     .fetch_all(conn)
     .await

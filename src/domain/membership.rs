@@ -349,26 +349,53 @@ impl Membership {
             .collect()
     }
 
-    /// Issues every pending reward; returns how many this call recorded. A pass
-    /// reads up to [`REWARD_BATCH`] pending rewards and issues them a few at
+    /// Issues every pending reward; returns how many this call recorded.
+    ///
+    /// Goes through the members' hash ranges in turn (one shard each on
+    /// Citus, [`db::levels::member_ranges`]). A pass reads up to
+    /// [`REWARD_BATCH`] pending rewards of a range and issues them a few at
     /// once (at most [`REWARD_CONCURRENCY`] in the process, whatever the
     /// number of settlers), each in its own transaction; their outcomes are
     /// recorded [`REWARD_RECORD`] at a time, in one statement each. Each
     /// issuance is idempotent (its id derives from the reward), so a crash or
     /// a deadline before the record, or a concurrent settler, never issues a
-    /// reward twice: a later run finds the coupon and records it. An error
-    /// other than a refusal ends the run: the outcomes already in hand are
-    /// recorded, the issuances in flight are dropped (their rewards stay
-    /// pending).
+    /// reward twice: a later run finds the coupon and records it.
+    ///
+    /// An issuance that fails other than by a refusal ends its range (the
+    /// outcomes in hand are recorded, the issuances in flight dropped: their
+    /// rewards stay pending); the other ranges still go, and the first such
+    /// error is the run's. So one reward that keeps failing holds back no
+    /// other range. A database error reading or recording ends the run.
     pub async fn settle_rewards(&self) -> Result<u64, Error> {
+        let ranges = {
+            let mut conn = db::acquire(&self.pool).await?;
+            db::levels::member_ranges(&mut conn).await?
+        };
         let mut settled = 0;
+        let mut failed = None;
+        for range in ranges {
+            if let Some(error) = self.settle_range(range, &mut settled).await? {
+                match failed {
+                    None => failed = Some(error),
+                    Some(_) => tracing::warn!(%error, "reward not settled"),
+                }
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(settled),
+        }
+    }
+
+    /// Settles the pending rewards of one hash range, adding to `settled`
+    /// what it records; answers the issuance error that ended it early, if
+    /// any.
+    async fn settle_range(&self, range: (i32, i32), settled: &mut u64) -> Result<Option<Error>, Error> {
         loop {
             let mut conn = db::acquire(&self.pool).await?;
-            let batch = db::levels::pending_rewards(&mut conn, REWARD_BATCH).await?;
+            let batch = db::levels::pending_rewards(&mut conn, range, REWARD_BATCH).await?;
             drop(conn);
-            if batch.is_empty() {
-                return Ok(settled);
-            }
+            let last_pass = (batch.len() as i64) < REWARD_BATCH;
             // Owned rewards, futures made by the iterator: a `Stream::map`
             // closure over borrowed ones is not `Send` for every lifetime.
             let settling = batch.into_iter().map(|reward| self.reward_outcome(reward));
@@ -387,11 +414,14 @@ impl Membership {
                 }
                 if !done.is_empty() {
                     let mut conn = db::acquire(&self.pool).await?;
-                    settled += db::levels::settle_rewards(&mut conn, &mut done, self.clock.now()).await?;
+                    *settled += db::levels::settle_rewards(&mut conn, &mut done, self.clock.now()).await?;
                 }
-                if let Some(error) = failed {
-                    return Err(error);
+                if failed.is_some() {
+                    return Ok(failed);
                 }
+            }
+            if last_pass {
+                return Ok(None);
             }
         }
     }

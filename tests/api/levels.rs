@@ -380,6 +380,80 @@ async fn waiting_evaluation(pool: &PgPool) -> Option<i64> {
     .unwrap()
 }
 
+/// Pending rewards are settled one members' hash range at a time (one
+/// shard each on Citus). A reward whose issuance keeps failing (here a
+/// stored level no release knows) fails the run, but holds back no reward of
+/// another range, nor of its own pass.
+#[sqlx::test]
+async fn a_reward_that_keeps_failing_holds_back_no_other(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    app.create_template(platform_template("gold-welcome", 500)).await;
+    // The failing reward's member first in hash order; on Citus the other
+    // member in a later shard.
+    let ranges: Vec<(i32, i32)> = sqlx::query_as("select lo, hi from loyalty_member_ranges()")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let range_of = |hash: i32| ranges.iter().position(|(lo, hi)| (*lo..=*hi).contains(&hash));
+    let mut names: Vec<(i32, String)> = sqlx::query_as(
+        "select hashtext(name), name from (select 'member-' || g as name from generate_series(1, 200) g) n \
+         order by 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let (first_hash, failing) = names.remove(0);
+    let (_, rewarded) = names
+        .into_iter()
+        .rev()
+        .find(|(hash, _)| ranges.len() == 1 || range_of(*hash) > range_of(first_hash))
+        .unwrap();
+    for (account, level) in [(&failing, "bogus"), (&rewarded, "gold")] {
+        app.register(account).await;
+        sqlx::query(
+            "insert into member_reward (account_id, reward_key, template_id, level) \
+             values ($1, 'level-up:2026-10', 'gold-welcome', $2)",
+        )
+        .bind(account)
+        .bind(level)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    let run = app
+        .members
+        .clone()
+        .run_daily_rewards(pb::RunDailyRewardsRequest {
+            date: Some(pb::Date {
+                year: 2026,
+                month: 11,
+                day: 15,
+            }),
+        })
+        .await;
+
+    assert_eq!(
+        run.unwrap_err().code(),
+        Code::Internal,
+        "the failing reward fails the run"
+    );
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("select account_id, status from member_reward order by hashtext(account_id)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            (failing.clone(), "pending".to_owned()),
+            (rewarded.clone(), "issued".to_owned())
+        ]
+    );
+    assert_eq!(coupons_of(&app, &rewarded).await.len(), 1);
+}
+
 /// The evaluation runs in batches (3 members here), one transaction each: a
 /// crash keeps the batches done and loses the one in flight whole; the next
 /// call goes on from there and evaluates every member once.

@@ -1,0 +1,3 @@
+-- no-transaction
+-- Superseded by `member_reward_pending_by_hash` (previous migration).
+drop index concurrently if exists member_reward_pending;
