@@ -27,17 +27,21 @@ select loyalty_distribute('level_evaluation_run', 'reference');
 
 -- The hash ranges a batch keeps within, in order: on Citus those of the
 -- `member` shards (a member is in the shard whose range holds
--- hashtext(account_id)); on PostgreSQL one range of every hash. Read at each
--- batch, so that a shard split during a run is followed.
+-- hashtext(account_id)); on PostgreSQL, or while `member` has no shards, one
+-- range of every hash. Read at each batch, so that a shard split during a run
+-- is followed. The ranges cover every hash either way.
 create or replace function loyalty_member_ranges(out lo int, out hi int) returns setof record
 language plpgsql stable as $$
 begin
     if exists (select 1 from pg_extension where extname = 'citus') then
+        -- Dynamic: `pg_dist_shard` exists only with the extension.
         return query execute
             'select shardminvalue::int, shardmaxvalue::int from pg_dist_shard
              where logicalrelid = ''member''::regclass order by 1';
-    else
-        return query select (-2147483648)::int, 2147483647;
+        if found then
+            return;
+        end if;
     end if;
+    return query select (-2147483648)::int, 2147483647;
 end
 $$;

@@ -139,42 +139,54 @@ pub async fn start_run(
     .await
 }
 
-/// The next members of `run`, at most `limit`, within the hash range
-/// ([`loyalty_member_ranges`], one shard on Citus) that holds the next one;
-/// and where the run will be once they are evaluated.
+/// The next members of `run`, at most `limit`, and where the run will be
+/// once they are evaluated. Read range by range of [`member_ranges`] (a
+/// shard each on Citus), so that each read finds rows in one shard only; a
+/// batch goes on into the next range while it has room, so that small
+/// shards do not each take a batch of their own.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn next_members(
     conn: &mut PgConnection,
     run: &EvaluationRun,
     limit: i64,
 ) -> Result<(Vec<String>, i64, Option<String>), sqlx::Error> {
-    // Two statements: Citus cannot push the function into the member read.
-    let range_end: i32 = sqlx::query_scalar(
-        "select min(hi) from loyalty_member_ranges() where hi >= coalesce(hashtext($1), $2)",
+    // The ranges from the run's position on. Two statements: Citus cannot
+    // push the function into the member read.
+    let range_ends: Vec<i32> = sqlx::query_scalar(
+        "select hi from loyalty_member_ranges() where hi >= coalesce(hashtext($1), $2) order by hi",
     )
     .bind(&run.last_account)
     .bind(run.hash_floor)
-    .fetch_one(&mut *conn)
-    .await?;
-    let after = match run.last_account {
-        Some(_) => "(hashtext(account_id), account_id) > (hashtext($1), $1)",
-        None => "hashtext(account_id) >= $2",
-    };
-    let members: Vec<String> = sqlx::query_scalar(&format!(
-        "select account_id from member where {after} and hashtext(account_id) <= $3 \
-         order by hashtext(account_id), account_id limit $4"
-    ))
-    .bind(&run.last_account)
-    .bind(run.hash_floor)
-    .bind(range_end)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    // A short batch ends its range: the next starts past it.
-    let (hash_floor, last_account) = match members.last() {
-        Some(last) if members.len() as i64 == limit => (run.hash_floor, Some(last.clone())),
-        _ => (i64::from(range_end) + 1, None),
-    };
+    let (mut hash_floor, mut last_account) = (run.hash_floor, run.last_account.clone());
+    let mut members: Vec<String> = Vec::new();
+    for range_end in range_ends {
+        let after = match last_account {
+            Some(_) => "(hashtext(account_id), account_id) > (hashtext($1), $1)",
+            None => "hashtext(account_id) >= $2",
+        };
+        let room = limit - members.len() as i64;
+        let read: Vec<String> = sqlx::query_scalar(&format!(
+            "select account_id from member where {after} and hashtext(account_id) <= $3 \
+             order by hashtext(account_id), account_id limit $4"
+        ))
+        .bind(&last_account)
+        .bind(hash_floor)
+        .bind(range_end)
+        .bind(room)
+        .fetch_all(&mut *conn)
+        .await?;
+        let full = read.len() as i64 == room;
+        if full {
+            last_account = read.last().cloned();
+            members.extend(read);
+            break;
+        }
+        // The range is done: the next read starts past it.
+        members.extend(read);
+        (hash_floor, last_account) = (i64::from(range_end) + 1, None);
+    }
     Ok((members, hash_floor, last_account))
 }
 
