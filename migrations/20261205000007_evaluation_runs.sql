@@ -11,12 +11,8 @@ create table level_evaluation_run (
     -- The first day of the month being evaluated.
     month date primary key,
     effective_from timestamptz not null,
-    -- Where the run has got to. Members go in the order of
-    -- (hashtext(account_id), account_id), the order of Citus's shards, so
-    -- that a batch reads one shard: the run has evaluated every member whose
-    -- hash is below `hash_floor`, and, when `last_account` is set, those up
-    -- to it. Past 2147483647 (the largest hash), the run has every member.
-    hash_floor bigint not null,
+    -- Where the run has got to: members go in account id order, and the run
+    -- has evaluated those up to this one (null before the first batch).
     last_account text,
     members_evaluated bigint not null default 0,
     level_changes bigint not null default 0,
@@ -25,11 +21,12 @@ create table level_evaluation_run (
 );
 select loyalty_distribute('level_evaluation_run', 'reference');
 
--- The hash ranges a batch keeps within, in order: on Citus those of the
--- `member` shards (a member is in the shard whose range holds
--- hashtext(account_id)); on PostgreSQL, or while `member` has no shards, one
--- range of every hash. Read at each batch, so that a shard split during a run
--- is followed. The ranges cover every hash either way.
+-- The hash ranges of the members, in order: on Citus those of the `member`
+-- shards (a member is in the shard whose range holds hashtext(account_id),
+-- Citus's hash of a text key); on PostgreSQL, or while `member` has no shards,
+-- one range of every hash. A job that goes through members range by range
+-- (the reward settlement) reads one shard at a time; read at each run, so
+-- that a shard split is followed. The ranges cover every hash either way.
 create or replace function loyalty_member_ranges(out lo int, out hi int) returns setof record
 language plpgsql stable as $$
 begin

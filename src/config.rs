@@ -441,8 +441,8 @@ pub struct LevelConfig {
     #[arg(long, env = "LOYALTY_SCHEDULER_INTERVAL_SECS", default_value_t = 300)]
     pub scheduler_interval_secs: u64,
     /// How many members one batch (one transaction) of the monthly
-    /// evaluation reads; on Citus a batch stays within one shard.
-    #[arg(long, env = "LOYALTY_EVALUATION_BATCH", default_value_t = 1000,
+    /// evaluation reads.
+    #[arg(long, env = "LOYALTY_EVALUATION_BATCH", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub evaluation_batch: i64,
 }

@@ -78,30 +78,19 @@ fn rank(column: &str) -> String {
     format!("(case {column} when 'silver' then 0 when 'gold' then 1 when 'platinum' then 2 else 3 end)")
 }
 
-/// An evaluation in progress ([`evaluate_members`] says how it goes).
+/// An evaluation in progress ([`evaluate_batch`] says how it goes).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct EvaluationRun {
     pub month: NaiveDate,
     pub effective_from: DateTime<Utc>,
-    /// Every member whose account hash is below it has been evaluated...
-    pub hash_floor: i64,
-    /// ...and, when set, those up to this one (in hash, then account order).
+    /// The members up to this one (in account id order) have been evaluated.
     pub last_account: Option<String>,
     pub members_evaluated: i64,
     pub level_changes: i64,
     pub level_ups: i64,
 }
 
-impl EvaluationRun {
-    /// Whether every member has been evaluated: the floor is past the
-    /// largest hash.
-    pub fn is_complete(&self) -> bool {
-        self.hash_floor > i64::from(i32::MAX)
-    }
-}
-
-const RUN_COLUMNS: &str =
-    "month, effective_from, hash_floor, last_account, members_evaluated, level_changes, level_ups";
+const RUN_COLUMNS: &str = "month, effective_from, last_account, members_evaluated, level_changes, level_ups";
 
 /// The evaluation in progress, if any. A run whose month has been recorded
 /// meanwhile (by an earlier release's evaluation, during a rolling deploy)
@@ -128,88 +117,42 @@ pub async fn start_run(
         .execute(&mut *conn)
         .await?;
     sqlx::query_as(&format!(
-        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
-         values ($1, $2, $3, $4) returning {RUN_COLUMNS}"
+        "insert into level_evaluation_run (month, effective_from, started_at) \
+         values ($1, $2, $3) returning {RUN_COLUMNS}"
     ))
     .bind(evaluation.month)
     .bind(evaluation.effective_from)
-    .bind(i64::from(i32::MIN))
     .bind(now)
     .fetch_one(conn)
     .await
 }
 
-/// The next members of `run`, at most `limit`, and where the run will be
-/// once they are evaluated. Read range by range of [`member_ranges`] (a
-/// shard each on Citus), so that each read finds rows in one shard only; a
-/// batch goes on into the next range while it has room, so that small
-/// shards do not each take a batch of their own.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn next_members(
-    conn: &mut PgConnection,
-    run: &EvaluationRun,
-    limit: i64,
-) -> Result<(Vec<String>, i64, Option<String>), sqlx::Error> {
-    // The ranges from the run's position on. Two statements: Citus cannot
-    // push the function into the member read.
-    let range_ends: Vec<i32> = sqlx::query_scalar(
-        "select hi from loyalty_member_ranges() where hi >= coalesce(hashtext($1), $2) order by hi",
-    )
-    .bind(&run.last_account)
-    .bind(run.hash_floor)
-    .fetch_all(&mut *conn)
-    .await?;
-    let (mut hash_floor, mut last_account) = (run.hash_floor, run.last_account.clone());
-    let mut members: Vec<String> = Vec::new();
-    for range_end in range_ends {
-        let after = match last_account {
-            Some(_) => "(hashtext(account_id), account_id) > (hashtext($1), $1)",
-            None => "hashtext(account_id) >= $2",
-        };
-        let room = limit - members.len() as i64;
-        let read: Vec<String> = sqlx::query_scalar(&format!(
-            "select account_id from member where {after} and hashtext(account_id) <= $3 \
-             order by hashtext(account_id), account_id limit $4"
-        ))
-        .bind(&last_account)
-        .bind(hash_floor)
-        .bind(range_end)
-        .bind(room)
-        .fetch_all(&mut *conn)
-        .await?;
-        let full = read.len() as i64 == room;
-        if full {
-            last_account = read.last().cloned();
-            members.extend(read);
-            break;
-        }
-        // The range is done: the next read starts past it.
-        members.extend(read);
-        (hash_floor, last_account) = (i64::from(range_end) + 1, None);
-    }
-    Ok((members, hash_floor, last_account))
-}
-
-/// Evaluates `members` (a batch of `run`) for `evaluation.month` in one
-/// statement: sums their window points, computes the levels of those with
-/// points or a recorded level (every other member is Silver and stays so),
-/// closes the periods of the members whose level changes and opens their new
-/// ones from `effective_from`, queues the level-up rewards, and moves the run
-/// to `next` with the batch's counts. Members whose level does not change are
-/// not written at all. Level-up rewards are queued for the levels in
-/// `level_up_levels` (those with the benefit). Every statement names the
-/// members, so that Citus reads and writes only their shard.
+/// Evaluates the next batch of `run` for `evaluation.month` in one
+/// statement: the next `limit` members in account id order after
+/// `run.last_account`. Sums their window points, computes the levels of
+/// those with points or a recorded level (every other member is Silver and
+/// stays so), closes the periods of the members whose level changes and
+/// opens their new ones from `effective_from`, queues the level-up rewards,
+/// and moves the run past the batch with the batch's counts. Members whose
+/// level does not change are not written at all. Level-up rewards are queued
+/// for the levels in `level_up_levels` (those with the benefit).
+///
+/// The batch is an account range, so that the ledger and the level periods
+/// are read as index ranges (`point_entry_account_date`,
+/// `member_level_open`): each entry is read once over the run, as by one
+/// statement over every member. Returns the run moved, and how many members
+/// the batch had (fewer than `limit`: the last batch).
 #[allow(clippy::too_many_arguments)]
-#[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month, members = members.len()))]
-pub async fn evaluate_members(
+#[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month))]
+pub async fn evaluate_batch(
     conn: &mut PgConnection,
     evaluation: &EvaluationMonth,
-    members: &[String],
-    next: (i64, Option<String>),
+    run: &EvaluationRun,
+    limit: i64,
     thresholds: &Thresholds,
     level_up_levels: &[&str],
     now: DateTime<Utc>,
-) -> Result<EvaluationRun, sqlx::Error> {
+) -> Result<(EvaluationRun, i64), sqlx::Error> {
     let up_plain = format!("{} > {}", rank("level"), rank("previous"));
     let up_changed = format!("{} > {}", rank("ch.level"), rank("ch.previous"));
     let origin = Origin::current();
@@ -222,14 +165,21 @@ pub async fn evaluate_members(
              'window_points', points, 'evaluation_month', $7::date)",
         ("$10", "$11"),
     );
+    // The batch's range: after the run's last account, up to the batch's.
+    // Also on the update of the periods, which would otherwise read every
+    // open period to join them with the batch's changes.
+    let range = "account_id > $12 and account_id <= (select last from bounds)";
     let sql = format!(
-        "with window_points as ( \
+        "with batch as ( \
+             select account_id from member where account_id > $12 order by account_id limit $13 \
+         ), bounds as ( \
+             select count(*) as members, max(account_id) as last from batch \
+         ), window_points as ( \
              select account_id, sum(points)::bigint as points from point_entry \
-             where account_id = any ($12) and local_date >= $1 and local_date < $2 \
+             where {range} and local_date >= $1 and local_date < $2 \
              group by account_id \
          ), current_level as ( \
-             select account_id, level from member_level \
-             where account_id = any ($12) and effective_to is null \
+             select account_id, level from member_level where {range} and effective_to is null \
          ), candidates as ( \
              select coalesce(w.account_id, c.account_id) as account_id, coalesce(w.points, 0) as points, \
                     coalesce(c.level, 'silver') as previous \
@@ -244,16 +194,18 @@ pub async fn evaluate_members(
          ), changed as ( \
              select account_id, level, points, previous from evaluated where level <> previous \
          ), progress as ( \
-             update level_evaluation_run set hash_floor = $13, last_account = $14, \
-                    members_evaluated = members_evaluated + cardinality($12), \
-                    level_changes = level_changes + (select count(*) from changed), \
-                    level_ups = level_ups + (select count(*) from changed where {up_plain}) \
+             update level_evaluation_run \
+             set last_account = coalesce((select last from bounds), last_account), \
+                 members_evaluated = members_evaluated + (select members from bounds), \
+                 level_changes = level_changes + (select count(*) from changed), \
+                 level_ups = level_ups + (select count(*) from changed where {up_plain}) \
              where month = $7 \
              returning {RUN_COLUMNS} \
          ), closed as ( \
              update member_level l set effective_to = $6 \
              from changed ch \
-             where l.account_id = any ($12) and l.account_id = ch.account_id and l.effective_to is null \
+             where l.account_id > $12 and l.account_id <= (select last from bounds) \
+               and l.account_id = ch.account_id and l.effective_to is null \
          ), opened as ( \
              insert into member_level (account_id, effective_from, level, window_points, evaluation_month) \
              select account_id, $6, level, points, $7 from changed \
@@ -264,9 +216,15 @@ pub async fn evaluate_members(
              where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
          ), events as ({events}) \
-         select * from progress"
+         select p.*, (select members from bounds) as batch_members from progress p"
     );
-    sqlx::query_as(&sql)
+    #[derive(sqlx::FromRow)]
+    struct Moved {
+        #[sqlx(flatten)]
+        run: EvaluationRun,
+        batch_members: i64,
+    }
+    let moved: Moved = sqlx::query_as(&sql)
         .bind(evaluation.window_start)
         .bind(evaluation.window_end)
         .bind(thresholds.gold)
@@ -278,11 +236,12 @@ pub async fn evaluate_members(
         .bind(level_up_levels)
         .bind(&origin.request_id)
         .bind(&origin.caller)
-        .bind(members)
-        .bind(next.0)
-        .bind(next.1)
+        // Account ids are not empty: '' is before the first.
+        .bind(run.last_account.as_deref().unwrap_or(""))
+        .bind(limit)
         .fetch_one(conn)
-        .await
+        .await?;
+    Ok((moved.run, moved.batch_members))
 }
 
 /// Records the evaluation of a complete run and ends the run.

@@ -195,7 +195,7 @@ impl Membership {
     /// over; then issues the level-up rewards it queued.
     ///
     /// The evaluation runs in batches of members, one transaction each under
-    /// the `levels` row of `job_lock` ([`db::levels::evaluate_members`]). A
+    /// the `levels` row of `job_lock` ([`db::levels::evaluate_batch`]). A
     /// crash or the call's deadline keeps the batches done; the next call
     /// (or a concurrent one, taking turns batch by batch) goes on from
     /// there. The batch that evaluates the last members records the
@@ -246,20 +246,19 @@ impl Membership {
                     db::levels::start_run(&mut tx, &evaluation, now).await?
                 }
             };
-            let (members, hash_floor, last_account) =
-                db::levels::next_members(&mut tx, &run, self.evaluation_batch).await?;
-            let run = db::levels::evaluate_members(
+            let (run, batch_members) = db::levels::evaluate_batch(
                 &mut tx,
                 &evaluation,
-                &members,
-                (hash_floor, last_account),
+                &run,
+                self.evaluation_batch,
                 &self.rules.thresholds,
                 &level_up,
                 now,
             )
             .await?;
-            let finished = if run.is_complete() {
-                Some(db::levels::finish_evaluation(&mut tx, evaluation.month, now).await?)
+            // A short batch was the last.
+            let finished = if batch_members < self.evaluation_batch {
+                Some(db::levels::finish_evaluation(&mut tx, run.month, now).await?)
             } else {
                 None
             };

@@ -466,13 +466,12 @@ async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool
         app.register(&account).await;
         app.bonus(&account, "c", 600, "2026-10-05T00:00:00Z").await;
     }
-    // Members go in hash order; the fifth has an open Gold period, which
-    // its batch closes. Holding that row catches the run in the middle.
-    let order: Vec<String> =
-        sqlx::query_scalar("select account_id from member order by hashtext(account_id), account_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    // Members go in account id order; the fifth has an open Gold period,
+    // which its batch closes. Holding that row catches the run in the middle.
+    let order: Vec<String> = sqlx::query_scalar("select account_id from member order by account_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let held = &order[4];
     sqlx::query(
         "insert into member_level (account_id, effective_from, level, window_points) \
@@ -583,8 +582,8 @@ async fn another_month_waits_for_the_evaluation_in_progress(pool: PgPool) {
     app.bonus("alice", "c", 300, "2026-10-05T00:00:00Z").await;
     // October in progress, as a crash leaves it.
     sqlx::query(
-        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
-         values ('2026-10-01', '2026-11-08T00:00:00Z', -2147483648, now())",
+        "insert into level_evaluation_run (month, effective_from, started_at) \
+         values ('2026-10-01', '2026-11-08T00:00:00Z', now())",
     )
     .execute(&pool)
     .await
@@ -925,8 +924,8 @@ async fn the_scheduler_finishes_an_evaluation_cut_short_first(pool: PgPool) {
     app.bonus("alice", "c", 600, "2026-09-05T00:00:00Z").await;
     // September in progress, as a crash leaves it.
     sqlx::query(
-        "insert into level_evaluation_run (month, effective_from, hash_floor, started_at) \
-         values ('2026-09-01', '2026-10-08T00:00:00Z', -2147483648, now())",
+        "insert into level_evaluation_run (month, effective_from, started_at) \
+         values ('2026-09-01', '2026-10-08T00:00:00Z', now())",
     )
     .execute(&pool)
     .await

@@ -1,9 +1,0 @@
--- no-transaction
--- Pending rewards are settled one hash range at a time, in the order of
--- (hashtext(account_id), account_id), as the evaluation goes through members:
--- on Citus a pass reads one shard's pending rewards, and the other shards
--- answer from an empty stretch of this index. Replaces `member_reward_pending`
--- (by creation time), dropped by the next migration.
-create index concurrently if not exists member_reward_pending_by_hash
-    on member_reward ((hashtext(account_id)), account_id, reward_key, template_id)
-    where status = 'pending';
