@@ -1,5 +1,5 @@
 -- The monthly evaluation runs in batches of members, one transaction each
--- (docs/membership.md): a run in progress keeps here how far it has got, so
+-- (docs/decisions.md): a run in progress keeps here how far it has got, so
 -- that a crash or a deadline keeps the batches done and the next call goes on
 -- from there. The row goes when the run finishes, in the transaction that
 -- records the evaluation in `level_evaluation`. One run at a time: the batches

@@ -68,7 +68,13 @@ done)
 SQL
     DB=postgres citus_sql "$coordinator" -c "alter database postgres set citus.enable_create_database_propagation = on"
     # A failed test leaves its database, where the maintenance daemon then
-    # sits: the next run could not drop it to start afresh.
+    # sits (and, on a worker, sometimes a connection of the test's): the next
+    # run could not drop it to start afresh. One run at a time, so no session
+    # of a test database is in use here.
+    for node in $coordinator $nodes; do
+        DB=postgres citus_sql "$node" >/dev/null \
+            -c "select pg_terminate_backend(pid) from pg_stat_activity where datname like '\_sqlx\_test\_%'"
+    done
     for leftover in $(DB=postgres citus_sql "$coordinator" \
         -c "select datname from pg_database where datname like '\_sqlx\_test\_%'"); do
         DB=postgres citus_sql "$coordinator" -c "set citus.enable_create_database_propagation = on" \

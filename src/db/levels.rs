@@ -92,14 +92,15 @@ pub struct EvaluationRun {
 
 const RUN_COLUMNS: &str = "month, effective_from, last_account, members_evaluated, level_changes, level_ups";
 
-/// The evaluation in progress, if any. A run whose month has been recorded
-/// meanwhile (by an earlier release's evaluation, during a rolling deploy)
-/// is not one.
+/// The evaluation in progress, if any. A run whose month, or a later one,
+/// has been recorded meanwhile (by an earlier release's one-statement
+/// evaluation, during a rolling deploy) is not one: going on with it would
+/// write its levels after a later month's.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn current_run(conn: &mut PgConnection) -> Result<Option<EvaluationRun>, sqlx::Error> {
     sqlx::query_as(&format!(
         "select {RUN_COLUMNS} from level_evaluation_run r \
-         where not exists (select 1 from level_evaluation e where e.month = r.month)"
+         where not exists (select 1 from level_evaluation e where e.month >= r.month)"
     ))
     .fetch_optional(conn)
     .await
@@ -129,7 +130,8 @@ pub async fn start_run(
 
 /// Evaluates the next batch of `run` for `evaluation.month` in one
 /// statement: the next `limit` members in account id order after
-/// `run.last_account`. Sums their window points, computes the levels of
+/// `run.last_account`. New levels take effect at the run's
+/// `effective_from`, which the month records. Sums their window points, computes the levels of
 /// those with points or a recorded level (every other member is Silver and
 /// stays so), closes the periods of the members whose level changes and
 /// opens their new ones from `effective_from`, queues the level-up rewards,
@@ -230,7 +232,7 @@ pub async fn evaluate_batch(
         .bind(thresholds.gold)
         .bind(thresholds.platinum)
         .bind(thresholds.diamond)
-        .bind(evaluation.effective_from)
+        .bind(run.effective_from)
         .bind(evaluation.month)
         .bind(now)
         .bind(level_up_levels)

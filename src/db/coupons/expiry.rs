@@ -36,8 +36,11 @@ pub struct NoticeBatch {
 /// job's row ([`lock_job`](crate::db::levels::lock_job)), so that two
 /// batches never wait on each other's rows. The update takes the coupons in
 /// (account, coupon id) order, as a checkout locks a member's coupons
-/// (`order by coupon_id for update`), so that the two cannot deadlock: the
-/// plan is a nested loop over the sorted batch (checked with `EXPLAIN`).
+/// (`order by coupon_id for update`), so that the two do not deadlock: the
+/// plan is a nested loop over the sorted batch (checked with `EXPLAIN`). A
+/// plan that locked in another order could; PostgreSQL would then end one
+/// of the two, the checkout being retried by its call and the batch sent by
+/// the next run.
 #[tracing::instrument(level = "debug", skip_all, fields(notice = ?notice))]
 pub async fn send_expiry_notices(
     conn: &mut PgConnection,

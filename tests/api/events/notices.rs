@@ -204,7 +204,8 @@ async fn a_run_does_not_tell_a_coupon_changed_while_it_waited(pool: PgPool) {
         for _ in 0..250 {
             let waiting: i64 = sqlx::query_scalar(&format!(
                 "select count(*) from {activity} \
-                 where datname = current_database() and wait_event_type = 'Lock'"
+                 where datname = current_database() and wait_event_type = 'Lock' \
+                   and query ilike '%expiring_notice_at%'"
             ))
             .fetch_one(&pool)
             .await
