@@ -576,6 +576,20 @@ async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool
     assert_eq!(leftover, 0, "the run ends when it is recorded");
 }
 
+/// Leaves the evaluation of `month` in progress before its first batch, as
+/// a crash leaves it.
+async fn leave_in_progress(pool: &PgPool, month: &str, effective_from: &str) {
+    sqlx::query(
+        "insert into level_evaluation_run (month, effective_from, started_at) \
+         values ($1::date, $2::timestamptz, now())",
+    )
+    .bind(month)
+    .bind(effective_from)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// A month cannot start while another is in progress.
 #[sqlx::test]
 async fn another_month_waits_for_the_evaluation_in_progress(pool: PgPool) {
@@ -583,14 +597,7 @@ async fn another_month_waits_for_the_evaluation_in_progress(pool: PgPool) {
     app.clock.set(at("2026-12-15T00:00:00Z"));
     app.register("alice").await;
     app.bonus("alice", "c", 300, "2026-10-05T00:00:00Z").await;
-    // October in progress, as a crash leaves it.
-    sqlx::query(
-        "insert into level_evaluation_run (month, effective_from, started_at) \
-         values ('2026-10-01', '2026-11-08T00:00:00Z', now())",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    leave_in_progress(&pool, "2026-10-01", "2026-11-08T00:00:00Z").await;
 
     let november = evaluate(&app, 2026, 11).await.unwrap_err();
     let october = evaluate(&app, 2026, 10).await.unwrap();
@@ -922,16 +929,10 @@ async fn the_built_in_scheduler_evaluates_the_last_month_and_runs_the_day(pool: 
 #[sqlx::test]
 async fn the_scheduler_finishes_an_evaluation_cut_short_first(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--scheduler", "--scheduler-interval-secs", "1"]).await;
-    // September in progress, as a crash leaves it, and alice's points, all
-    // while September is not over: no turn of the scheduler can run a
-    // month before the clock reaches November.
-    sqlx::query(
-        "insert into level_evaluation_run (month, effective_from, started_at) \
-         values ('2026-09-01', '2026-10-08T00:00:00Z', now())",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    // September in progress, and alice's points, all while September is
+    // not over: no turn of the scheduler can run a month before the clock
+    // reaches November.
+    leave_in_progress(&pool, "2026-09-01", "2026-10-08T00:00:00Z").await;
     app.clock.set(at("2026-09-20T00:00:00Z"));
     app.register("alice").await;
     app.bonus("alice", "c", 600, "2026-09-05T00:00:00Z").await;
