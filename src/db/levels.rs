@@ -107,16 +107,19 @@ pub async fn current_run(conn: &mut PgConnection) -> Result<Option<EvaluationRun
 }
 
 /// Starts the evaluation of `evaluation.month`, from the first member; drops
-/// a finished run's leftover row, if any.
+/// the rows of runs that [`current_run`] no longer takes, if any.
 #[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month))]
 pub async fn start_run(
     conn: &mut PgConnection,
     evaluation: &EvaluationMonth,
     now: DateTime<Utc>,
 ) -> Result<EvaluationRun, sqlx::Error> {
-    sqlx::query("delete from level_evaluation_run")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "delete from level_evaluation_run r \
+         where exists (select 1 from level_evaluation e where e.month >= r.month)",
+    )
+    .execute(&mut *conn)
+    .await?;
     sqlx::query_as(&format!(
         "insert into level_evaluation_run (month, effective_from, started_at) \
          values ($1, $2, $3) returning {RUN_COLUMNS}"
