@@ -20,11 +20,16 @@ const LEVEL_JOBS_LOCK: i64 = 0x4C4F_5941_4C54_594C;
 /// take turns; the next release drops it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn lock_level_jobs(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(LEVEL_JOBS_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    lock_job(conn, "levels").await
+    // One statement, as `lock_job`, the advisory lock first.
+    sqlx::query(
+        "with advisory as (select pg_advisory_xact_lock($1)) \
+         insert into job_lock (job) select 'levels' from advisory \
+         on conflict (job) do update set job = excluded.job where false",
+    )
+    .bind(LEVEL_JOBS_LOCK)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Waits for `job`'s turn until the transaction ends: its row of `job_lock`,

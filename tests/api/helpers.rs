@@ -44,6 +44,34 @@ pub async fn on_citus(pool: &PgPool) -> bool {
     loyalty::db::is_citus(pool).await.unwrap()
 }
 
+/// Waits (5 s at most, else panics) until a backend of this database whose
+/// statement contains `statement_part` waits for a lock, and answers its id
+/// for `pg_terminate_backend`: on Citus the global one, since the wait is
+/// on a worker (`citus_stat_activity`).
+pub async fn lock_waiter(pool: &PgPool, statement_part: &str) -> i64 {
+    let (view, pid) = if on_citus(pool).await {
+        ("citus_stat_activity", "global_pid")
+    } else {
+        ("pg_stat_activity", "pid::bigint")
+    };
+    for _ in 0..250 {
+        let waiter: Option<i64> = sqlx::query_scalar(&format!(
+            "select {pid} from {view} where datname = current_database() \
+             and wait_event_type = 'Lock' and query ilike '%' || $1 || '%' and pid <> pg_backend_pid() \
+             limit 1"
+        ))
+        .bind(statement_part)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(waiter) = waiter {
+            return waiter;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no statement with {statement_part:?} waited for a lock");
+}
+
 /// The instant the test clock starts at: mid-June, far from month edges.
 pub fn default_now() -> DateTime<Utc> {
     "2026-06-15T12:00:00Z".parse().unwrap()

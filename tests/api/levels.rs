@@ -6,7 +6,7 @@ use loyalty::pb;
 use sqlx::PgPool;
 use tonic::Code;
 
-use crate::helpers::{TestApp, on_citus, platform_template, reason, spawn_app, spawn_app_with, ts};
+use crate::helpers::{TestApp, lock_waiter, platform_template, reason, spawn_app, spawn_app_with, ts};
 
 fn at(rfc3339: &str) -> DateTime<Utc> {
     rfc3339.parse().unwrap()
@@ -361,25 +361,6 @@ async fn a_late_refusal_does_not_hide_a_coupon_issued_for_the_reward(pool: PgPoo
     );
 }
 
-/// The call waiting for a lock whose statement reads `member_level`, by the
-/// id `pg_terminate_backend` takes (on Citus the global one: the wait is on
-/// a worker).
-async fn waiting_evaluation(pool: &PgPool) -> Option<i64> {
-    let (view, pid) = if on_citus(pool).await {
-        ("citus_stat_activity", "global_pid")
-    } else {
-        ("pg_stat_activity", "pid::bigint")
-    };
-    sqlx::query_scalar(&format!(
-        "select {pid} from {view} where datname = current_database() \
-         and query ilike '%member_level%' and wait_event_type = 'Lock' and pid <> pg_backend_pid() \
-         limit 1"
-    ))
-    .fetch_optional(pool)
-    .await
-    .unwrap()
-}
-
 /// Pending rewards are settled one members' hash range at a time (one
 /// shard each on Citus). A reward whose issuance keeps failing (here a
 /// stored level no release knows) fails the run, but holds back no reward of
@@ -503,15 +484,8 @@ async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool
             })
             .await
     });
-    let mut victim = None;
-    for _ in 0..250 {
-        victim = waiting_evaluation(&pool).await;
-        if victim.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let victim = victim.expect("the evaluation is blocked mid-way");
+    // The evaluation, blocked mid-way.
+    let victim = lock_waiter(&pool, "member_level").await;
 
     // A literal: an int on PostgreSQL, a bigint (global) on Citus.
     sqlx::query(&format!("select pg_terminate_backend({victim})"))

@@ -10,7 +10,7 @@ use loyalty::pb::event::Payload;
 use sqlx::PgPool;
 
 use super::{at, coupon_of, order_of};
-use crate::helpers::{on_citus, platform_template, spawn_app, spawn_app_with, ts};
+use crate::helpers::{lock_waiter, platform_template, spawn_app, spawn_app_with, ts};
 
 /// A platform template of 1.00 off whose coupons are valid `days` from issuance.
 fn valid_for_days(template_id: &str, days: i32) -> pb::CouponTemplate {
@@ -195,27 +195,10 @@ async fn a_run_does_not_tell_a_coupon_changed_while_it_waited(pool: PgPool) {
         .await
         .unwrap();
 
-    let activity = if on_citus(&pool).await {
-        "citus_stat_activity"
-    } else {
-        "pg_stat_activity"
-    };
     let (sent, ()) = tokio::join!(app.run_notices("r-run"), async {
-        for _ in 0..250 {
-            let waiting: i64 = sqlx::query_scalar(&format!(
-                "select count(*) from {activity} \
-                 where datname = current_database() and wait_event_type = 'Lock' \
-                   and query ilike '%expiring_notice_at%'"
-            ))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                return blocker.commit().await.unwrap();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("the run never waited for the coupon");
+        // The run's update, waiting for the coupon.
+        lock_waiter(&pool, "expiring_notice_at").await;
+        blocker.commit().await.unwrap();
     });
 
     assert_eq!(sent, (1, 0), "only the coupon still usable is expiring soon");
