@@ -11,7 +11,8 @@
 -- in the ledger: the relay reads only the event log.
 --
 -- Slices as the slicer cuts them under load: every `per_slice` events commit
--- in one transaction, then a slice is cut in the next (the slicer groups the
+-- in one transaction, stamped with their slice, then the slice is cut and
+-- settled in the next (the slicer groups the
 -- commits of ~5 ms, and a relay batch reads at most 256 slices).
 
 set synchronous_commit = off;
@@ -31,7 +32,7 @@ declare
 begin
     while first <= total loop
         last := least(first + per_slice - 1, total);
-        insert into event (account_id, event_type, occurred_at, request_id, caller, payload)
+        insert into event (account_id, event_type, occurred_at, request_id, caller, payload, slice_id)
         select 'm' || ((g * 2654435761) % members + 1),
                case g % 4 when 2 then 'coupon_reserved' when 3 then 'coupon_used' else 'points_awarded' end,
                now(), md5(g::text), '',
@@ -50,13 +51,15 @@ begin
                            'reference', 'ord-' || g, 'points', 1, 'cap_reason', null,
                            'occurred_at', '2026-05-28T20:26:40Z'::timestamptz, 'local_date', '2026-05-28'::date,
                            'recorded_at', now(), 'reverses_entry_id', null)))
-               end
+               end,
+               slice + 1
         from generate_series(first, last) g;
         writer := pg_current_xact_id();
         commit;
         slice := slice + 1;
-        insert into event_slice (slice_id, snapshot, txids, closed_at, events)
-        values (slice, pg_current_snapshot(), array[writer], now(), last - first + 1);
+        insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped)
+        values (slice, pg_current_snapshot(), array[writer], now(), last - first + 1, last - first + 1);
+        update event_slicer set settled_through = slice;
         commit;
         first := last + 1;
     end loop;

@@ -1,11 +1,13 @@
 //! Queries on the event log: the shape every change uses to write its event,
 //! cutting slices, reading them after a cursor, pruning, and relay cursors.
 //!
-//! A slice holds the events whose transactions became visible between two
-//! snapshots (see `migrations/*_events.sql`): an event is in slice `k` when its
-//! transaction is visible in slice `k`'s snapshot and not in slice `k - 1`'s.
+//! A slice holds the events whose transactions committed between two cuts: a
+//! cut stamps the committed events that have no slice yet with the new
+//! slice's number (`event.slice_id`; see `migrations/*_event_slice_stamps.sql`).
 //! Reading slice by slice, in `event_id` order within a slice, follows commit
-//! order, which sequence numbers alone do not.
+//! order, which sequence numbers alone do not. A slice is read once it is
+//! *settled*: its stamps counted back, so visible on every node
+//! ([`settle`]).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -33,61 +35,108 @@ pub fn insert_event_sql(
     )
 }
 
-/// The oldest and newest slice: the floor (whose events are gone) and the
-/// last one cut.
+/// The oldest and newest slice a reader may read: the floor (whose events are
+/// gone) and the last one settled.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn bounds(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as("select min(slice_id), max(slice_id) from event_slice")
+    sqlx::query_as("select (select min(slice_id) from event_slice), settled_through from event_slicer")
         .fetch_one(conn)
         .await
 }
 
-/// Cuts a new slice of the events that became visible since the last one,
-/// unless there are none, and wakes the listeners (`NOTIFY loyalty_events`)
-/// when it does. One writer at a time across replicas: the lock on
-/// `event_slicer` is taken first, so that the snapshot (the next statement's)
-/// sees the slice the previous writer cut. Returns the new slice and its
-/// number of events.
+/// Cuts a new slice of at most `limit` events committed since the last cut,
+/// unless there are none: stamps them with the new slice's number, lowest ids
+/// first. One writer at a time across replicas: the lock on `event_slicer` is
+/// taken first, so that the next statement sees the slice the previous writer
+/// cut. Readers see the slice once it is [settled](settle). Returns the new
+/// slice and its number of events.
+///
+/// The slice's `snapshot` and `txids` are still filled for the previous
+/// release's replicas during a rolling deploy (they cut and read through them):
+/// the statement's snapshot, in which every stamped event is visible and every
+/// visible one is stamped (or, when the cut is full and some are left for the
+/// next cut, the previous slice's, so that those are not taken as read).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn cut_slice(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
+    limit: i64,
 ) -> Result<Option<(i64, i32)>, sqlx::Error> {
     sqlx::query("select 1 from event_slicer for update")
         .execute(&mut *conn)
         .await?;
-    // Not visible in the last snapshot but visible now: started at or after
-    // its `xmax`, or running then (in its `xip`). Written so, each event is
-    // looked at by one cut only, however long another transaction stays open
-    // (a test on `xmin` would scan everything written since the oldest one).
     sqlx::query_as(
         "with last as ( \
              select slice_id, snapshot from event_slice order by slice_id desc limit 1 \
-         ), cur as ( \
-             select pg_current_snapshot() as snapshot \
-         ), fresh as ( \
-             select e.txid from event e, last, cur \
-             where e.txid >= pg_snapshot_xmax(last.snapshot) and e.txid < pg_snapshot_xmax(cur.snapshot) \
-               and pg_visible_in_snapshot(e.txid, cur.snapshot) \
-             union all \
-             select e.txid from event e, last, cur \
-             where e.txid = any (array( \
-                 select x from pg_snapshot_xip(last.snapshot) x \
-                 where pg_visible_in_snapshot(x, cur.snapshot))) \
+         ), stamped as ( \
+             update event set slice_id = (select slice_id + 1 from last) \
+             where (account_id, event_id) in ( \
+                 select account_id, event_id from event where slice_id is null \
+                 order by event_id limit $2) \
+             returning txid \
          ), counted as ( \
-             select count(*)::int as events, array_agg(distinct txid) as txids from fresh \
-         ), cut as ( \
-             insert into event_slice (slice_id, snapshot, txids, closed_at, events) \
-             select last.slice_id + 1, cur.snapshot, counted.txids, $1, counted.events \
-             from last, cur, counted \
-             where counted.events > 0 \
-             returning slice_id, events \
+             select count(*)::int as events, coalesce(array_agg(distinct txid), '{}') as txids \
+             from stamped \
          ) \
-         select slice_id, events from cut, pg_notify('loyalty_events', cut.slice_id::text)",
+         insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped) \
+         select last.slice_id + 1, \
+                case when counted.events < $2 then pg_current_snapshot() else last.snapshot end, \
+                counted.txids, $1, counted.events, counted.events \
+         from last, counted \
+         where counted.events > 0 \
+         returning slice_id, events",
     )
     .bind(now)
+    .bind(limit)
     .fetch_optional(conn)
     .await
+}
+
+/// Settles the slices cut since the last settled one whose stamps can all be
+/// seen, in order, stopping at the first that cannot (on Citus, a worker that
+/// has not yet committed its part of the cut: tried again at the next turn).
+/// Wakes the listeners (`NOTIFY loyalty_events`) when it moved. Returns the
+/// newest settled slice when it moved.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn settle(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
+    let cut: Vec<(i64, Option<i32>)> = sqlx::query_as(
+        "select s.slice_id, s.stamped from event_slice s, event_slicer t \
+         where s.slice_id > t.settled_through order by s.slice_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (Some(&(first, _)), Some(&(last, _))) = (cut.first(), cut.last()) else {
+        return Ok(None);
+    };
+    let seen: Vec<(i64, i64)> = sqlx::query_as(
+        "select slice_id, count(*) from event where slice_id between $1 and $2 group by slice_id",
+    )
+    .bind(first)
+    .bind(last)
+    .fetch_all(&mut *conn)
+    .await?;
+    let seen: std::collections::HashMap<i64, i64> = seen.into_iter().collect();
+    let settled = cut
+        .iter()
+        .take_while(|(slice, stamped)| {
+            stamped.is_none_or(|stamped| seen.get(slice).copied().unwrap_or(0) == i64::from(stamped))
+        })
+        .last()
+        .map(|&(slice, _)| slice);
+    let Some(settled) = settled else {
+        return Ok(None);
+    };
+    let moved: Option<(i64,)> = sqlx::query_as(
+        "with moved as ( \
+             update event_slicer set settled_through = $1 where settled_through < $1 \
+             returning settled_through \
+         ) \
+         select settled_through from moved, pg_notify('loyalty_events', moved.settled_through::text)",
+    )
+    .bind(settled)
+    .fetch_optional(conn)
+    .await?;
+    Ok(moved.map(|(slice,)| slice))
 }
 
 #[derive(sqlx::FromRow)]
@@ -104,10 +153,10 @@ struct EventRow {
 
 /// At most `limit` events after `after`, from slices up to `last_slice`, that
 /// pass `filter`, in log order. Run it in one snapshot with the [`bounds`] it
-/// relies on (pruning deletes events of slices below the floor). A slice is
-/// read through its writers (`txids`), each one's events in id order from the
-/// cursor on, so a batch costs about its own events even in a slice of a
-/// million (the monthly evaluation writes every `level_changed` in one).
+/// relies on (pruning deletes events of slices below the floor). One range of
+/// the index `(slice_id, event_id)` from the cursor on, so a batch costs
+/// about its own events even in a large slice; on Citus each shard reads its
+/// range and the coordinator merges them.
 #[tracing::instrument(level = "debug", skip_all, fields(slice = after.slice))]
 pub async fn read(
     conn: &mut PgConnection,
@@ -119,25 +168,12 @@ pub async fn read(
     let types: Vec<EventType> = filter.types.clone();
     let accounts: Vec<&str> = filter.accounts.iter().map(|a| a.as_str()).collect();
     let rows: Vec<EventRow> = sqlx::query_as(
-        "select s.slice_id, e.event_id, e.event_type, e.account_id, e.occurred_at, e.request_id, \
-                e.caller, e.payload \
-         from event_slice s \
-         cross join lateral ( \
-             select e.* from unnest(s.txids) t (txid) \
-             cross join lateral ( \
-                 select * from event e \
-                 where e.txid = t.txid \
-                   and e.event_id > case when s.slice_id > $1 then 0 else $2 end \
-                   and (cardinality($4::text[]) = 0 or e.event_type = any($4)) \
-                   and (cardinality($5::text[]) = 0 or e.account_id = any($5)) \
-                 order by e.event_id \
-                 limit $6 \
-             ) e \
-             order by e.event_id \
-             limit $6 \
-         ) e \
-         where s.slice_id >= $1 and s.slice_id <= $3 \
-         order by s.slice_id, e.event_id \
+        "select slice_id, event_id, event_type, account_id, occurred_at, request_id, caller, payload \
+         from event \
+         where (slice_id, event_id) > ($1, $2) and slice_id <= $3 \
+           and (cardinality($4::text[]) = 0 or event_type = any($4)) \
+           and (cardinality($5::text[]) = 0 or account_id = any($5)) \
+         order by slice_id, event_id \
          limit $6",
     )
     .bind(after.slice)
@@ -166,59 +202,60 @@ pub async fn read(
         .collect())
 }
 
-/// Raises the floor to the newest slice cut before `cutoff` that every relay
-/// has passed (at most `max_step` slices up, so that one statement stays
-/// short after a long relay outage), dropping the slices below it; returns the new floor's slice and
-/// snapshot (as text) when it moved. Its events go next ([`prune_events`]):
-/// the floor moves first, so that a reader that finds its events gone also
-/// finds its cursor below the floor.
+/// Raises the floor to the newest settled slice cut before `cutoff` that every
+/// relay has passed (at most `max_step` slices up, so that one statement stays
+/// short after a long relay outage), dropping the slices below it; returns the
+/// new floor when it moved. Its events go next ([`prune_events`]): the floor
+/// moves first, so that a reader that finds its events gone also finds its
+/// cursor below the floor.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn raise_floor(
     conn: &mut PgConnection,
     cutoff: DateTime<Utc>,
     max_step: i64,
-) -> Result<Option<(i64, String)>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<Option<i64>, sqlx::Error> {
+    let raised: Option<(i64,)> = sqlx::query_as(
         "with target as ( \
              select least(max(slice_id), (select min(slice_id) from event_slice) + $2) as slice_id \
              from event_slice \
              where closed_at < $1 \
+               and slice_id <= (select settled_through from event_slicer) \
                and slice_id < coalesce((select min(slice_id) from event_relay), 9223372036854775807) \
          ), dropped as ( \
              delete from event_slice where slice_id < (select slice_id from target) returning slice_id \
          ) \
-         select s.slice_id, s.snapshot::text from event_slice s, target \
-         where s.slice_id = target.slice_id and exists (select 1 from dropped)",
+         select target.slice_id from target where exists (select 1 from dropped)",
     )
     .bind(cutoff)
     .bind(max_step)
     .fetch_optional(conn)
-    .await
-}
-
-/// The floor: its slice and snapshot (as text).
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn floor(conn: &mut PgConnection) -> Result<(i64, String), sqlx::Error> {
-    sqlx::query_as("select slice_id, snapshot::text from event_slice order by slice_id limit 1")
-        .fetch_one(conn)
-        .await
-}
-
-/// Deletes at most `limit` events of the slices up to the floor (visible in
-/// its `snapshot`); returns how many went.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn prune_events(conn: &mut PgConnection, snapshot: &str, limit: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "delete from event where ctid = any (array( \
-             select ctid from event \
-             where txid < pg_snapshot_xmax($1::pg_snapshot) and pg_visible_in_snapshot(txid, $1::pg_snapshot) \
-             limit $2))",
-    )
-    .bind(snapshot)
-    .bind(limit)
-    .execute(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(raised.map(|(slice,)| slice))
+}
+
+/// The floor: the oldest slice kept, whose events are gone or going.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn floor(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    let (floor,): (i64,) = sqlx::query_as("select min(slice_id) from event_slice")
+        .fetch_one(conn)
+        .await?;
+    Ok(floor)
+}
+
+/// Deletes at most `limit` events of the slices up to `floor`; returns how
+/// many went.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn prune_events(conn: &mut PgConnection, floor: i64, limit: i64) -> Result<u64, sqlx::Error> {
+    let deleted: Vec<(i64,)> = sqlx::query_as(
+        "delete from event where (account_id, event_id) in ( \
+             select account_id, event_id from event where slice_id <= $1 limit $2) \
+         returning event_id",
+    )
+    .bind(floor)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(deleted.len() as u64)
 }
 
 /// Creates the cursor of `relay` at the oldest kept event, unless it exists.

@@ -3,7 +3,8 @@
 //! - the **slicer** cuts the events committed since the last slice into a new
 //!   slice ([`db::events::cut_slice`]), soon after a call commits (the call
 //!   layer [`pokes`](Commits::poke) it) and at least every second (for the
-//!   commits of other replicas and of the scheduler), one replica at a time;
+//!   commits of other replicas and of the scheduler), one replica at a time,
+//!   then settles it ([`db::events::settle`]): readers see it from then on;
 //! - the **listener** hears `NOTIFY loyalty_events` from whichever replica cut
 //!   a slice and wakes the watches and the relay of this one, so none of them
 //!   polls ([`EventLog::subscribe`]);
@@ -37,6 +38,10 @@ const MIN_SLICE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How often the slicer looks for commits nobody told it about.
 const SLICE_TICK: Duration = Duration::from_secs(1);
+
+/// The most events one slice takes: a larger backlog (the slicer stopped
+/// while calls went on) is cut in several slices, one right after another.
+const CUT_BATCH: i64 = 10_000;
 
 /// The most events one pruning statement deletes.
 const PRUNE_BATCH: i64 = 5_000;
@@ -145,9 +150,7 @@ impl EventLog {
                 () = tokio::time::sleep(SLICE_TICK) => {}
                 () = shutdown.cancelled() => {
                     // The commits of the last calls.
-                    if let Ok(Some((slice, _))) = self.cut().await {
-                        self.saw_slice(slice);
-                    }
+                    let _ = self.cut().await;
                     return;
                 }
             }
@@ -155,12 +158,13 @@ impl EventLog {
             tokio::time::sleep(MIN_SLICE_INTERVAL).await;
             self.commits.due.store(false, Ordering::Release);
             match self.cut().await {
-                Ok(Some((slice, events))) => {
+                Ok(full) => {
                     failures = 0;
-                    self.metrics.slice_cut(events);
-                    self.saw_slice(slice);
+                    if full {
+                        // More are waiting: the next turn comes at once.
+                        self.commits.poke();
+                    }
                 }
-                Ok(None) => failures = 0,
                 Err(error) => {
                     failures += 1;
                     // Retried at the next tick; logged once per outage.
@@ -174,11 +178,21 @@ impl EventLog {
         }
     }
 
-    async fn cut(&self) -> Result<Option<(i64, i32)>, Error> {
+    /// Cuts a slice (when events are waiting) and settles what can be;
+    /// returns whether the slice was full (more events are waiting).
+    async fn cut(&self) -> Result<bool, Error> {
         let mut tx = self.pool.begin().await?;
-        let cut = db::events::cut_slice(&mut tx, self.clock.now()).await?;
+        let cut = db::events::cut_slice(&mut tx, self.clock.now(), CUT_BATCH).await?;
         tx.commit().await?;
-        Ok(cut)
+        if let Some((_, events)) = cut {
+            self.metrics.slice_cut(events);
+        }
+        // Also the slices a previous turn (of any replica) could not settle.
+        let mut conn = self.pool.acquire().await?;
+        if let Some(settled) = db::events::settle(&mut conn).await? {
+            self.saw_slice(settled);
+        }
+        Ok(cut.is_some_and(|(_, events)| i64::from(events) >= CUT_BATCH))
     }
 
     async fn listen(self, shutdown: CancellationToken) {
@@ -247,10 +261,10 @@ impl EventLog {
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         let mut conn = self.pool.acquire().await?;
         db::events::raise_floor(&mut conn, cutoff, PRUNE_SLICES).await?;
-        let (_, snapshot) = db::events::floor(&mut conn).await?;
+        let floor = db::events::floor(&mut conn).await?;
         let mut pruned = 0;
         while !shutdown.is_cancelled() {
-            let deleted = db::events::prune_events(&mut conn, &snapshot, PRUNE_BATCH).await?;
+            let deleted = db::events::prune_events(&mut conn, floor, PRUNE_BATCH).await?;
             pruned += deleted;
             if deleted < PRUNE_BATCH as u64 {
                 break;
