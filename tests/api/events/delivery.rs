@@ -497,3 +497,169 @@ async fn a_watch_from_now_gets_only_what_commits_after_it_starts(pool: PgPool) {
         "not alice's, committed before"
     );
 }
+
+#[sqlx::test]
+async fn a_slice_is_read_only_once_every_stamp_of_its_cut_can_be_seen(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.register("alice").await;
+    app.logged_events(&pool).await;
+    // A cut whose stamps commit in two parts, as on Citus when one worker
+    // commits its part of the cut after another: of carol's three events
+    // stamped with the slice, two are not committed yet when the slice is.
+    let copy = "insert into event (account_id, event_type, occurred_at, request_id, payload, slice_id) \
+                select 'carol', event_type, occurred_at, $2, payload, $1 from event where account_id = 'alice'";
+    let mut cutter = pool.begin().await.unwrap();
+    sqlx::query("select 1 from event_slicer for update")
+        .execute(&mut *cutter)
+        .await
+        .unwrap();
+    let slice: i64 = sqlx::query_scalar("select max(slice_id) + 1 from event_slice")
+        .fetch_one(&mut *cutter)
+        .await
+        .unwrap();
+    let mut late = pool.begin().await.unwrap();
+    for request in ["r-late-1", "r-late-2"] {
+        sqlx::query(copy)
+            .bind(slice)
+            .bind(request)
+            .execute(&mut *late)
+            .await
+            .unwrap();
+    }
+    sqlx::query(copy)
+        .bind(slice)
+        .bind("r-seen")
+        .execute(&mut *cutter)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped) \
+         values ($1, pg_current_snapshot(), '{}', now(), 3, 3)",
+    )
+    .bind(slice)
+    .execute(&mut *cutter)
+    .await
+    .unwrap();
+    cutter.commit().await.unwrap();
+    // A later slice (dave's) waits for it too: slices are read in order.
+    app.register("dave").await;
+    let meanwhile = app
+        .watch_until(from_oldest(), Duration::from_millis(1500), |_| false)
+        .await;
+    let accounts = |events: &[pb::Event]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e.account_id.as_str() {
+                "carol" => format!("carol {}", e.request_id),
+                account => account.to_owned(),
+            })
+            .collect()
+    };
+    assert_eq!(
+        accounts(&meanwhile.events),
+        ["alice"],
+        "nothing of the slice, nor after it, while part of it cannot be seen"
+    );
+
+    late.commit().await.unwrap();
+    let log = app.logged_events(&pool).await;
+    assert_eq!(
+        accounts(&log),
+        [
+            "alice",
+            "carol r-late-1",
+            "carol r-late-2",
+            "carol r-seen",
+            "dave"
+        ],
+        "the whole slice once it can be seen, then the next"
+    );
+    let resumed = app
+        .watch_until(after(&meanwhile.cursor), Duration::from_secs(10), |events| {
+            events.len() >= 4
+        })
+        .await;
+    assert_eq!(
+        resumed.events.len(),
+        4,
+        "a watch resumed from before the slice gets all of it"
+    );
+}
+
+/// The migration to stamped slices keeps the log of a database of the
+/// previous release: events already in a slice stay in it (a cursor into it
+/// resumes where it was), and events not yet in one go in the next cut.
+#[sqlx::test(migrations = false)]
+async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_release(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("loyalty-event-migrations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir("migrations").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "20261205000010" {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // As the previous release wrote and cut them: two events in slice 1
+    // (found through their transaction), one committed after the cut.
+    let flag = |account: &str, request: &str| {
+        format!(
+            "insert into event (account_id, event_type, occurred_at, request_id, payload) \
+             values ('{account}', 'member_flagged', now(), '{request}', '{{\"reason\": \"x\"}}')"
+        )
+    };
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::raw_sql(&format!("{}; {}", flag("alice", "r-1"), flag("bob", "r-2")))
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    sqlx::query(
+        "insert into event_slice (slice_id, snapshot, txids, closed_at, events) \
+         select 1, pg_current_snapshot(), array_agg(distinct txid), now(), count(*) from event",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&flag("alice", "r-3")).execute(&pool).await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("select event_id from event order by event_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+
+    loyalty::db::migrate(&pool).await.unwrap();
+
+    let stamps: Vec<Option<i64>> = sqlx::query_scalar("select slice_id from event order by event_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stamps, [Some(1), Some(1), None]);
+    let settled: i64 = sqlx::query_scalar("select settled_through from event_slicer")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(settled, 1);
+
+    let app = spawn_app(pool.clone()).await;
+    let log = app.logged_events(&pool).await;
+    let requests =
+        |events: &[pb::Event]| -> Vec<String> { events.iter().map(|e| e.request_id.clone()).collect() };
+    assert_eq!(requests(&log), ["r-1", "r-2", "r-3"]);
+    assert!(log[2].event_id == ids[2].to_string());
+    // A cursor the previous release handed out, after alice's first event.
+    let resumed = app
+        .watch_until(
+            after(&format!("1.{}", ids[0])),
+            Duration::from_secs(10),
+            |events| events.len() >= 2,
+        )
+        .await;
+    assert_eq!(requests(&resumed.events), ["r-2", "r-3"]);
+}
