@@ -26,6 +26,14 @@ fn summary(events: &[pb::Event]) -> Vec<(pb::EventType, &str, &str)> {
         .collect()
 }
 
+/// The events grouped by member, each member's in the order delivered. SPEC §6
+/// promises order per account: events of different members in one slice go by
+/// id, and on Citus each node gives ids from its own range.
+fn by_account(mut events: Vec<pb::Event>) -> Vec<pb::Event> {
+    events.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    events
+}
+
 /// The payload of the one event of `kind` in `events`.
 fn payload_of(events: &[pb::Event], kind: pb::EventType) -> &Payload {
     let matching: Vec<&pb::Event> = events.iter().filter(|e| e.r#type() == kind).collect();
