@@ -28,7 +28,6 @@ declare
     first bigint := 1;
     last bigint;
     slice bigint := (select max(slice_id) from event_slice);
-    writer xid8;
 begin
     while first <= total loop
         last := least(first + per_slice - 1, total);
@@ -54,11 +53,10 @@ begin
                end,
                slice + 1
         from generate_series(first, last) g;
-        writer := pg_current_xact_id();
         commit;
         slice := slice + 1;
-        insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped)
-        values (slice, pg_current_snapshot(), array[writer], now(), last - first + 1, last - first + 1);
+        insert into event_slice (slice_id, closed_at, events, stamped)
+        values (slice, now(), last - first + 1, last - first + 1);
         update event_slicer set settled_through = slice;
         commit;
         first := last + 1;

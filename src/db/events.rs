@@ -10,7 +10,7 @@
 //! ([`settle`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 
 use crate::domain::events::{Cursor, EventType, Filter, StoredEvent};
 
@@ -44,18 +44,17 @@ pub async fn bounds(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> 
         .await
 }
 
+/// The most slices one [`settle`] looks at.
+pub const SETTLE_SLICES: i64 = 256;
+
 /// Cuts a new slice of at most `limit` events committed since the last cut,
 /// unless there are none: stamps them with the new slice's number, lowest ids
-/// first. One writer at a time across replicas: the lock on `event_slicer` is
+/// first (ordered by `slice_id` too, all null, so that the index
+/// `(slice_id, event_id)` gives them in order without a sort of the whole
+/// backlog). One writer at a time across replicas: the lock on `event_slicer` is
 /// taken first, so that the next statement sees the slice the previous writer
 /// cut. Readers see the slice once it is [settled](settle). Returns the new
 /// slice and its number of events.
-///
-/// The slice's `snapshot` and `txids` are still filled for the previous
-/// release's replicas during a rolling deploy (they cut and read through them):
-/// the statement's snapshot, in which every stamped event is visible and every
-/// visible one is stamped (or, when the cut is full and some are left for the
-/// next cut, the previous slice's, so that those are not taken as read).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn cut_slice(
     conn: &mut PgConnection,
@@ -67,21 +66,18 @@ pub async fn cut_slice(
         .await?;
     sqlx::query_as(
         "with last as ( \
-             select slice_id, snapshot from event_slice order by slice_id desc limit 1 \
+             select slice_id from event_slice order by slice_id desc limit 1 \
          ), stamped as ( \
              update event set slice_id = (select slice_id + 1 from last) \
              where (account_id, event_id) in ( \
                  select account_id, event_id from event where slice_id is null \
-                 order by event_id limit $2) \
-             returning txid \
+                 order by slice_id, event_id limit $2) \
+             returning 1 \
          ), counted as ( \
-             select count(*)::int as events, coalesce(array_agg(distinct txid), '{}') as txids \
-             from stamped \
+             select count(*)::int as events from stamped \
          ) \
-         insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped) \
-         select last.slice_id + 1, \
-                case when counted.events < $2 then pg_current_snapshot() else last.snapshot end, \
-                counted.txids, $1, counted.events, counted.events \
+         insert into event_slice (slice_id, closed_at, events, stamped) \
+         select last.slice_id + 1, $1, counted.events, counted.events \
          from last, counted \
          where counted.events > 0 \
          returning slice_id, events",
@@ -94,15 +90,18 @@ pub async fn cut_slice(
 
 /// Settles the slices cut since the last settled one whose stamps can all be
 /// seen, in order, stopping at the first that cannot (on Citus, a worker that
-/// has not yet committed its part of the cut: tried again at the next turn).
-/// Wakes the listeners (`NOTIFY loyalty_events`) when it moved. Returns the
-/// newest settled slice when it moved.
+/// has not yet committed its part of the cut: tried again at the next turn),
+/// at most [`SETTLE_SLICES`] at a time. Wakes the listeners (`NOTIFY
+/// loyalty_events`) when it moved. Returns the newest settled slice when it
+/// moved. Moves nothing while another replica cuts (it holds `event_slicer`):
+/// that one settles after its cut.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn settle(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
     let cut: Vec<(i64, Option<i32>)> = sqlx::query_as(
         "select s.slice_id, s.stamped from event_slice s, event_slicer t \
-         where s.slice_id > t.settled_through order by s.slice_id",
+         where s.slice_id > t.settled_through order by s.slice_id limit $1",
     )
+    .bind(SETTLE_SLICES)
     .fetch_all(&mut *conn)
     .await?;
     let (Some(&(first, _)), Some(&(last, _))) = (cut.first(), cut.last()) else {
@@ -126,6 +125,13 @@ pub async fn settle(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error>
     let Some(settled) = settled else {
         return Ok(None);
     };
+    let mut tx = conn.begin().await?;
+    let free: Option<(i32,)> = sqlx::query_as("select 1 from event_slicer for update skip locked")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if free.is_none() {
+        return Ok(None);
+    }
     let moved: Option<(i64,)> = sqlx::query_as(
         "with moved as ( \
              update event_slicer set settled_through = $1 where settled_through < $1 \
@@ -134,8 +140,9 @@ pub async fn settle(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error>
          select settled_through from moved, pg_notify('loyalty_events', moved.settled_through::text)",
     )
     .bind(settled)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(moved.map(|(slice,)| slice))
 }
 

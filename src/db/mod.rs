@@ -26,7 +26,7 @@ pub mod members;
 pub mod points;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::call;
 use crate::call::budget::Budget;
@@ -53,7 +53,17 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
             .fetch_one(pool)
             .await?
     {
-        MIGRATOR.run(pool).await?;
+        // A migration may rewrite a large table (a backfill, an index built
+        // concurrently): not bounded by the calls' statement timeout. Lock
+        // waits stay bounded (the caller retries), and the connection, its
+        // setting changed, is closed rather than given back to the pool.
+        let mut conn = pool.acquire().await?.detach();
+        sqlx::query("set statement_timeout = 0")
+            .execute(&mut conn)
+            .await?;
+        let applied = MIGRATOR.run_direct(&mut conn).await;
+        conn.close().await.ok();
+        applied?;
         return Ok(());
     }
     let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")

@@ -332,8 +332,10 @@ pub struct Read {
 }
 
 /// The events after `after` that pass `filter` (at most `limit`, from at most
-/// a few hundred slices). One snapshot, so that pruning cannot take events
-/// from under it unnoticed.
+/// a few hundred slices). Pruning cannot take events from under it unnoticed:
+/// the floor moves before the events go, and it is read again once the events
+/// are read. (One snapshot would do on PostgreSQL; on Citus each node's part
+/// of a read has its own.)
 pub async fn read(pool: &PgPool, after: Cursor, filter: &Filter, limit: i64) -> Result<Read, Error> {
     let mut tx = pool.begin().await?;
     db::read_only_snapshot(&mut tx).await?;
@@ -341,6 +343,8 @@ pub async fn read(pool: &PgPool, after: Cursor, filter: &Filter, limit: i64) -> 
     let after = check(after, floor, last)?;
     let read = read_on(&mut tx, after, last, filter, limit).await?;
     tx.commit().await?;
+    let floor = db::events::floor(&mut *db::acquire(pool).await?).await?;
+    check(after, floor, last)?;
     Ok(read)
 }
 

@@ -532,14 +532,11 @@ async fn a_slice_is_read_only_once_every_stamp_of_its_cut_can_be_seen(pool: PgPo
         .execute(&mut *cutter)
         .await
         .unwrap();
-    sqlx::query(
-        "insert into event_slice (slice_id, snapshot, txids, closed_at, events, stamped) \
-         values ($1, pg_current_snapshot(), '{}', now(), 3, 3)",
-    )
-    .bind(slice)
-    .execute(&mut *cutter)
-    .await
-    .unwrap();
+    sqlx::query("insert into event_slice (slice_id, closed_at, events, stamped) values ($1, now(), 3, 3)")
+        .bind(slice)
+        .execute(&mut *cutter)
+        .await
+        .unwrap();
     cutter.commit().await.unwrap();
     // A later slice (dave's) waits for it too: slices are read in order.
     app.register("dave").await;
@@ -607,28 +604,37 @@ async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_rel
         .await
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    // As the previous release wrote and cut them: two events in slice 1
-    // (found through their transaction), one committed after the cut.
+    // As the previous release wrote and cut them: r-0 in slice 1, below the
+    // floor (its slice dropped, the event not pruned yet); r-1 in slice 2, the
+    // floor; r-2 and r-3 in slice 3 (one transaction); r-4 after the last cut.
     let flag = |account: &str, request: &str| {
         format!(
             "insert into event (account_id, event_type, occurred_at, request_id, payload) \
              values ('{account}', 'member_flagged', now(), '{request}', '{{\"reason\": \"x\"}}')"
         )
     };
-    let mut writer = pool.begin().await.unwrap();
-    sqlx::raw_sql(&format!("{}; {}", flag("alice", "r-1"), flag("bob", "r-2")))
-        .execute(&mut *writer)
-        .await
-        .unwrap();
-    writer.commit().await.unwrap();
-    sqlx::query(
-        "insert into event_slice (slice_id, snapshot, txids, closed_at, events) \
-         select 1, pg_current_snapshot(), array_agg(distinct txid), now(), count(*) from event",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&flag("alice", "r-3")).execute(&pool).await.unwrap();
+    let cut = |slice: i64| {
+        format!(
+            "insert into event_slice (slice_id, snapshot, txids, closed_at, events) \
+             select {slice}, pg_current_snapshot(), array_agg(distinct txid), now(), count(*) from event \
+             where txid >= pg_snapshot_xmax((select snapshot from event_slice order by slice_id desc limit 1))"
+        )
+    };
+    for statements in [
+        vec![flag("alice", "r-0")],
+        vec![cut(1)],
+        vec![flag("alice", "r-1")],
+        vec![cut(2)],
+        vec![flag("alice", "r-2"), flag("bob", "r-3")],
+        vec![cut(3)],
+        vec!["delete from event_slice where slice_id < 2".to_owned()],
+        vec![flag("alice", "r-4")],
+    ] {
+        sqlx::raw_sql(&statements.join("; "))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     let ids: Vec<i64> = sqlx::query_scalar("select event_id from event order by event_id")
         .fetch_all(&pool)
         .await
@@ -640,26 +646,75 @@ async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_rel
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(stamps, [Some(1), Some(1), None]);
+    assert_eq!(
+        stamps,
+        [Some(2), Some(2), Some(3), Some(3), None],
+        "each in its slice, the one below the floor in the floor's"
+    );
     let settled: i64 = sqlx::query_scalar("select settled_through from event_slicer")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(settled, 1);
+    assert_eq!(settled, 3);
 
     let app = spawn_app(pool.clone()).await;
-    let log = app.logged_events(&pool).await;
     let requests =
         |events: &[pb::Event]| -> Vec<String> { events.iter().map(|e| e.request_id.clone()).collect() };
-    assert_eq!(requests(&log), ["r-1", "r-2", "r-3"]);
-    assert!(log[2].event_id == ids[2].to_string());
-    // A cursor the previous release handed out, after alice's first event.
+    // The floor's events and those below it are going; the rest come.
+    let log = app
+        .watch_until(from_oldest(), Duration::from_secs(10), |events| events.len() >= 3)
+        .await
+        .events;
+    assert_eq!(requests(&log), ["r-2", "r-3", "r-4"]);
+    assert_eq!(log[2].event_id, ids[4].to_string());
+    // A cursor the previous release handed out, after r-2.
     let resumed = app
         .watch_until(
-            after(&format!("1.{}", ids[0])),
+            after(&format!("3.{}", ids[2])),
             Duration::from_secs(10),
             |events| events.len() >= 2,
         )
         .await;
-    assert_eq!(requests(&resumed.events), ["r-2", "r-3"]);
+    assert_eq!(requests(&resumed.events), ["r-3", "r-4"]);
+    let expired = app.watch(after(&format!("2.{}", ids[1]))).await.err();
+    assert_eq!(
+        expired.map(|status| status.code()),
+        Some(Code::FailedPrecondition)
+    );
+}
+
+#[sqlx::test]
+async fn a_backlog_is_cut_in_slices_of_at_most_ten_thousand_in_each_members_order(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    // 10,050 events committed at once, as after the slicers were stopped.
+    sqlx::query(
+        "insert into event (account_id, event_type, occurred_at, request_id, payload) \
+         select 'm' || (g % 7), 'member_flagged', now(), 'r-' || g, '{\"reason\": \"x\"}' \
+         from generate_series(1, 10050) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let log = app.logged_events(&pool).await;
+
+    let slices: Vec<i32> =
+        sqlx::query_scalar("select events from event_slice where slice_id > 0 order by slice_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(slices, [10_000, 50], "a full slice, then the rest at once");
+    assert_eq!(log.len(), 10_050);
+    // Each member's events in the order they were written.
+    for member in 0..7 {
+        let account = format!("m{member}");
+        let requests: Vec<i64> = log
+            .iter()
+            .filter(|e| e.account_id == account)
+            .map(|e| e.request_id[2..].parse().unwrap())
+            .collect();
+        assert!(
+            requests.windows(2).all(|w| w[0] < w[1]),
+            "{account}'s events in write order"
+        );
+    }
 }
