@@ -7,6 +7,14 @@
 -- until it is replaced. So the NATS relay and the watches run on the new
 -- release only, and nothing is read through two mechanisms at once
 -- (docs/decisions.md, "Events").
-drop index event_txid;
-alter table event drop column txid;
-alter table event_slice drop column snapshot, drop column txids;
+--
+-- Each statement on its own (`execute`): Citus passes a dropped column's
+-- command on to the workers as the whole query string, which they refuse
+-- when it holds several commands.
+do $$
+begin
+    execute 'drop index event_txid';
+    execute 'alter table event drop column txid';
+    execute 'alter table event_slice drop column snapshot, drop column txids';
+end
+$$;

@@ -244,18 +244,18 @@ async fn an_evaluation_raising_a_level_sends_level_changed_and_the_reward_with_i
         .await
         .unwrap()
         .into_inner();
-    let events = app.logged_events(&pool).await;
+    let events = by_account(app.logged_events(&pool).await);
 
     assert_eq!((run.level_ups, run.rewards_settled, rerun.replayed), (1, 1, true));
     assert_eq!(
         summary(&events),
         [
             (MemberRegistered, "alice", "r-register-alice"),
-            (MemberRegistered, "bob", "r-register-bob"),
             (PointsAwarded, "alice", "r-bonus"),
             (LevelChanged, "alice", "r-evaluate"),
             (CouponIssued, "alice", "r-evaluate"),
             (RewardIssued, "alice", "r-evaluate"),
+            (MemberRegistered, "bob", "r-register-bob"),
         ],
         "bob stays Silver: no event; the rerun changes nothing: none"
     );

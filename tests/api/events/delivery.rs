@@ -22,7 +22,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::{after, by_account, coupon_of, has_request, order_of, summary};
-use crate::helpers::{bad_fields, from_oldest, named, order_request, platform_template, spawn_app, ts};
+use crate::helpers::{
+    bad_fields, from_oldest, named, on_citus, order_request, platform_template, spawn_app, ts,
+};
 
 /// Watches from the oldest event, leaving after a random number of events (as
 /// a client that crashes would) and resuming after the last cursor it got,
@@ -318,8 +320,9 @@ async fn a_filtered_watch_delivers_only_the_types_and_members_asked_for(pool: Pg
     };
     let limit = Duration::from_secs(10);
 
+    // Until all four: on Citus members on another node may come after r-last.
     let awards = app
-        .watch_until(watch(&[PointsAwarded], &[]), limit, has_request("r-last"))
+        .watch_until(watch(&[PointsAwarded], &[]), limit, |events| events.len() >= 4)
         .await;
     let bobs = app
         .watch_until(watch(&[], &["bob"]), limit, has_request("r-last"))
@@ -328,7 +331,7 @@ async fn a_filtered_watch_delivers_only_the_types_and_members_asked_for(pool: Pg
         .watch_until(
             watch(&[PointsAwarded, MemberUnflagged], &["bob", "carol"]),
             limit,
-            has_request("r-last"),
+            |events| events.len() >= 4,
         )
         .await;
 
@@ -646,6 +649,15 @@ async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_rel
         .fetch_all(&pool)
         .await
         .unwrap();
+    if on_citus(&pool).await {
+        // The previous release's log did not work on Citus (each node's
+        // transaction ids): nothing is stamped, and the next cut takes all.
+        assert_eq!(stamps, [None; 5]);
+        let app = spawn_app(pool.clone()).await;
+        let log = app.logged_events(&pool).await;
+        assert_eq!(log.len(), 5);
+        return;
+    }
     assert_eq!(
         stamps,
         [Some(2), Some(2), Some(3), Some(3), None],
