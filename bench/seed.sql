@@ -28,7 +28,8 @@ select g, 'm' || ((g - 1) % :members + 1), 'bench-platform', 'valid', 'bench 5 o
 from generate_series(1, :coupons) g
 order by g;
 
-select setval(pg_get_serial_sequence('coupon', 'coupon_id'), :coupons) as coupon_id_from \gset
+-- (With no coupons, the sequence stays where it starts: setval refuses 0.)
+select setval(pg_get_serial_sequence('coupon', 'coupon_id'), greatest(:coupons, 1), :coupons > 0) as coupon_id_from \gset
 
 insert into template_stock (template_id, issued_count)
 values ('bench-platform', :coupons), ('bench-hot', 0);
