@@ -10,7 +10,7 @@
 //! ([`settle`]).
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 use crate::domain::events::{Cursor, EventType, Filter, StoredEvent};
 
@@ -91,58 +91,38 @@ pub async fn cut_slice(
 /// Settles the slices cut since the last settled one whose stamps can all be
 /// seen, in order, stopping at the first that cannot (on Citus, a worker that
 /// has not yet committed its part of the cut: tried again at the next turn),
-/// at most [`SETTLE_SLICES`] at a time. Wakes the listeners (`NOTIFY
-/// loyalty_events`) when it moved. Returns the newest settled slice when it
-/// moved. Moves nothing while another replica cuts (it holds `event_slicer`):
-/// that one settles after its cut.
+/// at most [`SETTLE_SLICES`] at a time. One statement. Wakes the listeners
+/// (`NOTIFY loyalty_events`) when it moved. Returns the newest settled slice
+/// when it moved.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn settle(conn: &mut PgConnection) -> Result<Option<i64>, sqlx::Error> {
-    let cut: Vec<(i64, Option<i32>)> = sqlx::query_as(
-        "select s.slice_id, s.stamped from event_slice s, event_slicer t \
-         where s.slice_id > t.settled_through order by s.slice_id limit $1",
-    )
-    .bind(SETTLE_SLICES)
-    .fetch_all(&mut *conn)
-    .await?;
-    let (Some(&(first, _)), Some(&(last, _))) = (cut.first(), cut.last()) else {
-        return Ok(None);
-    };
-    let seen: Vec<(i64, i64)> = sqlx::query_as(
-        "select slice_id, count(*) from event where slice_id between $1 and $2 group by slice_id",
-    )
-    .bind(first)
-    .bind(last)
-    .fetch_all(&mut *conn)
-    .await?;
-    let seen: std::collections::HashMap<i64, i64> = seen.into_iter().collect();
-    let settled = cut
-        .iter()
-        .take_while(|(slice, stamped)| {
-            stamped.is_none_or(|stamped| seen.get(slice).copied().unwrap_or(0) == i64::from(stamped))
-        })
-        .last()
-        .map(|&(slice, _)| slice);
-    let Some(settled) = settled else {
-        return Ok(None);
-    };
-    let mut tx = conn.begin().await?;
-    let free: Option<(i32,)> = sqlx::query_as("select 1 from event_slicer for update skip locked")
-        .fetch_optional(&mut *tx)
-        .await?;
-    if free.is_none() {
-        return Ok(None);
-    }
     let moved: Option<(i64,)> = sqlx::query_as(
-        "with moved as ( \
-             update event_slicer set settled_through = $1 where settled_through < $1 \
-             returning settled_through \
+        "with pending as ( \
+             select s.slice_id, s.stamped from event_slice s \
+             where s.slice_id > (select settled_through from event_slicer) \
+             order by s.slice_id limit $1 \
+         ), seen as ( \
+             select e.slice_id, count(*) as events from event e \
+             where e.slice_id > (select settled_through from event_slicer) \
+               and e.slice_id <= (select max(slice_id) from pending) \
+             group by e.slice_id \
+         ), checked as ( \
+             select p.slice_id, p.stamped is null or p.stamped = coalesce(seen.events, 0) as whole \
+             from pending p left join seen on seen.slice_id = p.slice_id \
+         ), settled as ( \
+             select max(slice_id) as slice_id from checked \
+             where slice_id < coalesce((select min(slice_id) from checked where not whole), \
+                                       9223372036854775807) \
+         ), moved as ( \
+             update event_slicer set settled_through = settled.slice_id from settled \
+             where settled.slice_id is not null and event_slicer.settled_through < settled.slice_id \
+             returning event_slicer.settled_through \
          ) \
          select settled_through from moved, pg_notify('loyalty_events', moved.settled_through::text)",
     )
-    .bind(settled)
-    .fetch_optional(&mut *tx)
+    .bind(SETTLE_SLICES)
+    .fetch_optional(conn)
     .await?;
-    tx.commit().await?;
     Ok(moved.map(|(slice,)| slice))
 }
 
