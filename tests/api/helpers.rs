@@ -38,6 +38,28 @@ pub fn tokens_file(name: &str, callers: &[(&str, &str, &str)]) -> PathBuf {
     path
 }
 
+/// Migrates `pool` as a database of an earlier release: the migrations whose
+/// file names sort before `version` (e.g. "20261205000006"), the ones that
+/// release shipped.
+pub async fn migrate_before(pool: &PgPool, version: &str) {
+    let dir = std::env::temp_dir().join(format!("loyalty-migrations-{version}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir("migrations").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < version {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .unwrap()
+        .run(pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Whether the test database is a Citus database (`LOYALTY_TEST_CITUS_URL`,
 /// docs/scale-out.md).
 pub async fn on_citus(pool: &PgPool) -> bool {

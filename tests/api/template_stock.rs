@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use loyalty::pb;
 use sqlx::PgPool;
 
-use crate::helpers::{platform_template, reason, spawn_app};
+use crate::helpers::{migrate_before, platform_template, reason, spawn_app};
 
 /// A template's issued count and the sum of its daily counts.
 async fn counts(pool: &PgPool, template_id: &str) -> (i64, i64) {
@@ -202,22 +202,7 @@ async fn pausing_while_an_issuance_waits_for_the_turn_does_not_deadlock(pool: Pg
 #[sqlx::test(migrations = false)]
 async fn the_stock_migration_carries_counts_and_codes_over(pool: PgPool) {
     // The previous release's schema: the migrations before this one.
-    let dir = std::env::temp_dir().join(format!("loyalty-migrations-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir("migrations").unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() < "20261205000006" {
-            std::fs::copy(&path, dir.join(&name)).unwrap();
-        }
-    }
-    sqlx::migrate::Migrator::new(dir.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    migrate_before(&pool, "20261205000006").await;
     sqlx::raw_sql(
         "insert into member (account_id, registered_at) values ('alice', '2026-01-01T00:00:00Z'); \
          insert into coupon_template (template_id, name, description, issuer, discount_kind, amount_off_minor, \

@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use super::{after, by_account, coupon_of, has_request, order_of, summary};
 use crate::helpers::{
-    bad_fields, from_oldest, named, on_citus, order_request, platform_template, spawn_app, ts,
+    bad_fields, from_oldest, migrate_before, named, on_citus, order_request, platform_template, spawn_app, ts,
 };
 
 /// Watches from the oldest event, leaving after a random number of events (as
@@ -591,22 +591,7 @@ async fn a_slice_is_read_only_once_every_stamp_of_its_cut_can_be_seen(pool: PgPo
 /// resumes where it was), and events not yet in one go in the next cut.
 #[sqlx::test(migrations = false)]
 async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_release(pool: PgPool) {
-    let dir = std::env::temp_dir().join(format!("loyalty-event-migrations-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir("migrations").unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() < "20261205000010" {
-            std::fs::copy(&path, dir.join(&name)).unwrap();
-        }
-    }
-    sqlx::migrate::Migrator::new(dir.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    migrate_before(&pool, "20261205000010").await;
     // As the previous release wrote and cut them: r-0 in slice 1, below the
     // floor (its slice dropped, the event not pruned yet); r-1 in slice 2, the
     // floor; r-2 and r-3 in slice 3 (one transaction); r-4 after the last cut.
