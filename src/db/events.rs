@@ -233,16 +233,15 @@ pub async fn floor(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
 /// many went.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune_events(conn: &mut PgConnection, floor: i64, limit: i64) -> Result<u64, sqlx::Error> {
-    let deleted: Vec<(i64,)> = sqlx::query_as(
+    let done = sqlx::query(
         "delete from event where (account_id, event_id) in ( \
-             select account_id, event_id from event where slice_id <= $1 limit $2) \
-         returning event_id",
+             select account_id, event_id from event where slice_id <= $1 limit $2)",
     )
     .bind(floor)
     .bind(limit)
-    .fetch_all(conn)
+    .execute(conn)
     .await?;
-    Ok(deleted.len() as u64)
+    Ok(done.rows_affected())
 }
 
 /// Creates the cursor of `relay` at the oldest kept event, unless it exists.

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -181,14 +181,15 @@ impl EventLog {
     /// Cuts a slice (when events are waiting) and settles what can be;
     /// returns whether the slice was full (more events are waiting).
     async fn cut(&self) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
         let cut = db::events::cut_slice(&mut tx, self.clock.now(), CUT_BATCH).await?;
         tx.commit().await?;
         if let Some((_, events)) = cut {
             self.metrics.slice_cut(events);
         }
-        // Also the slices a previous turn (of any replica) could not settle.
-        let mut conn = self.pool.acquire().await?;
+        // On the same connection, once the cut has committed; also the
+        // slices a previous turn (of any replica) could not settle.
         if let Some(settled) = db::events::settle(&mut conn).await? {
             self.saw_slice(settled);
         }
