@@ -4,8 +4,11 @@
 -- over Sep 2025 - Oct 2026, so the first evaluation moves most members off
 -- Silver (the heaviest case) and levels spread over all four.
 
+-- Registrations spread over 2019-2025 (the daily rewards run finds each day's
+-- anniversaries among them; the evaluation does not read them).
 insert into member (account_id, registered_at)
-select 'm' || g, '2024-01-01T00:00:00Z' from generate_series(1, :members) g;
+select 'm' || g, timestamptz '2019-01-01T00:00:00Z' + (g % 2557) * interval '1 day' + (g % 86399) * interval '1 second'
+from generate_series(1, :members) g;
 
 -- One bonus event per member carries its entries (entries need an event).
 insert into earning_event (account_id, kind, natural_key, content, occurred_at)

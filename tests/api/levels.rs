@@ -777,6 +777,88 @@ async fn anniversaries_are_rewarded_but_not_the_registration_day(pool: PgPool) {
     assert!(coupons_of(&app, "newcomer").await.is_empty());
 }
 
+/// Registers members at `instants` in `zone`, and returns which of them the
+/// daily run of `day` rewards with an anniversary.
+async fn anniversaries_in(
+    pool: PgPool,
+    zone: &str,
+    instants: &[(&str, &str)],
+    day: (i32, i32, i32),
+) -> Vec<String> {
+    let app = spawn_app_with(pool, &["--time-zone", zone]).await;
+    let mut yearly = platform_template("anniv", 1000);
+    yearly.per_member_limit = 100;
+    app.create_template(yearly).await;
+    set_rewards(
+        &app,
+        pb::RewardKind::Anniversary,
+        pb::Level::Unspecified,
+        &["anniv"],
+    )
+    .await;
+    for (account, instant) in instants {
+        register_at(&app, account, instant, None).await;
+    }
+    app.clock.set(at("2026-07-01T00:00:00Z"));
+    run_day(&app, day.0, day.1, day.2).await;
+    let mut rewarded = Vec::new();
+    for (account, _) in instants {
+        if !coupons_of(&app, account).await.is_empty() {
+            rewarded.push(account.to_string());
+        }
+    }
+    rewarded
+}
+
+#[sqlx::test]
+async fn an_anniversary_is_the_local_date_of_registration_east_of_utc(pool: PgPool) {
+    // Kiritimati is 14 hours ahead of UTC: its 15 June starts on 14 June at 10:00 UTC.
+    let rewarded = anniversaries_in(
+        pool,
+        "Pacific/Kiritimati",
+        &[
+            ("last-second-of-14th", "2024-06-14T09:59:59Z"),
+            ("first-second-of-15th", "2024-06-14T10:00:00Z"),
+            ("last-second-of-15th", "2024-06-15T09:59:59Z"),
+            ("first-second-of-16th", "2024-06-15T10:00:00Z"),
+            // In 1990 Kiritimati was 10 hours behind UTC.
+            ("years-before-behind-utc", "1990-06-15T12:00:00Z"),
+            ("years-before-14th", "1990-06-14T12:00:00Z"),
+        ],
+        (2026, 6, 15),
+    )
+    .await;
+
+    assert_eq!(
+        rewarded,
+        [
+            "first-second-of-15th",
+            "last-second-of-15th",
+            "years-before-behind-utc"
+        ]
+    );
+}
+
+#[sqlx::test]
+async fn an_anniversary_is_the_local_date_of_registration_west_of_utc(pool: PgPool) {
+    // Pago Pago is 11 hours behind UTC: its 15 June runs from 15 June at 11:00 UTC
+    // to 16 June at 10:59:59 UTC.
+    let rewarded = anniversaries_in(
+        pool,
+        "Pacific/Pago_Pago",
+        &[
+            ("last-second-of-14th", "2024-06-15T10:59:59Z"),
+            ("first-second-of-15th", "2024-06-15T11:00:00Z"),
+            ("last-second-of-15th", "2024-06-16T10:59:59Z"),
+            ("first-second-of-16th", "2024-06-16T11:00:00Z"),
+        ],
+        (2026, 6, 15),
+    )
+    .await;
+
+    assert_eq!(rewarded, ["first-second-of-15th", "last-second-of-15th"]);
+}
+
 #[sqlx::test]
 async fn diamond_members_share_the_daily_coupon_stock_one_each_per_day(pool: PgPool) {
     let app = spawn_app(pool).await;
