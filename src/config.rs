@@ -11,7 +11,7 @@ use anyhow::Context;
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand};
 
-use crate::domain::coupons;
+use crate::domain::coupons::{self, ExpiryNotices};
 use crate::domain::levels::{BenefitsTable, Thresholds};
 use crate::domain::money::{Currency, Money};
 use crate::domain::points::rules::EarningRules;
@@ -397,6 +397,11 @@ pub struct EventsConfig {
     /// (`RunExpiryNotices`, and the scheduler's runs).
     #[arg(long, env = "LOYALTY_COUPON_EXPIRING_DAYS", default_value_t = 3)]
     pub coupon_expiring_days: u32,
+    /// How many coupons one batch (one transaction) of an expiry notice run
+    /// tells at most.
+    #[arg(long, env = "LOYALTY_NOTICE_BATCH", default_value_t = 1_000,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub notice_batch: i64,
 }
 
 impl EventsConfig {
@@ -410,9 +415,12 @@ impl EventsConfig {
         Duration::from_secs(self.event_prune_interval_secs.max(1))
     }
 
-    /// The expiry notice period.
-    pub fn expiring_notice(&self) -> Duration {
-        Duration::from_secs(u64::from(self.coupon_expiring_days) * 86_400)
+    /// How expiry notice runs go: the notice period and the batch.
+    pub fn expiry_notices(&self) -> ExpiryNotices {
+        ExpiryNotices {
+            period: Duration::from_secs(u64::from(self.coupon_expiring_days) * 86_400),
+            batch: self.notice_batch,
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use crate::connections::{self, TlsAccept};
 use crate::db;
 use crate::domain::audit::Audit;
 use crate::domain::calendar::Calendar;
-use crate::domain::coupons::Coupons;
+use crate::domain::coupons::{Coupons, ExpiryNotices};
 use crate::domain::members::Members;
 use crate::domain::membership::{LevelRules, Membership};
 use crate::domain::points::Points;
@@ -302,7 +302,7 @@ impl Application {
         if config.levels.scheduler {
             in_flight.spawn(run_scheduler(
                 membership.clone(),
-                (coupons.clone(), config.events.expiring_notice()),
+                (coupons.clone(), config.events.expiry_notices()),
                 Duration::from_secs(config.levels.scheduler_interval_secs.max(1)),
                 limits.job_timeout(),
                 shutdown.clone(),
@@ -364,7 +364,7 @@ impl Application {
             .add_service(
                 pb::coupons_server::CouponsServer::new(CouponsService::new(
                     coupons,
-                    config.events.expiring_notice(),
+                    config.events.expiry_notices(),
                 ))
                 .max_decoding_message_size(max_request_bytes),
             )
@@ -511,7 +511,7 @@ async fn ping(connection: &mut Option<PgConnection>, options: &PgConnectOptions)
 /// next tick.
 async fn run_scheduler(
     membership: Membership,
-    expiry: (Coupons, Duration),
+    expiry: (Coupons, ExpiryNotices),
     interval: Duration,
     job_timeout: Duration,
     shutdown: CancellationToken,

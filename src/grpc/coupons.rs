@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::call;
 
 use crate::domain::coupons::{
-    ClaimCode, Coupon, CouponSource, Coupons, IssuePolicy, OrderCheckout, OrderStatus, Refund, RefundExtent,
-    ReserveRequest, Template, TemplateSpec, Transition, Validity, check_hold,
+    ClaimCode, Coupon, CouponSource, Coupons, ExpiryNotices, IssuePolicy, OrderCheckout, OrderStatus, Refund,
+    RefundExtent, ReserveRequest, Template, TemplateSpec, Transition, Validity, check_hold,
 };
 use crate::domain::ids::{
     AccountId, BatchRequestId, CategoryId, IssuanceId, LineId, OrderId, ProductId, RefundId, SellerId,
@@ -30,15 +30,15 @@ use crate::pb;
 pub struct CouponsService {
     coupons: Coupons,
     /// How long before its expiry a coupon is "expiring soon".
-    expiring_notice: Duration,
+    expiry_notices: ExpiryNotices,
 }
 
 impl CouponsService {
-    /// Serves `coupons`; `expiring_notice` is the expiry notice period.
-    pub fn new(coupons: Coupons, expiring_notice: Duration) -> Self {
+    /// Serves `coupons`; `expiry_notices` is how `RunExpiryNotices` runs.
+    pub fn new(coupons: Coupons, expiry_notices: ExpiryNotices) -> Self {
         Self {
             coupons,
-            expiring_notice,
+            expiry_notices,
         }
     }
 }
@@ -662,7 +662,7 @@ impl pb::coupons_server::Coupons for CouponsService {
         &self,
         _request: Request<pb::RunExpiryNoticesRequest>,
     ) -> Result<Response<pb::RunExpiryNoticesResponse>, Status> {
-        let sent = self.coupons.send_expiry_notices(self.expiring_notice).await?;
+        let sent = self.coupons.send_expiry_notices(self.expiry_notices).await?;
         Ok(Response::new(pb::RunExpiryNoticesResponse {
             expiring_soon: sent.expiring_soon,
             expired: sent.expired,

@@ -24,9 +24,64 @@ pub struct NoticeBatch {
     pub sent: i64,
 }
 
-/// Sends `notice` for at most `limit` coupons that are due for it at `now`
-/// (for `ExpiringSoon`, expiring before `horizon`): marks each and writes its
-/// event, in one statement.
+/// The condition of a coupon due for `notice` (alias `k`, `$1` the run's
+/// instant, `$2` the end of the notice period), the column its notice marks,
+/// and its event type. Each condition holds its index's predicate, so that
+/// the read is a range of that index: `coupon_expiry_notice` for
+/// `coupon_expired`, `coupon_expiring_notice` for `coupon_expiring_soon`
+/// (which a coupon leaves once told, so that a run does not read the coupons
+/// told in earlier runs again).
+fn due(notice: Notice) -> (String, &'static str, &'static str) {
+    let status = status_as_of("k.", "$1");
+    match notice {
+        Notice::ExpiringSoon => (
+            format!(
+                "k.expiring_notice_at is null and k.expired_notice_at is null \
+                 and k.status in ('valid', 'inactive') and k.expires_at > $1 and k.expires_at <= $2 \
+                 and {status} = 'valid'"
+            ),
+            "expiring_notice_at",
+            "'coupon_expiring_soon'",
+        ),
+        Notice::Expired => (
+            format!(
+                "k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
+                 and k.expires_at <= $1 and {status} = 'expired'"
+            ),
+            "expired_notice_at",
+            "'coupon_expired'",
+        ),
+    }
+}
+
+/// The earliest expiry of the coupons due for `notice` at `now` (for
+/// `ExpiringSoon`, expiring before `horizon`), where a run's first window
+/// starts. On Citus each shard answers with the first entry of its index range.
+#[tracing::instrument(level = "debug", skip_all, fields(notice = ?notice))]
+pub async fn first_due(
+    conn: &mut PgConnection,
+    notice: Notice,
+    now: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let (due, _, _) = due(notice);
+    sqlx::query_scalar(&format!("select min(k.expires_at) from coupon k where {due}"))
+        .bind(now)
+        .bind(horizon)
+        .fetch_one(conn)
+        .await
+}
+
+/// Sends `notice` for at most `limit` coupons due for it at `now` (for
+/// `ExpiringSoon`, expiring before `horizon`) whose expiry is in `window`
+/// (from its start, up to but not including its end): marks each and writes
+/// its event, in one statement.
+///
+/// The window is what keeps a batch's read to its own coupons on Citus, where
+/// every shard reads the window's range of its index: with a limit alone, each
+/// shard would read up to `limit` coupons for the coordinator to keep
+/// `limit` of them all. The limit only bounds a window denser than the
+/// caller expected ([`crate::domain::coupons`]'s run narrows the next one).
 ///
 /// The read takes no row lock (Citus refuses `for update` on rows of many
 /// shards); the update checks the due condition again on each row, after
@@ -47,24 +102,10 @@ pub async fn send_expiry_notices(
     notice: Notice,
     now: DateTime<Utc>,
     horizon: DateTime<Utc>,
+    window: (DateTime<Utc>, DateTime<Utc>),
     limit: i64,
 ) -> Result<NoticeBatch, sqlx::Error> {
-    let status = status_as_of("k.", "$1");
-    let (due, mark, event_type) = match notice {
-        Notice::ExpiringSoon => (
-            format!(
-                "k.expiring_notice_at is null and k.expires_at > $1 and k.expires_at <= $2 \
-                 and {status} = 'valid'"
-            ),
-            "expiring_notice_at",
-            "'coupon_expiring_soon'",
-        ),
-        Notice::Expired => (
-            format!("k.expires_at <= $1 and {status} = 'expired'"),
-            "expired_notice_at",
-            "'coupon_expired'",
-        ),
-    };
+    let (due, mark, event_type) = due(notice);
     let origin = Origin::current();
     let event = events::insert_event_sql(
         "marked",
@@ -83,11 +124,7 @@ pub async fn send_expiry_notices(
         "$1",
         ("$4", "$5"),
     );
-    // The partial index `coupon_expiry_notice` finds the candidates by expiry.
-    let candidate = format!(
-        "k.expired_notice_at is null and k.status in ('valid', 'inactive', 'expired') \
-         and k.expires_at <= $2 and {due}"
-    );
+    let candidate = format!("{due} and k.expires_at >= $6 and k.expires_at < $7");
     let (picked, sent): (i64, i64) = sqlx::query_as(&format!(
         "with due as ( \
              select k.account_id, k.coupon_id from coupon k where {candidate} \
@@ -106,6 +143,8 @@ pub async fn send_expiry_notices(
     .bind(limit)
     .bind(&origin.request_id)
     .bind(&origin.caller)
+    .bind(window.0)
+    .bind(window.1)
     .fetch_one(conn)
     .await?;
     Ok(NoticeBatch { picked, sent })

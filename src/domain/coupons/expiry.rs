@@ -5,14 +5,27 @@
 //! only tells other services. Set-based, in bounded batches of their own
 //! transactions: a crash keeps the batches done, and a rerun sends the rest.
 //! Runs take turns batch by batch on the `expiry_notices` row of `job_lock`.
+//!
+//! A run goes through the due coupons by expiry, one window of expiry
+//! instants per batch, from the earliest due. Each window is sized from the
+//! last to hold about half a batch; a window that fills a batch is narrowed
+//! and sent again (its coupons told so far no longer due). On Citus a batch
+//! therefore reads the window's coupons on each shard, about what it marks,
+//! instead of a batch's worth on every shard ([`db::coupons::send_expiry_notices`]).
 
 use std::time::Duration;
 
 use super::*;
 use crate::db::coupons::Notice;
 
-/// The most coupons one batch (one statement, one transaction) tells.
-const NOTICE_BATCH: i64 = 1_000;
+/// How a run sends expiry notices (config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryNotices {
+    /// How long before its expiry a coupon is expiring soon.
+    pub period: Duration,
+    /// The most coupons one batch (one statement, one transaction) tells.
+    pub batch: i64,
+}
 
 /// What an expiry notice run sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,31 +35,56 @@ pub struct NoticesSent {
 }
 
 impl Coupons {
-    /// Sends the expiry notices due now; `notice_period` is how long before
-    /// its expiry a coupon is expiring soon.
+    /// Sends the expiry notices due now.
     #[tracing::instrument(skip_all)]
-    pub async fn send_expiry_notices(&self, notice_period: Duration) -> Result<NoticesSent, Error> {
+    pub async fn send_expiry_notices(&self, notices: ExpiryNotices) -> Result<NoticesSent, Error> {
         let now = self.clock.now();
         let period =
-            chrono::Duration::from_std(notice_period).map_err(|e| anyhow::anyhow!("notice period: {e}"))?;
+            chrono::Duration::from_std(notices.period).map_err(|e| anyhow::anyhow!("notice period: {e}"))?;
         let horizon = now.checked_add_signed(period).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let limit = notices.batch.max(1);
         let mut sent = NoticesSent::default();
         for notice in [Notice::Expired, Notice::ExpiringSoon] {
+            // The windows cover the due expiries: up to `now` for the expired,
+            // up to `horizon` for the expiring soon (one microsecond, the
+            // database's precision, past it: windows end before their end).
+            let last = match notice {
+                Notice::Expired => now,
+                Notice::ExpiringSoon => horizon,
+            };
+            let end = last + chrono::Duration::microseconds(1);
+            let first = {
+                let mut conn = db::acquire(&self.pool).await?;
+                db::coupons::first_due(&mut conn, notice, now, horizon).await?
+            };
+            let Some(mut from) = first else { continue };
+            // The first window is all of it: a run with less than a batch due
+            // sends one batch.
+            let mut span = end - from;
             loop {
+                let to = if end - from <= span { end } else { from + span };
                 let mut tx = db::begin(&self.pool).await?;
                 db::levels::lock_job(&mut tx, "expiry_notices").await?;
                 let batch =
-                    db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, NOTICE_BATCH).await?;
+                    db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, (from, to), limit)
+                        .await?;
                 db::commit(tx).await?;
                 match notice {
                     Notice::Expired => sent.expired += batch.sent,
                     Notice::ExpiringSoon => sent.expiring_soon += batch.sent,
                 }
-                // A coupon picked but not sent (redeemed meanwhile) is no
-                // longer due, so a full pick means there may be more.
-                if batch.picked < NOTICE_BATCH {
+                if batch.picked >= limit {
+                    // A full window may hold more: the same start, half the
+                    // span (the coupons picked are no longer due, whether this
+                    // batch told them or a concurrent change made them not due).
+                    span = (span / 2).max(chrono::Duration::microseconds(1));
+                    continue;
+                }
+                if to >= end {
                     break;
                 }
+                from = to;
+                span = next_span(span, batch.picked, limit);
             }
         }
         tracing::info!(
@@ -55,5 +93,40 @@ impl Coupons {
             "expiry notices sent"
         );
         Ok(sent)
+    }
+}
+
+/// The span of the next window: the last one's, scaled so that the coupons
+/// of its density fill half a batch, by no less than half and no more than 8
+/// times (sparse stretches grow it quickly, a dense one shrinks it).
+fn next_span(span: chrono::Duration, picked: i64, limit: i64) -> chrono::Duration {
+    let factor = (limit as f64 / 2.0 / picked.max(1) as f64).clamp(0.5, 8.0);
+    let micros = span.num_microseconds().unwrap_or(i64::MAX) as f64 * factor;
+    chrono::Duration::microseconds(micros.min(i64::MAX as f64 / 2.0).max(1.0) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_aims_at_half_a_batch_within_half_and_eight_times_its_span() {
+        let hour = chrono::Duration::hours(1);
+        assert_eq!(
+            next_span(hour, 250, 1000),
+            hour * 2,
+            "a quarter batch: twice as long"
+        );
+        assert_eq!(next_span(hour, 500, 1000), hour);
+        assert_eq!(
+            next_span(hour, 1000, 1000),
+            hour / 2,
+            "a full one: half, the least"
+        );
+        assert_eq!(next_span(hour, 0, 1000), hour * 8, "empty: at most 8 times");
+        assert_eq!(
+            next_span(chrono::Duration::microseconds(1), 999, 1000),
+            chrono::Duration::microseconds(1)
+        );
     }
 }

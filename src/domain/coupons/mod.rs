@@ -45,7 +45,7 @@ mod orders;
 mod refunds;
 mod templates;
 
-pub use expiry::NoticesSent;
+pub use expiry::{ExpiryNotices, NoticesSent};
 
 pub use templates::{ClaimCode, CodeBatch, MAX_CODES_PER_BATCH};
 

@@ -176,6 +176,75 @@ async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
     assert_eq!(coupons.len(), COUPONS as usize, "one notice per coupon");
 }
 
+/// Inserts coupons of `two-days` for members m0 to m9 expiring at each of
+/// `expiries` (valid since 2015), and `told` of them already told they expire
+/// soon.
+async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
+    sqlx::query(
+        "insert into coupon (account_id, template_id, status, name, issuer, discount_kind, \
+             amount_off_minor, currency, min_purchase_minor, regular_price_only, valid_from, \
+             expires_at, source, issuance_id, issued_at, updated_at, expiring_notice_at) \
+         select 'm' || (n % 10), 'two-days', 'valid', 'two days', 'platform', 'amount', 100, 'USD', \
+             0, false, '2015-01-01T00:00:00Z', e::timestamptz, 'issuance', 'bulk-' || gen_random_uuid(), \
+             '2015-01-01T00:00:00Z', '2015-01-01T00:00:00Z', \
+             case when $2 then timestamptz '2015-01-01T00:00:00Z' end \
+         from unnest($1::text[]) with ordinality as x (e, n)",
+    )
+    .bind(expiries)
+    .bind(told)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A run goes through the due coupons one window of expiries per batch: a
+/// window that fills a batch is sent again narrower (down to coupons of one
+/// instant), sparse ones grow, and every due coupon is told once.
+#[sqlx::test]
+async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--notice-batch", "4"]).await;
+    app.create_template(valid_for_days("two-days", 2)).await;
+    for member in 0..10 {
+        app.register(&format!("m{member}")).await;
+    }
+    // Now is 2026-06-15T12:00Z: the notice period ends on 2026-06-18T12:00Z.
+    let same_instant = ["2026-06-17T00:00:00Z"; 10];
+    let spread: Vec<String> = (1..=7).map(|h| format!("2026-06-16T{h:02}:00:00Z")).collect();
+    let past: Vec<String> = (0..9).map(|k| format!("{}-03-01T00:00:00Z", 2016 + k)).collect();
+    bulk_coupons(&pool, &same_instant, false).await;
+    bulk_coupons(
+        &pool,
+        &spread.iter().map(String::as_str).collect::<Vec<_>>(),
+        false,
+    )
+    .await;
+    bulk_coupons(&pool, &past.iter().map(String::as_str).collect::<Vec<_>>(), false).await;
+    // Told before, or due after the period: not told by this run.
+    bulk_coupons(&pool, &["2026-06-16T12:00:00Z"; 3], true).await;
+    bulk_coupons(&pool, &["2026-06-18T12:00:01Z", "2026-07-01T00:00:00Z"], false).await;
+
+    let first = app.run_notices("r-run-1").await;
+    let second = app.run_notices("r-run-2").await;
+
+    assert_eq!(
+        (first, second),
+        ((17, 9), (0, 0)),
+        "(expiring soon, expired) of each run"
+    );
+    let notices = expiry_notices(app.logged_events(&pool).await);
+    let coupons: BTreeSet<i64> = notices.iter().map(coupon_of).collect();
+    assert_eq!((notices.len(), coupons.len()), (26, 26), "one notice per coupon");
+    let batches: Vec<i64> = sqlx::query_scalar(
+        "select (detail->>'coupons')::bigint from admin_change where action = 'job.expiry_notices' \
+         order by admin_change_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(batches.iter().all(|&told| (1..=4).contains(&told)), "{batches:?}");
+    assert_eq!(batches.iter().sum::<i64>(), 26, "{batches:?}");
+}
+
 /// A run reads the due coupons without locking them, then marks them: a
 /// coupon that another transaction changes meanwhile is checked again once
 /// that transaction ends, and is not told if it is no longer due.
