@@ -395,7 +395,8 @@ pub struct EventsConfig {
     pub event_prune_interval_secs: u64,
     /// How many days before its expiry a usable coupon is "expiring soon"
     /// (`RunExpiryNotices`, and the scheduler's runs).
-    #[arg(long, env = "LOYALTY_COUPON_EXPIRING_DAYS", default_value_t = 3)]
+    #[arg(long, env = "LOYALTY_COUPON_EXPIRING_DAYS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=3650))]
     pub coupon_expiring_days: u32,
     /// How many coupons one batch (one transaction) of an expiry notice run
     /// tells at most.
@@ -597,6 +598,22 @@ mod tests {
             let error = files(half).unwrap_err().to_string();
             assert!(error.contains("needs"), "{half:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_expiry_notice_settings_are_bounded() {
+        let parse = |flag: &str, value: &str| Config::try_parse_from(["loyalty", flag, value]);
+        assert!(
+            parse("--coupon-expiring-days", "3651").is_err(),
+            "a horizon past what the database holds"
+        );
+        assert!(parse("--notice-batch", "0").is_err());
+        let config = parse("--coupon-expiring-days", "3650").unwrap();
+        assert_eq!(
+            config.events.expiry_notices().period,
+            Duration::from_secs(3650 * 86_400)
+        );
+        assert_eq!(config.events.expiry_notices().batch, 1_000);
     }
 
     #[test]

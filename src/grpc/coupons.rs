@@ -29,7 +29,7 @@ use crate::pb;
 /// The gRPC face of coupon operations.
 pub struct CouponsService {
     coupons: Coupons,
-    /// How long before its expiry a coupon is "expiring soon".
+    /// How `RunExpiryNotices` runs: the notice period and the batch.
     expiry_notices: ExpiryNotices,
 }
 

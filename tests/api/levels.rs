@@ -764,16 +764,19 @@ async fn anniversaries_are_rewarded_but_not_the_registration_day(pool: PgPool) {
     )
     .await;
     register_at(&app, "veteran", "2024-02-29T10:00:00Z", None).await;
+    // More than 16 hours after the end of 28 February (UTC).
+    register_at(&app, "veteran-evening", "2024-02-29T20:00:00Z", None).await;
     app.clock.set(at("2026-03-01T00:00:00Z"));
     register_at(&app, "newcomer", "2026-02-28T10:00:00Z", None).await;
 
     let run = run_day(&app, 2026, 2, 28).await;
 
     assert_eq!(
-        run.anniversary_rewards, 1,
+        run.anniversary_rewards, 2,
         "29 February 2024 on 28 February 2026; not the day of registration"
     );
     assert_eq!(coupons_of(&app, "veteran").await.len(), 1);
+    assert_eq!(coupons_of(&app, "veteran-evening").await.len(), 1);
     assert!(coupons_of(&app, "newcomer").await.is_empty());
 }
 
@@ -857,6 +860,23 @@ async fn an_anniversary_is_the_local_date_of_registration_west_of_utc(pool: PgPo
     .await;
 
     assert_eq!(rewarded, ["first-second-of-15th", "last-second-of-15th"]);
+}
+
+#[sqlx::test]
+async fn the_first_registrations_of_1970_have_their_anniversary_in_1969_west_of_utc(pool: PgPool) {
+    // 1970-01-01T00:00:00Z, the earliest registration, was 31 December 1969 in Pago Pago.
+    let rewarded = anniversaries_in(
+        pool,
+        "Pacific/Pago_Pago",
+        &[
+            ("epoch", "1970-01-01T00:00:00Z"),
+            ("new-year", "1970-01-01T11:00:00Z"),
+        ],
+        (2025, 12, 31),
+    )
+    .await;
+
+    assert_eq!(rewarded, ["epoch"]);
 }
 
 #[sqlx::test]

@@ -124,16 +124,20 @@ pub async fn send_expiry_notices(
         "$1",
         ("$4", "$5"),
     );
-    let candidate = format!("{due} and k.expires_at >= $6 and k.expires_at < $7");
+    // The update checks the due condition again but not the window (an
+    // expiry does not move): with the window, a range of the index could look
+    // cheaper than the nested loop over the sorted batch, and lock in expiry
+    // order.
     let (picked, sent): (i64, i64) = sqlx::query_as(&format!(
         "with due as ( \
-             select k.account_id, k.coupon_id from coupon k where {candidate} \
+             select k.account_id, k.coupon_id from coupon k \
+             where {due} and k.expires_at >= $6 and k.expires_at < $7 \
              order by k.expires_at \
              limit $3 \
          ), marked as ( \
              update coupon k set {mark} = $1 \
              from (select account_id, coupon_id from due order by account_id, coupon_id) due \
-             where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {candidate} \
+             where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {due} \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
          ), event as ({event}), audit as ({audit}) \
          select (select count(*) from due), (select count(*) from marked)"

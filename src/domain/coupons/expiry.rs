@@ -52,7 +52,9 @@ impl Coupons {
                 Notice::Expired => now,
                 Notice::ExpiringSoon => horizon,
             };
-            let end = last + chrono::Duration::microseconds(1);
+            let end = last
+                .checked_add_signed(chrono::Duration::microseconds(1))
+                .unwrap_or(last);
             let first = {
                 let mut conn = db::acquire(&self.pool).await?;
                 db::coupons::first_due(&mut conn, notice, now, horizon).await?

@@ -198,8 +198,9 @@ async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
 }
 
 /// A run goes through the due coupons one window of expiries per batch: a
-/// window that fills a batch is sent again narrower (down to coupons of one
-/// instant), sparse ones grow, and every due coupon is told once.
+/// window that fills a batch is sent again narrower, sparse ones grow, and
+/// every due coupon is told once, those expiring at the ends of the notice
+/// period (now, and its last instant) included.
 #[sqlx::test]
 async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--notice-batch", "4"]).await;
@@ -209,8 +210,10 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
     }
     // Now is 2026-06-15T12:00Z: the notice period ends on 2026-06-18T12:00Z.
     let same_instant = ["2026-06-17T00:00:00Z"; 10];
-    let spread: Vec<String> = (1..=7).map(|h| format!("2026-06-16T{h:02}:00:00Z")).collect();
-    let past: Vec<String> = (0..9).map(|k| format!("{}-03-01T00:00:00Z", 2016 + k)).collect();
+    let mut spread: Vec<String> = (1..=6).map(|h| format!("2026-06-16T{h:02}:00:00Z")).collect();
+    let mut past: Vec<String> = (0..8).map(|k| format!("{}-03-01T00:00:00Z", 2016 + k)).collect();
+    past.push("2026-06-15T12:00:00Z".into()); // expires now: expired
+    spread.push("2026-06-18T12:00:00Z".into()); // the period's last instant
     bulk_coupons(&pool, &same_instant, false).await;
     bulk_coupons(
         &pool,
