@@ -22,6 +22,9 @@ pub struct NoticeBatch {
     pub picked: i64,
     /// The coupons it marked: those still due once their row was theirs.
     pub sent: i64,
+    /// The latest expiry among the coupons picked. Every coupon of the
+    /// window due before it was picked (the batch takes them by expiry).
+    pub last_expiry: Option<DateTime<Utc>>,
 }
 
 /// The condition of a coupon due for `notice` (alias `k`, `$1` the run's
@@ -80,8 +83,8 @@ pub async fn first_due(
 /// The window is what keeps a batch's read to its own coupons on Citus, where
 /// every shard reads the window's range of its index: with a limit alone, each
 /// shard would read up to `limit` coupons for the coordinator to keep
-/// `limit` of them all. The limit only bounds a window denser than the
-/// caller expected ([`crate::domain::coupons`]'s run narrows the next one).
+/// `limit` of them all. The limit bounds a window denser than the caller
+/// expected; the run's next window then starts at the batch's last expiry.
 ///
 /// The read takes no row lock (Citus refuses `for update` on rows of many
 /// shards); the update checks the due condition again on each row, after
@@ -128,9 +131,9 @@ pub async fn send_expiry_notices(
     // expiry does not move): with the window, a range of the index could look
     // cheaper than the nested loop over the sorted batch, and lock in expiry
     // order.
-    let (picked, sent): (i64, i64) = sqlx::query_as(&format!(
+    let (picked, sent, last_expiry): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
         "with due as ( \
-             select k.account_id, k.coupon_id from coupon k \
+             select k.account_id, k.coupon_id, k.expires_at from coupon k \
              where {due} and k.expires_at >= $6 and k.expires_at < $7 \
              order by k.expires_at \
              limit $3 \
@@ -140,7 +143,8 @@ pub async fn send_expiry_notices(
              where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {due} \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
          ), event as ({event}), audit as ({audit}) \
-         select (select count(*) from due), (select count(*) from marked)"
+         select (select count(*) from due), (select count(*) from marked), \
+                (select max(expires_at) from due)"
     ))
     .bind(now)
     .bind(horizon)
@@ -151,5 +155,9 @@ pub async fn send_expiry_notices(
     .bind(window.1)
     .fetch_one(conn)
     .await?;
-    Ok(NoticeBatch { picked, sent })
+    Ok(NoticeBatch {
+        picked,
+        sent,
+        last_expiry,
+    })
 }

@@ -8,8 +8,9 @@
 //!
 //! A run goes through the due coupons by expiry, one window of expiry
 //! instants per batch, from the earliest due. Each window is sized from the
-//! last to hold about half a batch; a window that fills a batch is narrowed
-//! and sent again (its coupons told so far no longer due). On Citus a batch
+//! last to hold about half a batch; after a window that fills a batch, the
+//! next starts at the batch's last expiry (every due coupon before it was
+//! picked) and is sized from the stretch the batch took. On Citus a batch
 //! therefore reads the window's coupons on each shard, about what it marks,
 //! instead of a batch's worth on every shard ([`db::coupons::send_expiry_notices`]).
 
@@ -76,10 +77,16 @@ impl Coupons {
                     Notice::ExpiringSoon => sent.expiring_soon += batch.sent,
                 }
                 if batch.picked >= limit {
-                    // A full window may hold more: the same start, half the
-                    // span (the coupons picked are no longer due, whether this
-                    // batch told them or a concurrent change made them not due).
-                    span = (span / 2).max(chrono::Duration::microseconds(1));
+                    // A full window may hold more. Every due coupon before the
+                    // batch's last expiry was picked (and is no longer due,
+                    // told or changed meanwhile): the next window starts there,
+                    // half as long as the stretch that held this batch. Coupons
+                    // of one instant keep the span; they go a batch at a time.
+                    let last = batch.last_expiry.unwrap_or(from);
+                    if last > from {
+                        span = ((last - from) / 2).max(chrono::Duration::microseconds(1));
+                        from = last;
+                    }
                     continue;
                 }
                 if to >= end {

@@ -197,8 +197,9 @@ async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
     .unwrap();
 }
 
-/// A run goes through the due coupons one window of expiries per batch: a
-/// window that fills a batch is sent again narrower, sparse ones grow, and
+/// A run goes through the due coupons one window of expiries per batch: after
+/// a window that fills a batch the next starts at its last expiry, sparse
+/// windows grow, and
 /// every due coupon is told once, those expiring at the ends of the notice
 /// period (now, and its last instant) included.
 #[sqlx::test]
