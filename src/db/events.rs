@@ -194,7 +194,10 @@ pub async fn read(
 /// short after a long relay outage), dropping the slices below it; returns the
 /// new floor when it moved. Its events go next ([`prune_events`]): the floor
 /// moves first, so that a reader that finds its events gone also finds its
-/// cursor below the floor.
+/// cursor below the floor. With no slice old enough, nothing moves: `least`
+/// ignores a null, so without the `having` the cap alone would be the target
+/// and every slice below it would go (the floor included, and with it the
+/// slicer's last slice: nothing could be cut again).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn raise_floor(
     conn: &mut PgConnection,
@@ -208,6 +211,7 @@ pub async fn raise_floor(
              where closed_at < $1 \
                and slice_id <= (select settled_through from event_slicer) \
                and slice_id < coalesce((select min(slice_id) from event_relay), 9223372036854775807) \
+             having max(slice_id) is not null \
          ), dropped as ( \
              delete from event_slice where slice_id < (select slice_id from target) returning slice_id \
          ) \

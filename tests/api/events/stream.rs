@@ -20,6 +20,41 @@ async fn end_of(stream: &mut tonic::Streaming<pb::WatchResponse>) -> Result<(), 
     Ok(())
 }
 
+/// The pruner runs while no slice is older than the retention (a fresh
+/// install's first week, or a test whose clock does not move): it drops
+/// nothing, and the log goes on. It once dropped every slice then, the floor
+/// included, after which nothing could be cut again.
+#[sqlx::test]
+async fn a_prune_with_no_slice_old_enough_drops_nothing(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--event-prune-interval-secs", "1"]).await;
+    app.register_by("alice", "r-first").await;
+    let first = app
+        .watch_until(from_oldest(), Duration::from_secs(10), has_request("r-first"))
+        .await;
+    // Two prunes at least, with the first event's slice and the floor in place.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    app.register_by("bob", "r-second").await;
+
+    let next = app
+        .watch_until(
+            after(&first.cursor),
+            Duration::from_secs(10),
+            has_request("r-second"),
+        )
+        .await;
+    let everything = app
+        .watch_until(from_oldest(), Duration::from_secs(10), has_request("r-second"))
+        .await;
+
+    assert_eq!(next.events.len(), 1, "the event after the prunes is delivered");
+    assert_eq!(everything.events.len(), 2, "and none before it was pruned");
+    let floor: Option<i64> = sqlx::query_scalar("select min(slice_id) from event_slice")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(floor, Some(0), "the floor did not move");
+}
+
 #[sqlx::test]
 async fn events_older_than_the_retention_are_pruned_and_their_cursors_expire(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--event-prune-interval-secs", "1"]).await;
