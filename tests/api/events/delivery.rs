@@ -680,6 +680,53 @@ async fn the_stamping_migration_keeps_the_slices_and_cursors_of_the_previous_rel
     );
 }
 
+/// A database whose pruner dropped every slice (the releases before the
+/// repair did when no slice was old enough, the floor included, after which
+/// nothing was cut again) gets the slices of its stamped events back, and the
+/// log goes on: every event is delivered, those stamped later too.
+#[sqlx::test(migrations = false)]
+async fn the_repair_migration_gives_back_the_slices_a_prune_dropped(pool: PgPool) {
+    migrate_before(&pool, "20261205000016").await;
+    // As such a release left it: r-1 and r-2 in slice 1, r-3 in slice 2, both
+    // settled; r-4 written after, never stamped; every slice dropped.
+    sqlx::raw_sql(
+        "insert into event (account_id, event_type, occurred_at, request_id, payload, slice_id) values \
+             ('alice', 'member_flagged', now(), 'r-1', '{\"reason\": \"x\"}', 1), \
+             ('bob', 'member_flagged', now(), 'r-2', '{\"reason\": \"x\"}', 1), \
+             ('alice', 'member_flagged', now(), 'r-3', '{\"reason\": \"x\"}', 2), \
+             ('carol', 'member_flagged', now(), 'r-4', '{\"reason\": \"x\"}', null); \
+         update event_slicer set settled_through = 2; \
+         delete from event_slice",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    loyalty::db::migrate(&pool).await.unwrap();
+
+    let slices: Vec<(i64, i32)> =
+        sqlx::query_as("select slice_id, events from event_slice order by slice_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        slices,
+        [(0, 0), (1, 2), (2, 1)],
+        "the floor, then the slices back"
+    );
+    let app = spawn_app(pool.clone()).await;
+    app.register("dave").await;
+    let mut requests: Vec<String> = app
+        .logged_events(&pool)
+        .await
+        .into_iter()
+        .map(|e| e.request_id)
+        .filter(|r| r.starts_with("r-"))
+        .collect();
+    requests.sort();
+    assert_eq!(requests, ["r-1", "r-2", "r-3", "r-4"]);
+}
+
 #[sqlx::test]
 async fn a_backlog_is_cut_in_slices_of_at_most_ten_thousand_in_each_members_order(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
