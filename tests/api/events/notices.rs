@@ -145,19 +145,7 @@ async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
         app.register(&format!("m{member}")).await;
     }
     // Due for "expiring soon": valid, expiring within the 3-day notice period.
-    sqlx::query(
-        "insert into coupon (account_id, template_id, status, name, issuer, discount_kind, \
-             amount_off_minor, currency, min_purchase_minor, regular_price_only, valid_from, \
-             expires_at, source, issuance_id, issued_at, updated_at) \
-         select 'm' || (g % 10), 'two-days', 'valid', 'two days', 'platform', 'amount', 100, 'USD', \
-             0, false, '2026-06-15T00:00:00Z', '2026-06-17T00:00:00Z', 'issuance', 'bulk-' || g, \
-             '2026-06-15T00:00:00Z', '2026-06-15T00:00:00Z' \
-         from generate_series(1, $1) g",
-    )
-    .bind(COUPONS)
-    .execute(&pool)
-    .await
-    .unwrap();
+    bulk_coupons(&pool, &["2026-06-17T00:00:00Z"; COUPONS as usize], false).await;
 
     let runs = futures::future::join_all((0..6).map(|n| {
         let app = &app;
@@ -177,8 +165,7 @@ async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
 }
 
 /// Inserts coupons of `two-days` for members m0 to m9 expiring at each of
-/// `expiries` (valid since 2015), and `told` of them already told they expire
-/// soon.
+/// `expiries` (valid since 2015); with `told`, already told they expire soon.
 async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
     sqlx::query(
         "insert into coupon (account_id, template_id, status, name, issuer, discount_kind, \
