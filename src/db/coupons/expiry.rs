@@ -15,6 +15,29 @@ pub enum Notice {
     Expired,
 }
 
+/// A place in the order a run goes through the due coupons: by expiry, then
+/// by the hash of the member's account id (`hashtext`, Citus's hash of its
+/// shard key). The hash splits the coupons of one expiry instant, such as
+/// every coupon of a template with a fixed validity window: on Citus, a window
+/// within one instant is a stretch of one or two shards' index, and the other
+/// shards find none of it. Indexes `coupon_expiry_notice_by_hash` and
+/// `coupon_expiring_notice_by_hash` hold the coupons in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NoticePlace {
+    pub expiry: DateTime<Utc>,
+    pub hash: i32,
+}
+
+impl NoticePlace {
+    /// The first place of an expiry instant (before any hash).
+    pub fn at(expiry: DateTime<Utc>) -> Self {
+        Self {
+            expiry,
+            hash: i32::MIN,
+        }
+    }
+}
+
 /// What a batch of notices did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoticeBatch {
@@ -22,16 +45,16 @@ pub struct NoticeBatch {
     pub picked: i64,
     /// The coupons it marked: those still due once their row was theirs.
     pub sent: i64,
-    /// The latest expiry among the coupons picked. Every coupon of the
-    /// window due before it was picked (the batch takes them by expiry).
-    pub last_expiry: Option<DateTime<Utc>>,
+    /// The last place among the coupons picked. Every coupon of the window
+    /// due before it was picked (the batch takes them in that order).
+    pub last: Option<NoticePlace>,
 }
 
 /// The condition of a coupon due for `notice` (alias `k`, `$1` the run's
 /// instant, `$2` the end of the notice period), the column its notice marks,
 /// and its event type. Each condition holds its index's predicate, so that
-/// the read is a range of that index: `coupon_expiry_notice` for
-/// `coupon_expired`, `coupon_expiring_notice` for `coupon_expiring_soon`
+/// the read is a range of that index: `coupon_expiry_notice_by_hash` for
+/// `coupon_expired`, `coupon_expiring_notice_by_hash` for `coupon_expiring_soon`
 /// (which a coupon leaves once told, so that a run does not read the coupons
 /// told in earlier runs again).
 fn due(notice: Notice) -> (String, &'static str, &'static str) {
@@ -77,14 +100,14 @@ pub async fn first_due(
 
 /// Sends `notice` for at most `limit` coupons due for it at `now` (for
 /// `ExpiringSoon`, expiring before `horizon`) whose expiry is in `window`
-/// (from its start, up to but not including its end): marks each and writes
-/// its event, in one statement.
+/// (from its start, up to but not including its end, in the order of
+/// [`NoticePlace`]): marks each and writes its event, in one statement.
 ///
 /// The window is what keeps a batch's read to its own coupons on Citus, where
 /// every shard reads the window's range of its index: with a limit alone, each
 /// shard would read up to `limit` coupons for the coordinator to keep
 /// `limit` of them all. The limit bounds a window denser than the caller
-/// expected; the run's next window then starts at the batch's last expiry.
+/// expected; the run's next window then starts at the batch's last place.
 ///
 /// The read takes no row lock (Citus refuses `for update` on rows of many
 /// shards); the update checks the due condition again on each row, after
@@ -105,7 +128,7 @@ pub async fn send_expiry_notices(
     notice: Notice,
     now: DateTime<Utc>,
     horizon: DateTime<Utc>,
-    window: (DateTime<Utc>, DateTime<Utc>),
+    window: (NoticePlace, NoticePlace),
     limit: i64,
 ) -> Result<NoticeBatch, sqlx::Error> {
     let (due, mark, event_type) = due(notice);
@@ -127,37 +150,46 @@ pub async fn send_expiry_notices(
         "$1",
         ("$4", "$5"),
     );
-    // The update checks the due condition again but not the window (an
-    // expiry does not move): with the window, a range of the index could look
-    // cheaper than the nested loop over the sorted batch, and lock in expiry
-    // order.
-    let (picked, sent, last_expiry): (i64, i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
-        "with due as ( \
-             select k.account_id, k.coupon_id, k.expires_at from coupon k \
-             where {due} and k.expires_at >= $6 and k.expires_at < $7 \
-             order by k.expires_at \
+    // The window's ends are row comparisons, which bound the index range on
+    // both columns. The update checks the due condition again but not the
+    // window (an expiry does not move): with the window, a range of the index
+    // could look cheaper than the nested loop over the sorted batch, and lock
+    // in expiry order.
+    let (picked, sent, last_expiry, last_hash): (i64, i64, Option<DateTime<Utc>>, Option<i32>) =
+        sqlx::query_as(&format!(
+            "with due as ( \
+             select k.account_id, k.coupon_id, k.expires_at, hashtext(k.account_id) as hash \
+             from coupon k \
+             where {due} and (k.expires_at, hashtext(k.account_id)) >= ($6, $8) \
+                 and (k.expires_at, hashtext(k.account_id)) < ($7, $9) \
+             order by k.expires_at, hashtext(k.account_id) \
              limit $3 \
-         ), marked as ( \
+         ), last as (select expires_at, hash from due order by expires_at desc, hash desc limit 1), \
+         marked as ( \
              update coupon k set {mark} = $1 \
              from (select account_id, coupon_id from due order by account_id, coupon_id) due \
              where k.account_id = due.account_id and k.coupon_id = due.coupon_id and {due} \
              returning k.account_id, k.coupon_id, k.template_id, k.expires_at \
          ), event as ({event}), audit as ({audit}) \
          select (select count(*) from due), (select count(*) from marked), \
-                (select max(expires_at) from due)"
-    ))
-    .bind(now)
-    .bind(horizon)
-    .bind(limit)
-    .bind(&origin.request_id)
-    .bind(&origin.caller)
-    .bind(window.0)
-    .bind(window.1)
-    .fetch_one(conn)
-    .await?;
+                (select expires_at from last), (select hash from last)"
+        ))
+        .bind(now)
+        .bind(horizon)
+        .bind(limit)
+        .bind(&origin.request_id)
+        .bind(&origin.caller)
+        .bind(window.0.expiry)
+        .bind(window.1.expiry)
+        .bind(window.0.hash)
+        .bind(window.1.hash)
+        .fetch_one(conn)
+        .await?;
     Ok(NoticeBatch {
         picked,
         sent,
-        last_expiry,
+        last: last_expiry
+            .zip(last_hash)
+            .map(|(expiry, hash)| NoticePlace { expiry, hash }),
     })
 }

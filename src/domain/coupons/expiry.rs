@@ -6,18 +6,21 @@
 //! transactions: a crash keeps the batches done, and a rerun sends the rest.
 //! Runs take turns batch by batch on the `expiry_notices` row of `job_lock`.
 //!
-//! A run goes through the due coupons by expiry, one window of expiry
-//! instants per batch, from the earliest due. Each window is sized from the
-//! last to hold about half a batch; after a window that fills a batch, the
-//! next starts at the batch's last expiry (every due coupon before it was
-//! picked) and is sized from the stretch the batch took. On Citus a batch
-//! therefore reads the window's coupons on each shard, about what it marks,
-//! instead of a batch's worth on every shard ([`db::coupons::send_expiry_notices`]).
+//! A run goes through the due coupons by expiry, then by the hash of their
+//! member's account id ([`NoticePlace`]), one window of that order per batch,
+//! from the earliest due. Each window is sized from the last to hold about
+//! half a batch; after a window that fills a batch, the next starts at the
+//! batch's last place (every due coupon before it was picked) and is sized
+//! from the stretch the batch took. On Citus a batch therefore reads the
+//! window's coupons on each shard, about what it marks, instead of a batch's
+//! worth on every shard ([`db::coupons::send_expiry_notices`]); the hash
+//! splits the coupons of one expiry instant into windows too, each a stretch
+//! of one or two shards.
 
 use std::time::Duration;
 
 use super::*;
-use crate::db::coupons::Notice;
+use crate::db::coupons::{Notice, NoticePlace};
 
 /// How a run sends expiry notices (config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,17 +63,19 @@ impl Coupons {
                 let mut conn = db::acquire(&self.pool).await?;
                 db::coupons::first_due(&mut conn, notice, now, horizon).await?
             };
-            let Some(mut from) = first else { continue };
+            let Some(first) = first else { continue };
+            let end = rank(NoticePlace::at(end));
+            let mut from = rank(NoticePlace::at(first));
             // The first window is all of it: a run with less than a batch due
             // sends one batch.
             let mut span = end - from;
             loop {
                 let to = if end - from <= span { end } else { from + span };
+                let window = (place(from)?, place(to)?);
                 let mut tx = db::begin(&self.pool).await?;
                 db::levels::lock_job(&mut tx, "expiry_notices").await?;
                 let batch =
-                    db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, (from, to), limit)
-                        .await?;
+                    db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, window, limit).await?;
                 db::commit(tx).await?;
                 match notice {
                     Notice::Expired => sent.expired += batch.sent,
@@ -78,13 +83,14 @@ impl Coupons {
                 }
                 if batch.picked >= limit {
                     // A full window may hold more. Every due coupon before the
-                    // batch's last expiry was picked (and is no longer due,
+                    // batch's last place was picked (and is no longer due,
                     // told or changed meanwhile): the next window starts there,
-                    // half as long as the stretch that held this batch. Coupons
-                    // of one instant keep the span; they go a batch at a time.
-                    let last = batch.last_expiry.unwrap_or(from);
+                    // half as long as the stretch that held this batch. A
+                    // member's coupons of one instant share a place and keep
+                    // the span; they go a batch at a time.
+                    let last = batch.last.map(rank).unwrap_or(from);
                     if last > from {
-                        span = ((last - from) / 2).max(chrono::Duration::microseconds(1));
+                        span = ((last - from) / 2).max(1);
                         from = last;
                     }
                     continue;
@@ -105,13 +111,34 @@ impl Coupons {
     }
 }
 
+/// The number of hashes (`i32`) in one microsecond of expiry.
+const HASHES: i128 = 1 << 32;
+
+/// A place as a number, in the same order: its expiry's microseconds since
+/// 1970 times the number of hashes, plus its hash's rank among them. A
+/// window's span is a difference of these: within one microsecond it counts
+/// hashes, so that the coupons of one instant are split by their hash.
+fn rank(place: NoticePlace) -> i128 {
+    i128::from(place.expiry.timestamp_micros()) * HASHES + i128::from(place.hash) - i128::from(i32::MIN)
+}
+
+/// The place of a rank (the inverse of [`rank`]).
+fn place(rank: i128) -> Result<NoticePlace, Error> {
+    let micros = i64::try_from(rank.div_euclid(HASHES)).ok();
+    let expiry = micros.and_then(DateTime::from_timestamp_micros);
+    let hash = i32::try_from(rank.rem_euclid(HASHES) + i128::from(i32::MIN)).ok();
+    match (expiry, hash) {
+        (Some(expiry), Some(hash)) => Ok(NoticePlace { expiry, hash }),
+        _ => Err(anyhow::anyhow!("expiry notice window out of range: {rank}").into()),
+    }
+}
+
 /// The span of the next window: the last one's, scaled so that the coupons
 /// of its density fill half a batch, by no less than half and no more than 8
 /// times (sparse stretches grow it quickly, a dense one shrinks it).
-fn next_span(span: chrono::Duration, picked: i64, limit: i64) -> chrono::Duration {
+fn next_span(span: i128, picked: i64, limit: i64) -> i128 {
     let factor = (limit as f64 / 2.0 / picked.max(1) as f64).clamp(0.5, 8.0);
-    let micros = span.num_microseconds().unwrap_or(i64::MAX) as f64 * factor;
-    chrono::Duration::microseconds(micros.min(i64::MAX as f64 / 2.0).max(1.0) as i64)
+    (span as f64 * factor).clamp(1.0, i128::MAX as f64 / 16.0) as i128
 }
 
 #[cfg(test)]
@@ -120,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_window_aims_at_half_a_batch_within_half_and_eight_times_its_span() {
-        let hour = chrono::Duration::hours(1);
+        let hour = 3_600_000_000 * HASHES;
         assert_eq!(
             next_span(hour, 250, 1000),
             hour * 2,
@@ -133,9 +160,36 @@ mod tests {
             "a full one: half, the least"
         );
         assert_eq!(next_span(hour, 0, 1000), hour * 8, "empty: at most 8 times");
+        assert_eq!(next_span(1, 999, 1000), 1, "one hash at least");
+    }
+
+    #[test]
+    fn a_places_rank_keeps_its_order_and_gives_it_back() {
+        let at = |s: &str, hash| NoticePlace {
+            expiry: s.parse().unwrap(),
+            hash,
+        };
+        let places = [
+            at("1969-12-31T23:59:59.999999Z", i32::MAX),
+            at("1970-01-01T00:00:00Z", i32::MIN),
+            at("1970-01-01T00:00:00Z", -1),
+            at("1970-01-01T00:00:00Z", 0),
+            at("1970-01-01T00:00:00Z", i32::MAX),
+            at("1970-01-01T00:00:00.000001Z", i32::MIN),
+            at("2026-06-17T00:00:00Z", 7),
+            at("9999-12-31T23:59:59.999999Z", i32::MAX),
+        ];
+        for pair in places.windows(2) {
+            assert!(pair[0] < pair[1] && rank(pair[0]) < rank(pair[1]), "{pair:?}");
+        }
         assert_eq!(
-            next_span(chrono::Duration::microseconds(1), 999, 1000),
-            chrono::Duration::microseconds(1)
+            rank(places[5]) - rank(places[4]),
+            1,
+            "the next microsecond follows the last hash"
         );
+        for p in places {
+            assert_eq!(place(rank(p)).unwrap(), p);
+        }
+        assert!(place(i128::MAX).is_err(), "out of range is an error, not a panic");
     }
 }

@@ -167,11 +167,16 @@ async fn concurrent_runs_send_each_notice_once(pool: PgPool) {
 /// Inserts coupons of `two-days` for members m0 to m9 expiring at each of
 /// `expiries` (valid since 2015); with `told`, already told they expire soon.
 async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
+    bulk_coupons_among(pool, expiries, told, 10).await;
+}
+
+/// [`bulk_coupons`] among members `m0` to `m{members - 1}`.
+async fn bulk_coupons_among(pool: &PgPool, expiries: &[&str], told: bool, members: i32) {
     sqlx::query(
         "insert into coupon (account_id, template_id, status, name, issuer, discount_kind, \
              amount_off_minor, currency, min_purchase_minor, regular_price_only, valid_from, \
              expires_at, source, issuance_id, issued_at, updated_at, expiring_notice_at) \
-         select 'm' || (n % 10), 'two-days', 'valid', 'two days', 'platform', 'amount', 100, 'USD', \
+         select 'm' || (n % $3), 'two-days', 'valid', 'two days', 'platform', 'amount', 100, 'USD', \
              0, false, '2015-01-01T00:00:00Z', e::timestamptz, 'issuance', 'bulk-' || gen_random_uuid(), \
              '2015-01-01T00:00:00Z', '2015-01-01T00:00:00Z', \
              case when $2 then timestamptz '2015-01-01T00:00:00Z' end \
@@ -179,16 +184,18 @@ async fn bulk_coupons(pool: &PgPool, expiries: &[&str], told: bool) {
     )
     .bind(expiries)
     .bind(told)
+    .bind(members)
     .execute(pool)
     .await
     .unwrap();
 }
 
-/// A run goes through the due coupons one window of expiries per batch: after
-/// a window that fills a batch the next starts at its last expiry, sparse
-/// windows grow, and
-/// every due coupon is told once, those expiring at the ends of the notice
-/// period (now, and its last instant) included.
+/// A run goes through the due coupons one window of (expiry, member hash) per
+/// batch: after a window that fills a batch the next starts at its last place,
+/// sparse windows grow, the coupons of one instant are split by their
+/// members' hashes, and every due coupon is told once: those expiring at the
+/// ends of the notice period (now, and its last instant) included, and a
+/// member's coupons of one instant, more than a batch, which share a place.
 #[sqlx::test]
 async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--notice-batch", "4"]).await;
@@ -203,6 +210,7 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
     past.push("2026-06-15T12:00:00Z".into()); // expires now: expired
     spread.push("2026-06-18T12:00:00Z".into()); // the period's last instant
     bulk_coupons(&pool, &same_instant, false).await;
+    bulk_coupons_among(&pool, &["2026-06-17T06:00:00Z"; 6], false, 1).await;
     bulk_coupons(
         &pool,
         &spread.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -219,12 +227,12 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
 
     assert_eq!(
         (first, second),
-        ((17, 9), (0, 0)),
+        ((23, 9), (0, 0)),
         "(expiring soon, expired) of each run"
     );
     let notices = expiry_notices(app.logged_events(&pool).await);
     let coupons: BTreeSet<i64> = notices.iter().map(coupon_of).collect();
-    assert_eq!((notices.len(), coupons.len()), (26, 26), "one notice per coupon");
+    assert_eq!((notices.len(), coupons.len()), (32, 32), "one notice per coupon");
     let batches: Vec<i64> = sqlx::query_scalar(
         "select (detail->>'coupons')::bigint from admin_change where action = 'job.expiry_notices' \
          order by admin_change_id",
@@ -233,7 +241,7 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
     .await
     .unwrap();
     assert!(batches.iter().all(|&told| (1..=4).contains(&told)), "{batches:?}");
-    assert_eq!(batches.iter().sum::<i64>(), 26, "{batches:?}");
+    assert_eq!(batches.iter().sum::<i64>(), 32, "{batches:?}");
 }
 
 /// A run reads the due coupons without locking them, then marks them: a
