@@ -8,10 +8,10 @@
 //!
 //! A run goes through the due coupons by expiry, then by the hash of their
 //! member's account id ([`NoticePlace`]), one window of that order per batch,
-//! from the earliest due. Each window is sized from the last to hold about
-//! half a batch; after a window that fills a batch, the next starts at the
-//! batch's last place (every due coupon before it was picked) and is sized
-//! from the stretch the batch took. On Citus a batch therefore reads the
+//! from the earliest due. Each window is sized from the last to hold about a
+//! batch; after a window that fills a batch (the limit cuts a window denser
+//! than expected), the next starts at the batch's last place (every due
+//! coupon before it was picked) and spans the stretch the batch took. On Citus a batch therefore reads the
 //! window's coupons on each shard, about what it marks, instead of a batch's
 //! worth on every shard ([`db::coupons::send_expiry_notices`]); the hash
 //! splits the coupons of one expiry instant into windows too, each a stretch
@@ -85,12 +85,12 @@ impl Coupons {
                     // A full window may hold more. Every due coupon before the
                     // batch's last place was picked (and is no longer due,
                     // told or changed meanwhile): the next window starts there,
-                    // half as long as the stretch that held this batch. A
-                    // member's coupons of one instant share a place and keep
-                    // the span; they go a batch at a time.
+                    // as long as the stretch that held this batch. A member's
+                    // coupons of one instant share a place and keep the span;
+                    // they go a batch at a time.
                     let last = batch.last.map(rank).unwrap_or(from);
                     if last > from {
-                        span = ((last - from) / 2).max(1);
+                        span = last - from;
                         from = last;
                     }
                     continue;
@@ -134,10 +134,12 @@ fn place(rank: i128) -> Result<NoticePlace, Error> {
 }
 
 /// The span of the next window: the last one's, scaled so that the coupons
-/// of its density fill half a batch, by no less than half and no more than 8
-/// times (sparse stretches grow it quickly, a dense one shrinks it).
+/// of its density fill a batch, by no more than 8 times (sparse stretches
+/// grow it quickly). A window that held less than a batch never shrinks the
+/// next; one that held more was cut by the limit, and the next is sized from
+/// what the batch took.
 fn next_span(span: i128, picked: i64, limit: i64) -> i128 {
-    let factor = (limit as f64 / 2.0 / picked.max(1) as f64).clamp(0.5, 8.0);
+    let factor = (limit as f64 / picked.max(1) as f64).clamp(1.0, 8.0);
     (span as f64 * factor).clamp(1.0, i128::MAX as f64 / 16.0) as i128
 }
 
@@ -146,19 +148,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_window_aims_at_half_a_batch_within_half_and_eight_times_its_span() {
+    fn a_window_aims_at_a_batch_within_one_and_eight_times_its_span() {
         let hour = 3_600_000_000 * HASHES;
         assert_eq!(
-            next_span(hour, 250, 1000),
+            next_span(hour, 500, 1000),
             hour * 2,
-            "a quarter batch: twice as long"
+            "half a batch: twice as long"
         );
-        assert_eq!(next_span(hour, 500, 1000), hour);
-        assert_eq!(
-            next_span(hour, 1000, 1000),
-            hour / 2,
-            "a full one: half, the least"
-        );
+        assert_eq!(next_span(hour, 1000, 1000), hour);
         assert_eq!(next_span(hour, 0, 1000), hour * 8, "empty: at most 8 times");
         assert_eq!(next_span(1, 999, 1000), 1, "one hash at least");
     }
