@@ -14,10 +14,13 @@ from generate_series(1, :members) g;
 insert into earning_event (account_id, kind, natural_key, content, occurred_at)
 select 'm' || g, 'bonus', 'bench', '{}', '2025-09-01T00:00:00Z' from generate_series(1, :members) g;
 
+-- Each member's entries name its event (on Citus, the event ids are its
+-- worker's).
 insert into point_entry (account_id, earning_event_id, source, reference, points, occurred_at, local_date)
-select 'm' || m, m, 'bonus', 'bench', (m % 100 / 2 + 1) * (1 + k % 3),
+select e.account_id, e.earning_event_id, 'bonus', 'bench', (m % 100 / 2 + 1) * (1 + k % 3),
        d::timestamptz + interval '12 hours', d
-from generate_series(1, :members) m
+from earning_event e
+cross join lateral (select substr(e.account_id, 2)::int as m) member_number
 cross join generate_series(1, :entries_per_member) k
 cross join lateral (select date '2025-09-01' + ((m * 7 + k * 31) % 425) as d) dates;
 

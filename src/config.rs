@@ -449,8 +449,9 @@ pub struct LevelConfig {
     /// How often the scheduler looks for work (seconds).
     #[arg(long, env = "LOYALTY_SCHEDULER_INTERVAL_SECS", default_value_t = 300)]
     pub scheduler_interval_secs: u64,
-    /// How many members one batch (one transaction) of the monthly
-    /// evaluation reads.
+    /// The most members one batch (one transaction) of the monthly
+    /// evaluation reads; a batch ends at a sampled member about this many
+    /// members on, so most read somewhat fewer.
     #[arg(long, env = "LOYALTY_EVALUATION_BATCH", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub evaluation_batch: i64,

@@ -136,9 +136,30 @@ pub async fn start_run(
     .await
 }
 
+/// The members whose account id's hash (`hashtext`, Citus's hash of the
+/// shard key) is below this, 1 in [`SAMPLE_SHARE`]: the evaluation's sample
+/// of the members in account id order (index `member_sample`). On Citus they
+/// are in the shard (or shards) of the lowest hashes; every other shard's part
+/// of the index is empty.
+const SAMPLE_BELOW: i64 = i32::MIN as i64 + (1 << 32) / SAMPLE_SHARE;
+
+/// One member in this many is in the sample ([`SAMPLE_BELOW`]).
+pub const SAMPLE_SHARE: i64 = 256;
+
+/// What a batch of the evaluation did ([`evaluate_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluatedBatch {
+    /// The run, moved past the batch.
+    pub run: EvaluationRun,
+    /// The members of the batch.
+    pub members: i64,
+    /// Whether the sample ended the batch's range: more members follow it.
+    pub bounded: bool,
+}
+
 /// Evaluates the next batch of `run` for `evaluation.month` in one
-/// statement: the next `limit` members in account id order after
-/// `run.last_account`. New levels take effect at the run's
+/// statement: at most `limit` members in account id order after
+/// `run.last_account`, up to an end the sample sets. New levels take effect at the run's
 /// `effective_from`, which the month records. Sums their window points, computes the levels of
 /// those with points or a recorded level (every other member is Silver and
 /// stays so), closes the periods of the members whose level changes and
@@ -150,8 +171,17 @@ pub async fn start_run(
 /// The batch is an account range, so that the ledger and the level periods
 /// are read as index ranges (`point_entry_account_date`,
 /// `member_level_open`): each entry is read once over the run, as by one
-/// statement over every member. Returns the run moved, and how many members
-/// the batch had (fewer than `limit`: the last batch).
+/// statement over every member.
+///
+/// The range's end comes from the sample: the `limit / SAMPLE_SHARE`-th
+/// sampled member after the run's last account, which about `limit` members
+/// precede. On Citus each shard then reads its members of the range, about
+/// `limit` in all, where `order by … limit` alone had each shard read up to
+/// `limit` for the coordinator to keep `limit` of them all. The limit still
+/// bounds a range denser than the sample said. Without a sampled member that
+/// far (the last members, or a batch under `SAMPLE_SHARE`), the range runs
+/// to the last member. A batch is the last when no sampled member ended it
+/// and it has fewer than `limit` members.
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(level = "debug", skip_all, fields(month = %evaluation.month))]
 pub async fn evaluate_batch(
@@ -162,7 +192,7 @@ pub async fn evaluate_batch(
     thresholds: &Thresholds,
     level_up_levels: &[&str],
     now: DateTime<Utc>,
-) -> Result<(EvaluationRun, i64), sqlx::Error> {
+) -> Result<EvaluatedBatch, sqlx::Error> {
     let up_plain = format!("{} > {}", rank("level"), rank("previous"));
     let up_changed = format!("{} > {}", rank("ch.level"), rank("ch.previous"));
     let origin = Origin::current();
@@ -180,8 +210,17 @@ pub async fn evaluate_batch(
     // open period to join them with the batch's changes.
     let range = "account_id > $12 and account_id <= (select last from bounds)";
     let sql = format!(
-        "with batch as ( \
-             select account_id from member where account_id > $12 order by account_id limit $13 \
+        "with sample as ( \
+             select account_id from member \
+             where hashtext(account_id) < {SAMPLE_BELOW} and account_id > $12 \
+             order by account_id limit $14 \
+         ), edge as ( \
+             select max(account_id) as last from sample having count(*) = $14 and $14 > 0 \
+         ), batch as ( \
+             select account_id from member \
+             where account_id > $12 \
+               and account_id <= coalesce((select last from edge), (select max(account_id) from member)) \
+             order by account_id limit $13 \
          ), bounds as ( \
              select count(*) as members, max(account_id) as last from batch \
          ), window_points as ( \
@@ -226,13 +265,16 @@ pub async fn evaluate_batch(
              where {up_changed} and ch.level = any ($9) \
              on conflict do nothing \
          ), events as ({events}) \
-         select p.*, (select members from bounds) as batch_members from progress p"
+         select p.*, (select members from bounds) as batch_members, \
+                exists (select 1 from edge) as bounded \
+         from progress p"
     );
     #[derive(sqlx::FromRow)]
     struct Moved {
         #[sqlx(flatten)]
         run: EvaluationRun,
         batch_members: i64,
+        bounded: bool,
     }
     let moved: Moved = sqlx::query_as(&sql)
         .bind(evaluation.window_start)
@@ -249,9 +291,14 @@ pub async fn evaluate_batch(
         // Account ids are not empty: '' is before the first.
         .bind(run.last_account.as_deref().unwrap_or(""))
         .bind(limit)
+        .bind(limit / SAMPLE_SHARE)
         .fetch_one(conn)
         .await?;
-    Ok((moved.run, moved.batch_members))
+    Ok(EvaluatedBatch {
+        run: moved.run,
+        members: moved.batch_members,
+        bounded: moved.bounded,
+    })
 }
 
 /// Records the evaluation of a complete run and ends the run.

@@ -246,7 +246,7 @@ impl Membership {
                     db::levels::start_run(&mut tx, &evaluation, now).await?
                 }
             };
-            let (run, batch_members) = db::levels::evaluate_batch(
+            let batch = db::levels::evaluate_batch(
                 &mut tx,
                 &evaluation,
                 &run,
@@ -256,9 +256,9 @@ impl Membership {
                 now,
             )
             .await?;
-            // A short batch was the last.
-            let finished = if batch_members < self.evaluation_batch {
-                Some(db::levels::finish_evaluation(&mut tx, run.month, now).await?)
+            // A short batch that the sample did not end was the last.
+            let finished = if !batch.bounded && batch.members < self.evaluation_batch {
+                Some(db::levels::finish_evaluation(&mut tx, batch.run.month, now).await?)
             } else {
                 None
             };

@@ -550,6 +550,46 @@ async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool
     assert_eq!(leftover, 0, "the run ends when it is recorded");
 }
 
+/// With batches of 1,024, a batch's range ends at the 4th sampled member (1
+/// in 256, by hash) after its start: about 1,024 members, some batches fewer
+/// without being the last, a dense one cut by the limit. Every member is
+/// evaluated once, up to the last.
+#[sqlx::test]
+async fn an_evaluation_in_batches_the_sample_ends_evaluates_every_member_once(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--evaluation-batch", "1024"]).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    sqlx::query(
+        "insert into member (account_id, registered_at) \
+         select 'm' || lpad(g::text, 5, '0'), '2026-01-01T00:00:00Z' from generate_series(1, 6000) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Gold members spread over the range, the first and the last included.
+    let mut golds: Vec<String> = (0..11).map(|i| format!("m{:05}", 1 + i * 599)).collect();
+    golds.push("m06000".into());
+    for account in &golds {
+        app.bonus(account, "c", 120, "2026-10-05T00:00:00Z").await;
+    }
+    let sampled: i64 =
+        sqlx::query_scalar("select count(*) from member where hashtext(account_id) < -2130706432")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(sampled >= 8, "the sample ends batches: {sampled} sampled members");
+
+    let run = evaluate(&app, 2026, 10).await.unwrap();
+
+    assert_eq!((run.members_evaluated, run.level_ups), (6000, 12));
+    let changed: Vec<String> = sqlx::query_scalar(
+        "select account_id from event where event_type = 'level_changed' order by account_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(changed, golds, "one level_changed event per Gold member");
+}
+
 /// Leaves the evaluation of `month` in progress before its first batch, as
 /// a crash leaves it.
 async fn leave_in_progress(pool: &PgPool, month: &str, effective_from: &str) {
