@@ -11,7 +11,9 @@
 //! from the earliest due. Each window is sized from the last to hold about a
 //! batch; after a window that fills a batch (the limit cuts a window denser
 //! than expected), the next starts at the batch's last place (every due
-//! coupon before it was picked) and spans the stretch the batch took. On Citus a batch therefore reads the
+//! coupon before it was picked) and spans the stretch the batch took; after
+//! a window that split one instant by hash and went past it, the next is all
+//! the rest, as at the run's start. On Citus a batch therefore reads the
 //! window's coupons on each shard, about what it marks, instead of a batch's
 //! worth on every shard ([`db::coupons::send_expiry_notices`]); the hash
 //! splits the coupons of one expiry instant into windows too, each a stretch
@@ -48,6 +50,7 @@ impl Coupons {
         let horizon = now.checked_add_signed(period).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let limit = notices.batch.max(1);
         let mut sent = NoticesSent::default();
+        let mut batches = 0u64;
         for notice in [Notice::Expired, Notice::ExpiringSoon] {
             // The windows cover the due expiries: up to `now` for the expired,
             // up to `horizon` for the expiring soon (one microsecond, the
@@ -77,6 +80,7 @@ impl Coupons {
                 let batch =
                     db::coupons::send_expiry_notices(&mut tx, notice, now, horizon, window, limit).await?;
                 db::commit(tx).await?;
+                batches += 1;
                 match notice {
                     Notice::Expired => sent.expired += batch.sent,
                     Notice::ExpiringSoon => sent.expiring_soon += batch.sent,
@@ -98,13 +102,23 @@ impl Coupons {
                 if to >= end {
                     break;
                 }
+                // A window that split one instant by hash and went past it
+                // (the instant told): what follows is as unknown as at the
+                // run's start, and a span of hashes would take many windows
+                // to grow to one of time. The next window is all the rest.
+                let past_instant = span < HASHES && place(to)?.expiry > place(from)?.expiry;
                 from = to;
-                span = next_span(span, batch.picked, limit);
+                span = if past_instant {
+                    end - from
+                } else {
+                    next_span(span, batch.picked, limit)
+                };
             }
         }
         tracing::info!(
             expiring_soon = sent.expiring_soon,
             expired = sent.expired,
+            batches,
             "expiry notices sent"
         );
         Ok(sent)

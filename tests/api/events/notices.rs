@@ -195,7 +195,8 @@ async fn bulk_coupons_among(pool: &PgPool, expiries: &[&str], told: bool, member
 /// sparse windows grow, the coupons of one instant are split by their
 /// members' hashes, and every due coupon is told once: those expiring at the
 /// ends of the notice period (now, and its last instant) included, and a
-/// member's coupons of one instant, more than a batch, which share a place.
+/// member's coupons of one instant, more than two batches, which share a
+/// place.
 #[sqlx::test]
 async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--notice-batch", "4"]).await;
@@ -210,7 +211,7 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
     past.push("2026-06-15T12:00:00Z".into()); // expires now: expired
     spread.push("2026-06-18T12:00:00Z".into()); // the period's last instant
     bulk_coupons(&pool, &same_instant, false).await;
-    bulk_coupons_among(&pool, &["2026-06-17T06:00:00Z"; 6], false, 1).await;
+    bulk_coupons_among(&pool, &["2026-06-17T06:00:00Z"; 10], false, 1).await;
     bulk_coupons(
         &pool,
         &spread.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -227,12 +228,12 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
 
     assert_eq!(
         (first, second),
-        ((23, 9), (0, 0)),
+        ((27, 9), (0, 0)),
         "(expiring soon, expired) of each run"
     );
     let notices = expiry_notices(app.logged_events(&pool).await);
     let coupons: BTreeSet<i64> = notices.iter().map(coupon_of).collect();
-    assert_eq!((notices.len(), coupons.len()), (32, 32), "one notice per coupon");
+    assert_eq!((notices.len(), coupons.len()), (36, 36), "one notice per coupon");
     let batches: Vec<i64> = sqlx::query_scalar(
         "select (detail->>'coupons')::bigint from admin_change where action = 'job.expiry_notices' \
          order by admin_change_id",
@@ -241,7 +242,7 @@ async fn a_run_tells_every_due_coupon_once_in_batches_of_at_most_its_size(pool: 
     .await
     .unwrap();
     assert!(batches.iter().all(|&told| (1..=4).contains(&told)), "{batches:?}");
-    assert_eq!(batches.iter().sum::<i64>(), 32, "{batches:?}");
+    assert_eq!(batches.iter().sum::<i64>(), 36, "{batches:?}");
 }
 
 /// A run reads the due coupons without locking them, then marks them: a
