@@ -200,6 +200,10 @@ mod tests {
         );
         for p in places {
             assert_eq!(place(rank(p)).unwrap(), p);
+            assert!(
+                NoticePlace::at(p.expiry) <= p,
+                "an instant's first place is before its every hash: {p:?}"
+            );
         }
         assert!(place(i128::MAX).is_err(), "out of range is an error, not a panic");
     }
