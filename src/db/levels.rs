@@ -144,7 +144,7 @@ pub async fn start_run(
 const SAMPLE_BELOW: i64 = i32::MIN as i64 + (1 << 32) / SAMPLE_SHARE;
 
 /// One member in this many is in the sample ([`SAMPLE_BELOW`]).
-pub const SAMPLE_SHARE: i64 = 256;
+const SAMPLE_SHARE: i64 = 256;
 
 /// What a batch of the evaluation did ([`evaluate_batch`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -733,4 +733,22 @@ pub async fn settle_rewards(
     .fetch_one(conn)
     .await?;
     Ok(u64::try_from(settled).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample's condition must be the index's predicate word for word:
+    /// otherwise the sample is read through the primary key, about 256
+    /// members for each sampled one, and on Citus by every shard.
+    #[test]
+    fn the_sample_is_the_member_sample_index_predicate() {
+        let migration = include_str!("../../migrations/20261205000021_member_sample.sql");
+        assert_eq!(SAMPLE_BELOW, -2_130_706_432);
+        assert!(
+            migration.contains(&format!("where hashtext(account_id) < {SAMPLE_BELOW};")),
+            "{migration}"
+        );
+    }
 }
