@@ -558,13 +558,7 @@ async fn an_evaluation_killed_halfway_keeps_its_batches_and_a_rerun_goes_on(pool
 async fn an_evaluation_in_batches_the_sample_ends_evaluates_every_member_once(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), &["--evaluation-batch", "1024"]).await;
     app.clock.set(at("2026-11-15T00:00:00Z"));
-    sqlx::query(
-        "insert into member (account_id, registered_at) \
-         select 'm' || lpad(g::text, 5, '0'), '2026-01-01T00:00:00Z' from generate_series(1, 6000) g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    bulk_members(&pool, 6000).await;
     // Gold members spread over the range, the first and the last included.
     let mut golds: Vec<String> = (0..11).map(|i| format!("m{:05}", 1 + i * 599)).collect();
     golds.push("m06000".into());
@@ -588,6 +582,95 @@ async fn an_evaluation_in_batches_the_sample_ends_evaluates_every_member_once(po
     .await
     .unwrap();
     assert_eq!(changed, golds, "one level_changed event per Gold member");
+}
+
+/// Members `m00001` to `m{count}`, registered on 1 January 2026.
+async fn bulk_members(pool: &PgPool, count: i32) {
+    sqlx::query(
+        "insert into member (account_id, registered_at) \
+         select 'm' || lpad(g::text, 5, '0'), '2026-01-01T00:00:00Z' from generate_series(1, $1) g",
+    )
+    .bind(count)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A batch's range ends at the sampled member (1 in 256 by hash) that
+/// `--evaluation-batch` ÷ 256 sampled members after its start: the first
+/// batch of 1,024 ends at the 4th, and holds the members up to it, not the
+/// first 1,024. The next batch is caught on a row it must change.
+#[sqlx::test]
+async fn an_evaluation_batch_ends_at_a_sampled_member(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &["--evaluation-batch", "1024"]).await;
+    app.clock.set(at("2026-11-15T00:00:00Z"));
+    bulk_members(&pool, 6000).await;
+    let (edge, up_to_edge): (String, i64) = sqlx::query_as(
+        "select e.account_id, (select count(*) from member m where m.account_id <= e.account_id) \
+         from (select account_id from member where hashtext(account_id) < -2130706432 \
+               order by account_id limit 1 offset 3) e",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        up_to_edge < 1024,
+        "the sample ends the batch before the limit: {up_to_edge}"
+    );
+    // The first member after the edge has an open Platinum period and no
+    // points: its batch closes that period, and waits for the row.
+    let next: String = sqlx::query_scalar("select min(account_id) from member where account_id > $1")
+        .bind(&edge)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into member_level (account_id, effective_from, level, window_points) \
+         values ($1, '2026-06-08T00:00:00Z', 'platinum', 2000)",
+    )
+    .bind(&next)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("select 1 from member_level where account_id = $1 for update")
+        .bind(&next)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let running = tokio::spawn({
+        let app_members = app.members.clone();
+        async move {
+            let mut members = app_members;
+            members
+                .evaluate_levels(pb::EvaluateLevelsRequest {
+                    month: Some(pb::Date {
+                        year: 2026,
+                        month: 10,
+                        day: 1,
+                    }),
+                })
+                .await
+        }
+    });
+    lock_waiter(&pool, "member_level").await;
+
+    // The first batch's progress, committed (none if the first batch is the
+    // one waiting).
+    let first: Option<(Option<String>, i64)> =
+        sqlx::query_as("select last_account, members_evaluated from level_evaluation_run")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    blocker.rollback().await.unwrap();
+    let run = running.await.unwrap().unwrap().into_inner();
+
+    assert_eq!(
+        first,
+        Some((Some(edge), up_to_edge)),
+        "the first batch ended at the 4th sampled member"
+    );
+    assert_eq!((run.members_evaluated, run.level_changes), (6000, 1));
 }
 
 /// Leaves the evaluation of `month` in progress before its first batch, as
