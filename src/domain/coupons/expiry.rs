@@ -59,15 +59,15 @@ impl Coupons {
                 Notice::Expired => now,
                 Notice::ExpiringSoon => horizon,
             };
-            let end = last
-                .checked_add_signed(chrono::Duration::microseconds(1))
-                .unwrap_or(last);
             let first = {
                 let mut conn = db::acquire(&self.pool).await?;
                 db::coupons::first_due(&mut conn, notice, now, horizon).await?
             };
             let Some(first) = first else { continue };
-            let end = rank(NoticePlace::at(end));
+            let end = rank(NoticePlace::at(
+                last.checked_add_signed(chrono::Duration::microseconds(1))
+                    .unwrap_or(last),
+            ));
             let mut from = rank(NoticePlace::at(first));
             // The first window is all of it: a run with less than a batch due
             // sends one batch.
